@@ -1,0 +1,30 @@
+//! # tf-hal
+//!
+//! The vendor-neutral hardware abstraction layer of tensor-fusion. Everything above the
+//! backends (the vGPU limiter, the hypervisor, the scheduler, the command line) sees devices only
+//! through these traits and types:
+//!
+//! - [`Backend`]: enumeration (with [`DeviceInfo`] and [`Capabilities`]) and topology;
+//! - [`Device`]: metrics (memory, per-process usage, busy time and utilization), partitions, and
+//!   a factory for [`Context`]s;
+//! - [`Context`]: execution — memory, copies, modules, launches with packed [`KernelArgs`],
+//!   streams, events, synchronization, and optional snapshot/restore;
+//! - [`Error`]: one error type with a vendor-neutral [`ErrorKind`] that keeps the vendor's code.
+//!
+//! Backends are crates of their own (`tf-fake-gpu`, `tf-backend-cuda`, …) compiled in by cargo
+//! features at the binaries and chosen at run time with [`config::select_backend`].
+//!
+//! With the `conformance` feature, [`conformance`] holds the generic test suite every backend
+//! runs from its own tests through [`hal_conformance_tests!`].
+
+pub mod config;
+mod error;
+mod traits;
+mod types;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use error::{Error, ErrorKind, Result, VendorCode};
+pub use traits::{Backend, Context, Device};
+pub use types::*;

@@ -1,0 +1,151 @@
+//! The traits every backend implements. They are object safe: binaries pick a backend at run
+//! time (`TF_BACKEND`, a config file) and hold it as `Arc<dyn Backend>`.
+
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::types::*;
+
+/// A vendor implementation: enumerates devices and opens them.
+pub trait Backend: Send + Sync {
+    fn kind(&self) -> BackendKind;
+
+    /// All devices, in a stable order (the same order on every call).
+    fn devices(&self) -> Result<Vec<DeviceInfo>>;
+
+    /// Open one device by its enumeration index.
+    fn device(&self, index: u32) -> Result<Arc<dyn Device>>;
+
+    /// How devices are connected to each other (pairs, each listed once with a < b).
+    fn topology(&self) -> Result<Vec<Link>>;
+
+    /// Find a device by UUID.
+    fn device_by_uuid(&self, uuid: &str) -> Result<Arc<dyn Device>> {
+        let info = self
+            .devices()?
+            .into_iter()
+            .find(|d| d.uuid.eq_ignore_ascii_case(uuid))
+            .ok_or_else(|| {
+                Error::new(
+                    crate::ErrorKind::InvalidDevice,
+                    format!("no device with UUID {uuid}"),
+                )
+            })?;
+        self.device(info.index)
+    }
+}
+
+/// One device: its description, metrics, partitions, and a factory for execution contexts.
+pub trait Device: Send + Sync {
+    fn info(&self) -> &DeviceInfo;
+
+    /// Device-wide memory use, all processes together.
+    fn memory(&self) -> Result<MemoryInfo>;
+
+    /// Processes holding memory on this device.
+    fn processes(&self) -> Result<Vec<ProcessUsage>>;
+
+    /// Cumulative kernel busy time, where the backend keeps such a counter.
+    fn busy_sample(&self) -> Result<Option<BusySample>>;
+
+    /// Percentage of wall time during the last `window` in which a kernel was running (NVML's
+    /// meaning of GPU utilization). Backends without history sample the counter twice, so this
+    /// may block for `window`.
+    fn utilization(&self, window: Duration) -> Result<f64> {
+        let Some(first) = self.busy_sample()? else {
+            return Err(Error::not_supported("device busy time is not available"));
+        };
+        thread::sleep(window);
+        let second = self
+            .busy_sample()?
+            .ok_or_else(|| Error::not_supported("device busy time is not available"))?;
+        Ok(second.utilization_since(&first))
+    }
+
+    /// Create an execution context on this device for the calling process.
+    fn create_context(&self) -> Result<Arc<dyn Context>>;
+
+    /// Partition profiles this device offers. Empty when it cannot be partitioned.
+    fn partition_templates(&self) -> Result<Vec<PartitionTemplate>> {
+        Ok(Vec::new())
+    }
+
+    fn partitions(&self) -> Result<Vec<PartitionInfo>> {
+        Ok(Vec::new())
+    }
+
+    fn create_partition(&self, template: &str) -> Result<PartitionInfo> {
+        Err(Error::not_supported(format!(
+            "partition {template}: device {} cannot be partitioned",
+            self.info().index
+        )))
+    }
+
+    fn destroy_partition(&self, id: &str) -> Result<()> {
+        Err(Error::not_supported(format!(
+            "partition {id}: device {} cannot be partitioned",
+            self.info().index
+        )))
+    }
+}
+
+/// An execution context: memory, modules, launches, streams and events of one process on one
+/// device. Copies are synchronous with respect to the host (they return when the bytes have
+/// moved, after prior work on the context has finished); launches are asynchronous on a stream.
+pub trait Context: Send + Sync {
+    fn device_index(&self) -> u32;
+
+    // --- memory ---
+    fn mem_alloc(&self, bytes: u64) -> Result<DevicePtr>;
+    fn mem_free(&self, ptr: DevicePtr) -> Result<()>;
+    /// Memory as this context sees it (a vGPU quota where one applies).
+    fn mem_info(&self) -> Result<MemoryInfo>;
+    fn copy_htod(&self, dst: DevicePtr, src: &[u8]) -> Result<()>;
+    fn copy_dtoh(&self, dst: &mut [u8], src: DevicePtr) -> Result<()>;
+    fn copy_dtod(&self, dst: DevicePtr, src: DevicePtr, bytes: u64) -> Result<()>;
+    fn memset_d8(&self, dst: DevicePtr, value: u8, count: u64) -> Result<()>;
+    fn memset_d32(&self, dst: DevicePtr, value: u32, count: u64) -> Result<()>;
+
+    // --- modules and launches ---
+    fn load_module(&self, image: ModuleImage<'_>) -> Result<ModuleHandle>;
+    fn unload_module(&self, module: ModuleHandle) -> Result<()>;
+    fn function(&self, module: ModuleHandle, name: &str) -> Result<FunctionHandle>;
+    fn launch(
+        &self,
+        function: FunctionHandle,
+        config: &LaunchConfig,
+        stream: StreamHandle,
+        args: &KernelArgs,
+    ) -> Result<()>;
+
+    // --- streams and events ---
+    fn stream_create(&self) -> Result<StreamHandle>;
+    fn stream_destroy(&self, stream: StreamHandle) -> Result<()>;
+    fn stream_synchronize(&self, stream: StreamHandle) -> Result<()>;
+    /// Make later work on `stream` wait for `event`.
+    fn stream_wait_event(&self, stream: StreamHandle, event: EventHandle) -> Result<()>;
+    fn event_create(&self) -> Result<EventHandle>;
+    fn event_destroy(&self, event: EventHandle) -> Result<()>;
+    fn event_record(&self, event: EventHandle, stream: StreamHandle) -> Result<()>;
+    fn event_synchronize(&self, event: EventHandle) -> Result<()>;
+    /// `Ok(true)` when all work captured by the event has finished.
+    fn event_query(&self, event: EventHandle) -> Result<bool>;
+    /// Device time between two recorded events.
+    fn event_elapsed(&self, start: EventHandle, end: EventHandle) -> Result<Duration>;
+    /// Wait for all work on the context.
+    fn synchronize(&self) -> Result<()>;
+
+    // --- snapshot/restore (optional capability) ---
+    /// Copy the context's device memory to the host.
+    fn snapshot(&self) -> Result<ContextSnapshot> {
+        Err(Error::not_supported("snapshot is not supported by this backend"))
+    }
+
+    /// Put a snapshot back (at the same device addresses) into this context.
+    fn restore(&self, snapshot: &ContextSnapshot) -> Result<()> {
+        let _ = snapshot;
+        Err(Error::not_supported("restore is not supported by this backend"))
+    }
+}
