@@ -71,9 +71,9 @@ pub fn select_backend(explicit: Option<&str>) -> Result<BackendKind> {
     if let Some((path, cfg)) = HalConfig::load()?
         && let Some(name) = cfg.backend
     {
-        return name.parse().map_err(|e: Error| {
-            Error::new(e.kind, format!("{}: {}", path.display(), e.message))
-        });
+        return name
+            .parse()
+            .map_err(|e: Error| Error::new(e.kind, format!("{}: {}", path.display(), e.message)));
     }
     Ok(BackendKind::Fake)
 }

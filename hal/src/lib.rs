@@ -21,6 +21,7 @@ pub mod config;
 mod error;
 mod traits;
 mod types;
+pub mod units;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -28,3 +29,8 @@ pub mod conformance;
 pub use error::{Error, ErrorKind, Result, VendorCode};
 pub use traits::{Backend, Context, Device};
 pub use types::*;
+
+/// The project's test kernels as PTX text: `tf_vector_add_f32`, `tf_saxpy_f32`, `tf_fill_u32`
+/// and `tf_busy`. The same text runs on a real NVIDIA GPU and on the simulated one (whose engine
+/// recognises these entries and computes the same results on the CPU).
+pub const TEST_KERNELS_PTX: &str = include_str!("../kernels/tf_kernels.ptx");

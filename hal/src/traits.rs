@@ -140,12 +140,16 @@ pub trait Context: Send + Sync {
     // --- snapshot/restore (optional capability) ---
     /// Copy the context's device memory to the host.
     fn snapshot(&self) -> Result<ContextSnapshot> {
-        Err(Error::not_supported("snapshot is not supported by this backend"))
+        Err(Error::not_supported(
+            "snapshot is not supported by this backend",
+        ))
     }
 
     /// Put a snapshot back (at the same device addresses) into this context.
     fn restore(&self, snapshot: &ContextSnapshot) -> Result<()> {
         let _ = snapshot;
-        Err(Error::not_supported("restore is not supported by this backend"))
+        Err(Error::not_supported(
+            "restore is not supported by this backend",
+        ))
     }
 }

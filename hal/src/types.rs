@@ -159,7 +159,9 @@ impl BusySample {
 #[serde(rename_all = "snake_case")]
 pub enum LinkKind {
     /// Direct high-speed link (NVLink, HCCS) with this many lanes/links.
-    NvLink { links: u32 },
+    NvLink {
+        links: u32,
+    },
     Hccs,
     /// Same PCIe switch.
     PcieSwitch,
@@ -276,7 +278,11 @@ impl LaunchConfig {
     }
 
     pub fn total_threads(&self) -> u64 {
-        self.grid.iter().chain(self.block.iter()).map(|&d| d as u64).product()
+        self.grid
+            .iter()
+            .chain(self.block.iter())
+            .map(|&d| d as u64)
+            .product()
     }
 
     pub fn total_blocks(&self) -> u64 {

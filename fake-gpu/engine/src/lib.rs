@@ -1,1 +1,83 @@
+//! # tf-fake-gpu
+//!
+//! The simulated GPU: a product feature that lets the whole of tensor-fusion run and be tested on
+//! a machine with no accelerator.
+//!
+//! - [`profile`]: device profiles from TOML (`TF_FAKE_GPU_CONFIG`), default two H100 SXM5 80GB.
+//! - [`shm`]: the per-device shared-memory segment (memory used per process, the time-slice
+//!   arbiter, busy-time counters), so processes contend for one device like on a real GPU.
+//! - [`device`], [`exec`]: device memory backed by host memory, PTX modules whose known entries
+//!   compute real results on the CPU ([`kernels`]), streams with worker threads, events.
+//! - [`backend`]: the `tf-hal` backend over the engine.
+//!
+//! The drop-in driver libraries (`libcuda.so.1`, `libnvidia-ml.so.1`) are built on this engine.
 
+pub mod backend;
+pub mod device;
+pub mod exec;
+pub mod kernels;
+pub mod load;
+pub mod profile;
+pub mod ptx;
+pub mod shm;
+pub mod sys;
+pub mod testing;
+
+use std::sync::{Arc, OnceLock};
+
+use tf_hal::{Error, ErrorKind, Result};
+
+pub use backend::FakeBackend;
+pub use device::{FakeDevice, MemKind};
+pub use exec::{Event, FakeContext, Fill, Function, Module, Stream};
+pub use profile::{DeviceProfile, FakeGpuConfig};
+
+/// The simulated machine as seen by this process: its devices, opened from one configuration.
+pub struct FakeGpu {
+    config: FakeGpuConfig,
+    devices: Vec<Arc<FakeDevice>>,
+}
+
+impl FakeGpu {
+    /// Open every device of `config` (creating shared segments as needed).
+    pub fn new(config: FakeGpuConfig) -> Result<Arc<FakeGpu>> {
+        let devices = config
+            .devices
+            .iter()
+            .enumerate()
+            .map(|(i, p)| FakeDevice::new(i as u32, p.clone(), &config.shm_dir).map(Arc::new))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Arc::new(FakeGpu { config, devices }))
+    }
+
+    /// The process-wide instance from the environment (`TF_FAKE_GPU_CONFIG`,
+    /// `TF_FAKE_GPU_SHM_DIR`), opened once.
+    pub fn global() -> Result<Arc<FakeGpu>> {
+        static GLOBAL: OnceLock<std::result::Result<Arc<FakeGpu>, Error>> = OnceLock::new();
+        GLOBAL
+            .get_or_init(|| FakeGpu::new(FakeGpuConfig::from_env()?))
+            .clone()
+    }
+
+    pub fn config(&self) -> &FakeGpuConfig {
+        &self.config
+    }
+
+    pub fn devices(&self) -> &[Arc<FakeDevice>] {
+        &self.devices
+    }
+
+    pub fn device(&self, index: u32) -> Result<&Arc<FakeDevice>> {
+        self.devices.get(index as usize).ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidDevice,
+                format!(
+                    "no simulated device {index}: there are {} (0..{})",
+                    self.devices.len(),
+                    self.devices.len()
+                ),
+            )
+            .with_vendor(101, "CUDA_ERROR_INVALID_DEVICE")
+        })
+    }
+}

@@ -1,0 +1,289 @@
+//! Device profiles of the simulated GPU, from a TOML file (`TF_FAKE_GPU_CONFIG`) or the default.
+//!
+//! ```toml
+//! # Where the shared-memory segments live (default /dev/shm, or $TF_FAKE_GPU_SHM_DIR).
+//! shm_dir = "/dev/shm"
+//!
+//! [[device]]
+//! model = "NVIDIA H100 80GB HBM3"
+//! memory = "81559MiB"
+//! sms = 132
+//! fp16_tflops = 989.4
+//! # optional: uuid, vendor, pci_bus_id, numa_node, compute_capability,
+//! #           memory_bandwidth_gbps, launch_overhead_ns, wave_ns, nvlink
+//! ```
+//!
+//! The default is two devices modeled on the NVIDIA H100 SXM5 80GB. Sources: NVIDIA H100 Tensor
+//! Core GPU datasheet (SXM5 column): FP16 Tensor Core 1,979 TFLOPS *with sparsity*, so 989.4 dense;
+//! 80 GB HBM3 at 3.35 TB/s; the full GH100 has 144 SMs of which the SXM5 product enables 132
+//! (NVIDIA H100 architecture whitepaper); `nvidia-smi` on an H100 SXM5 reports 81559 MiB of
+//! memory; compute capability 9.0 (CUDA C Programming Guide, compute capabilities table).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use tf_hal::{Error, ErrorKind, Result, Vendor, units::parse_bytes};
+
+/// Environment variable naming the profile file.
+pub const CONFIG_ENV: &str = "TF_FAKE_GPU_CONFIG";
+/// Environment variable naming the shared-memory directory.
+pub const SHM_DIR_ENV: &str = "TF_FAKE_GPU_SHM_DIR";
+
+/// One simulated device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceProfile {
+    pub model: String,
+    pub uuid: String,
+    pub vendor: Vendor,
+    pub memory_bytes: u64,
+    pub sms: u32,
+    pub fp16_tflops: f64,
+    pub pci_bus_id: String,
+    pub numa_node: u32,
+    /// (major, minor)
+    pub compute_capability: (u32, u32),
+    pub memory_bandwidth_gbps: f64,
+    /// Fixed cost of every kernel, added to its modeled duration.
+    pub launch_overhead_ns: u64,
+    /// Modeled time for one wave of blocks of a kernel the engine does not know.
+    pub wave_ns: u64,
+    /// Devices with `nvlink = true` are linked to each other by NVLink.
+    pub nvlink: bool,
+}
+
+/// The whole simulated machine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FakeGpuConfig {
+    pub devices: Vec<DeviceProfile>,
+    pub shm_dir: PathBuf,
+    /// Where the profile came from (for messages), `None` for the built-in default.
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    shm_dir: Option<PathBuf>,
+    #[serde(default)]
+    device: Vec<FileDevice>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDevice {
+    model: String,
+    memory: toml::Value,
+    sms: u32,
+    fp16_tflops: f64,
+    uuid: Option<String>,
+    vendor: Option<String>,
+    pci_bus_id: Option<String>,
+    numa_node: Option<u32>,
+    compute_capability: Option<String>,
+    memory_bandwidth_gbps: Option<f64>,
+    launch_overhead_ns: Option<u64>,
+    wave_ns: Option<u64>,
+    nvlink: Option<bool>,
+}
+
+const H100_MODEL: &str = "NVIDIA H100 80GB HBM3";
+
+impl DeviceProfile {
+    /// The default device: an NVIDIA H100 SXM5 80GB.
+    pub fn h100_sxm(index: u32) -> Self {
+        DeviceProfile {
+            model: H100_MODEL.to_string(),
+            uuid: default_uuid(index),
+            vendor: Vendor::Nvidia,
+            memory_bytes: 81559 << 20,
+            sms: 132,
+            fp16_tflops: 989.4,
+            pci_bus_id: default_pci_bus_id(index),
+            numa_node: 0,
+            compute_capability: (9, 0),
+            memory_bandwidth_gbps: 3350.0,
+            launch_overhead_ns: 2_000,
+            wave_ns: 5_000,
+            nvlink: true,
+        }
+    }
+}
+
+fn default_uuid(index: u32) -> String {
+    format!(
+        "GPU-7f0c4e11-5a1e-4d2b-9c3a-{:012x}",
+        0xfa4e_0000_0000u64 + index as u64
+    )
+}
+
+fn default_pci_bus_id(index: u32) -> String {
+    format!("00000000:{:02X}:00.0", 0x18 + index * 0x10)
+}
+
+fn config_error(origin: &Path, msg: impl std::fmt::Display) -> Error {
+    Error::new(
+        ErrorKind::Config,
+        format!("simulated GPU profile {}: {msg}", origin.display()),
+    )
+}
+
+impl FakeGpuConfig {
+    /// The built-in default: two H100 SXM5 80GB.
+    pub fn default_h100x2() -> Self {
+        FakeGpuConfig {
+            devices: vec![DeviceProfile::h100_sxm(0), DeviceProfile::h100_sxm(1)],
+            shm_dir: default_shm_dir(),
+            source: None,
+        }
+    }
+
+    /// `$TF_FAKE_GPU_CONFIG` if set (it must then be valid), else the default.
+    pub fn from_env() -> Result<Self> {
+        match std::env::var_os(CONFIG_ENV) {
+            Some(p) if !p.is_empty() => Self::load(Path::new(&p)),
+            _ => Ok(Self::default_h100x2()),
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| config_error(path, format!("cannot read: {e}")))?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, origin: &Path) -> Result<Self> {
+        let file: FileConfig =
+            toml::from_str(text).map_err(|e| config_error(origin, e.to_string().trim_end()))?;
+        if file.device.is_empty() {
+            return Err(config_error(
+                origin,
+                "no [[device]] entries: a profile needs at least one device",
+            ));
+        }
+        let mut devices = Vec::with_capacity(file.device.len());
+        for (i, d) in file.device.into_iter().enumerate() {
+            let at = |msg: String| config_error(origin, format!("device {i}: {msg}"));
+            let memory_bytes = match &d.memory {
+                toml::Value::Integer(n) if *n > 0 => *n as u64,
+                toml::Value::String(s) => parse_bytes(s).map_err(|e| at(e.message))?,
+                other => {
+                    return Err(at(format!(
+                        "memory must be a size like \"80GiB\", got {other}"
+                    )));
+                }
+            };
+            if memory_bytes < (1 << 20) {
+                return Err(at("memory must be at least 1MiB".into()));
+            }
+            if d.sms == 0 {
+                return Err(at("sms must be at least 1".into()));
+            }
+            if !(d.fp16_tflops.is_finite() && d.fp16_tflops > 0.0) {
+                return Err(at("fp16_tflops must be a positive number".into()));
+            }
+            let vendor = match &d.vendor {
+                Some(v) => v.parse().map_err(|e: Error| at(e.message))?,
+                None => Vendor::Nvidia,
+            };
+            let compute_capability = match &d.compute_capability {
+                None => (9, 0),
+                Some(s) => {
+                    let parsed = s
+                        .split_once('.')
+                        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
+                    parsed.ok_or_else(|| {
+                        at(format!("compute_capability {s:?} must look like \"9.0\""))
+                    })?
+                }
+            };
+            let bw = d.memory_bandwidth_gbps.unwrap_or(3350.0);
+            if !(bw.is_finite() && bw > 0.0) {
+                return Err(at("memory_bandwidth_gbps must be positive".into()));
+            }
+            let index = i as u32;
+            devices.push(DeviceProfile {
+                model: d.model,
+                uuid: d.uuid.unwrap_or_else(|| default_uuid(index)),
+                vendor,
+                memory_bytes,
+                sms: d.sms,
+                fp16_tflops: d.fp16_tflops,
+                pci_bus_id: d.pci_bus_id.unwrap_or_else(|| default_pci_bus_id(index)),
+                numa_node: d.numa_node.unwrap_or(0),
+                compute_capability,
+                memory_bandwidth_gbps: bw,
+                launch_overhead_ns: d.launch_overhead_ns.unwrap_or(2_000),
+                wave_ns: d.wave_ns.unwrap_or(5_000),
+                nvlink: d.nvlink.unwrap_or(false),
+            });
+        }
+        let mut seen = std::collections::HashSet::new();
+        for d in &devices {
+            if !seen.insert(d.uuid.to_ascii_lowercase()) {
+                return Err(config_error(origin, format!("duplicate uuid {}", d.uuid)));
+            }
+        }
+        Ok(FakeGpuConfig {
+            devices,
+            shm_dir: file.shm_dir.unwrap_or_else(default_shm_dir),
+            source: Some(origin.to_path_buf()),
+        })
+    }
+}
+
+fn default_shm_dir() -> PathBuf {
+    match std::env::var_os(SHM_DIR_ENV) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from("/dev/shm"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_two_h100s() {
+        let c = FakeGpuConfig::default_h100x2();
+        assert_eq!(c.devices.len(), 2);
+        assert_eq!(c.devices[0].sms, 132);
+        assert_eq!(c.devices[0].memory_bytes, 81559 * 1024 * 1024);
+        assert_ne!(c.devices[0].uuid, c.devices[1].uuid);
+    }
+
+    #[test]
+    fn file_parses_and_errors_are_clear() {
+        let ok =
+            "[[device]]\nmodel = \"NVIDIA L4\"\nmemory = \"24GiB\"\nsms = 58\nfp16_tflops = 121\n";
+        let c = FakeGpuConfig::parse(ok, Path::new("p.toml")).unwrap();
+        assert_eq!(c.devices[0].memory_bytes, 24 << 30);
+        assert!(!c.devices[0].nvlink);
+
+        let cases = [
+            (
+                "[[device]]\nmodel = \"x\"\nsms = 1\nfp16_tflops = 1\n",
+                "memory",
+            ),
+            (
+                "[[device]]\nmodel=\"x\"\nmemory=\"lots\"\nsms=1\nfp16_tflops=1\n",
+                "lots",
+            ),
+            (
+                "[[device]]\nmodel=\"x\"\nmemory=\"1GiB\"\nsms=0\nfp16_tflops=1\n",
+                "sms",
+            ),
+            (
+                "[[device]]\nmodel=\"x\"\nmemory=\"1GiB\"\nsms=1\nfp16_tflops=1\ncolour=1\n",
+                "colour",
+            ),
+            ("shm_dir = \"/tmp\"\n", "no [[device]]"),
+            ("this is not toml", "p.toml"),
+        ];
+        for (text, needle) in cases {
+            let err = FakeGpuConfig::parse(text, Path::new("p.toml")).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::Config);
+            assert!(err.message.contains(needle), "{needle:?} not in {err}");
+            assert!(err.message.contains("p.toml"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Behaviour of the simulated GPU beyond the HAL contract: bad input, partitions, snapshots.
+
+use std::sync::Arc;
+
+use tf_fake_gpu::{FakeBackend, testing::isolated_config};
+use tf_hal::*;
+
+fn backend(tag: &str) -> FakeBackend {
+    FakeBackend::with_config(isolated_config(tag, 2)).unwrap()
+}
+
+fn ctx(b: &FakeBackend) -> Arc<dyn Context> {
+    b.device(0).unwrap().create_context().unwrap()
+}
+
+#[test]
+fn a_ptx_module_with_no_entries_is_rejected() {
+    let b = backend("noentry");
+    let c = ctx(&b);
+    let err = c
+        .load_module(ModuleImage::Ptx(
+            ".version 7.0\n.target sm_70\n.address_size 64\n",
+        ))
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::InvalidImage);
+    assert!(err.message.contains("no .entry"), "{err}");
+    let err = c
+        .load_module(ModuleImage::Binary(b"\x7fELF\x02\x01\x01\0\0\0"))
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::InvalidImage, "{err}");
+}
+
+#[test]
+fn a_launch_with_the_wrong_arguments_is_rejected() {
+    let b = backend("args");
+    let c = ctx(&b);
+    let m = c.load_module(ModuleImage::Ptx(TEST_KERNELS_PTX)).unwrap();
+    let add = c.function(m, "tf_vector_add_f32").unwrap();
+    let p = c.mem_alloc(64).unwrap();
+    let cfg = LaunchConfig::for_elements(16, 16);
+    let err = c
+        .launch(
+            add,
+            &cfg,
+            StreamHandle::DEFAULT,
+            &KernelArgs::new().ptr(p).ptr(p).u32(16),
+        )
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::InvalidValue);
+    assert!(
+        err.message
+            .contains("takes 4 arguments, the launch passed 3"),
+        "{err}"
+    );
+    let err = c
+        .launch(
+            add,
+            &cfg,
+            StreamHandle::DEFAULT,
+            &KernelArgs::new().ptr(p).ptr(p).ptr(p).u64(16),
+        )
+        .unwrap_err();
+    assert!(err.message.contains("argument 3 is 4 bytes"), "{err}");
+    let bad_cfg = LaunchConfig {
+        grid: [1, 1, 1],
+        block: [2048, 1, 1],
+        shared_mem_bytes: 0,
+    };
+    let err = c
+        .launch(
+            add,
+            &bad_cfg,
+            StreamHandle::DEFAULT,
+            &KernelArgs::new().ptr(p).ptr(p).ptr(p).u32(16),
+        )
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::InvalidValue);
+}
+
+#[test]
+fn a_kernel_outside_its_memory_fails_at_synchronize() {
+    let b = backend("oob");
+    let c = ctx(&b);
+    let m = c.load_module(ModuleImage::Ptx(TEST_KERNELS_PTX)).unwrap();
+    let fill = c.function(m, "tf_fill_u32").unwrap();
+    let p = c.mem_alloc(64).unwrap();
+    // 1000 elements into 64 bytes.
+    c.launch(
+        fill,
+        &LaunchConfig::for_elements(1000, 128),
+        StreamHandle::DEFAULT,
+        &KernelArgs::new().ptr(p).u32(1).u32(1000),
+    )
+    .expect("the launch itself is accepted, like on a GPU");
+    let err = c.synchronize().unwrap_err();
+    assert_eq!(err.kind, ErrorKind::IllegalAddress, "{err}");
+}
+
+#[test]
+fn unknown_kernels_run_for_their_modeled_time() {
+    let b = backend("modeled");
+    let c = ctx(&b);
+    let ptx = ".version 7.0\n.target sm_70\n.address_size 64\n.visible .entry my_gemm(.param .u64 a, .param .u32 n)\n{ ret; }\n";
+    let m = c.load_module(ModuleImage::Ptx(ptx)).unwrap();
+    let f = c.function(m, "my_gemm").unwrap();
+    let (e0, e1) = (c.event_create().unwrap(), c.event_create().unwrap());
+    // 132 SMs × 8 blocks of 256 threads per wave: 10 waves × 5 µs + 2 µs overhead = 52 µs.
+    let cfg = LaunchConfig {
+        grid: [132 * 8 * 10, 1, 1],
+        block: [256, 1, 1],
+        shared_mem_bytes: 0,
+    };
+    c.event_record(e0, StreamHandle::DEFAULT).unwrap();
+    for _ in 0..100 {
+        c.launch(
+            f,
+            &cfg,
+            StreamHandle::DEFAULT,
+            &KernelArgs::new().u64(0).u32(1),
+        )
+        .unwrap();
+    }
+    c.event_record(e1, StreamHandle::DEFAULT).unwrap();
+    c.event_synchronize(e1).unwrap();
+    let t = c.event_elapsed(e0, e1).unwrap();
+    assert!(t.as_micros() >= 5_200, "100 × 52 µs took {t:?}");
+}
+
+#[test]
+fn memory_is_shared_device_wide_and_partitions_fit_the_device() {
+    let b = backend("mem");
+    let dev = b.device(1).unwrap();
+    let c1 = dev.create_context().unwrap();
+    let c2 = dev.create_context().unwrap();
+    let total = dev.info().total_memory_bytes;
+    let half = c1.mem_alloc(total / 2).unwrap();
+    assert!(
+        c2.mem_alloc(total / 2 + (1 << 20)).is_err(),
+        "both halves cannot fit"
+    );
+    let m = dev.memory().unwrap();
+    assert_eq!(m.used_bytes, total / 2);
+    assert_eq!(dev.processes().unwrap()[0].memory_bytes, total / 2);
+    c1.mem_free(half).unwrap();
+    assert_eq!(dev.memory().unwrap().used_bytes, 0);
+
+    let templates = dev.partition_templates().unwrap();
+    assert!(
+        templates.iter().any(|t| t.name == "1g.10gb"),
+        "{templates:?}"
+    );
+    let a = dev.create_partition("3g.40gb").unwrap();
+    let _b = dev.create_partition("3g.40gb").unwrap();
+    let err = dev.create_partition("3g.40gb").unwrap_err();
+    assert_eq!(err.kind, ErrorKind::OutOfMemory, "{err}");
+    assert_eq!(
+        dev.create_partition("9g.1gb").unwrap_err().kind,
+        ErrorKind::NotFound
+    );
+    dev.destroy_partition(&a.id).unwrap();
+    assert_eq!(dev.partitions().unwrap().len(), 1);
+}
+
+#[test]
+fn snapshot_and_restore_bring_back_memory_at_the_same_addresses() {
+    let b = backend("snap");
+    let c = ctx(&b);
+    let p = c.mem_alloc(10_000).unwrap();
+    let q = c.mem_alloc(333).unwrap();
+    let data = tf_hal::conformance::pattern(10_000, 3);
+    c.copy_htod(p, &data).unwrap();
+    c.memset_d8(q, 0x5a, 333).unwrap();
+    let snap = c.snapshot().unwrap();
+    assert_eq!(snap.total_bytes(), 10_333);
+    c.mem_free(p).unwrap();
+    c.memset_d8(q, 0, 333).unwrap();
+    c.restore(&snap).unwrap();
+    let mut back = vec![0; 10_000];
+    c.copy_dtoh(&mut back, p).unwrap();
+    assert!(back == data);
+    let mut qb = vec![0; 333];
+    c.copy_dtoh(&mut qb, q).unwrap();
+    assert!(qb.iter().all(|&x| x == 0x5a));
+}
