@@ -1,11 +1,22 @@
 //! `tensor-fusion`: the user's command line.
 
+mod backends;
+mod demo;
+mod devices;
+mod fakegpu;
 mod sim;
 
 use clap::{Parser, Subcommand};
 
+/// GPU virtualization and pooling: fractions of GPUs (TFLOPS and VRAM) for AI workloads, on a
+/// node or across the network, scheduled over a pool of GPU nodes.
+///
+/// Backends: the simulated GPU (fake, the default), NVIDIA (cuda) and Ascend (ascend), chosen
+/// with --backend where a command takes it, else $TF_BACKEND, else the `backend` key of the
+/// config file ($TF_CONFIG or /etc/tensor-fusion/config.toml). Logs go to stderr, filtered by
+/// $TF_LOG (e.g. TF_LOG=debug).
 #[derive(Debug, Parser)]
-#[command(name = "tensor-fusion", version, about = "GPU virtualization and pooling", long_about = None)]
+#[command(name = "tensor-fusion", version, about, long_about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -13,13 +24,35 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// List the devices a backend sees (index, UUID, model, memory, SMs, TFLOPS, vendor, backend).
+    Devices(devices::DevicesArgs),
+    /// Run the demonstration on the simulated GPU.
+    Demo(demo::DemoArgs),
+    /// Tools for the simulated GPU.
+    FakeGpu(fakegpu::FakeGpuArgs),
     /// Scheduler trace simulator and throughput bench.
     Sim(sim::SimArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TF_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
+        Command::Devices(args) => devices::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::FakeGpu(args) => fakegpu::run(args),
         Command::Sim(args) => sim::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tensor-fusion: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

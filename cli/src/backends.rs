@@ -1,0 +1,50 @@
+//! Opening the HAL backend the user chose (`--backend`, `TF_BACKEND`, config file, or `fake`).
+//! Vendor backends are compiled in by cargo features; this is the only place that names them.
+
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use tf_hal::{Backend, BackendKind};
+
+/// Resolve and open a backend.
+pub fn open(explicit: Option<&str>) -> Result<Arc<dyn Backend>> {
+    let kind = tf_hal::config::select_backend(explicit)?;
+    open_kind(kind)
+}
+
+pub fn open_kind(kind: BackendKind) -> Result<Arc<dyn Backend>> {
+    match kind {
+        BackendKind::Fake => Ok(Arc::new(
+            tf_fake_gpu::FakeBackend::from_env().context("opening the simulated GPU")?,
+        )),
+        BackendKind::Cuda => open_cuda(),
+        BackendKind::Ascend => anyhow::bail!(
+            "the ascend backend is not part of this build of tensor-fusion (available: {})",
+            available().join(", ")
+        ),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn open_cuda() -> Result<Arc<dyn Backend>> {
+    Ok(Arc::new(
+        tf_backend_cuda::CudaBackend::new().context("opening the CUDA backend")?,
+    ))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn open_cuda() -> Result<Arc<dyn Backend>> {
+    anyhow::bail!(
+        "the cuda backend is not part of this build of tensor-fusion (rebuild with --features cuda; available: {})",
+        available().join(", ")
+    )
+}
+
+/// Backends compiled into this binary.
+pub fn available() -> Vec<&'static str> {
+    let mut v = vec!["fake"];
+    if cfg!(feature = "cuda") {
+        v.push("cuda");
+    }
+    v
+}

@@ -1,0 +1,214 @@
+//! `tensor-fusion demo`: a tour of tensor-fusion on the simulated GPU.
+//!
+//! 1. enumerate the simulated devices through the HAL;
+//! 2. run a real PTX vector add on device 0 and check every element;
+//! 3. start two processes that contend for device 0 and show that the time-slice arbiter splits
+//!    it between them, and that device utilization means what NVML means.
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context as _, Result, ensure};
+use serde::Serialize;
+use tf_fake_gpu::load::{LoadReport, LoadSpec};
+use tf_hal::{Backend, KernelArgs, LaunchConfig, ModuleImage, StreamHandle};
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Print one JSON object with the demo's figures instead of prose.
+    #[arg(long)]
+    pub json: bool,
+    /// Seconds of the contention step's measurement window.
+    #[arg(long, default_value_t = 2.0)]
+    pub seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct VectorAdd {
+    elements: u32,
+    checked: u32,
+    device_time_us: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Contention {
+    window_s: f64,
+    process_share_pct: Vec<f64>,
+    arbitrated_busy_pct: f64,
+    device_utilization_pct: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct DemoReport {
+    devices: Vec<tf_hal::DeviceInfo>,
+    vector_add: VectorAdd,
+    contention: Contention,
+}
+
+macro_rules! say {
+    ($json:expr, $($t:tt)*) => { if !$json { println!($($t)*); } };
+}
+
+pub fn run(args: DemoArgs) -> Result<()> {
+    ensure!(
+        args.seconds >= 0.2 && args.seconds <= 600.0,
+        "--seconds must be between 0.2 and 600"
+    );
+    let json = args.json;
+    let backend: Arc<dyn Backend> =
+        Arc::new(tf_fake_gpu::FakeBackend::from_env().context("opening the simulated GPU")?);
+    say!(
+        json,
+        "tensor-fusion demo, on the simulated GPU (tensor-fusion fake-gpu info tells where it lives)\n"
+    );
+
+    let devices = backend.devices()?;
+    say!(json, "1. devices seen through the HAL:");
+    for d in &devices {
+        say!(
+            json,
+            "   [{}] {} {}, {}, {} SMs, {:.1} FP16 TFLOPS",
+            d.index,
+            d.model,
+            d.uuid,
+            tf_hal::units::format_bytes(d.total_memory_bytes),
+            d.compute_units,
+            d.fp16_tflops
+        );
+    }
+
+    let vector_add = vector_add(&*backend)?;
+    say!(
+        json,
+        "\n2. vector add of {} floats through real PTX on device 0: every element checked, {:.1} µs of device time",
+        vector_add.elements,
+        vector_add.device_time_us
+    );
+
+    say!(
+        json,
+        "\n3. two processes running back-to-back 1 ms kernels on device 0 for {:.1} s ...",
+        args.seconds
+    );
+    let contention = contention(&*backend, args.seconds)?;
+    for (i, s) in contention.process_share_pct.iter().enumerate() {
+        say!(json, "   process {}: {:.1}% of the device", i + 1, s);
+    }
+    say!(
+        json,
+        "   device utilization (NVML's meaning) {:.1}%, arbitrated busy time {:.1}%",
+        contention.device_utilization_pct,
+        contention.arbitrated_busy_pct
+    );
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&DemoReport {
+                devices,
+                vector_add,
+                contention
+            })?
+        );
+    } else {
+        println!("\nnext: `tensor-fusion devices`, `tensor-fusion --help`");
+    }
+    Ok(())
+}
+
+fn vector_add(backend: &dyn Backend) -> Result<VectorAdd> {
+    let dev = backend.device(0)?;
+    let ctx = dev.create_context()?;
+    let module = ctx.load_module(ModuleImage::Ptx(tf_hal::TEST_KERNELS_PTX))?;
+    let add = ctx.function(module, "tf_vector_add_f32")?;
+    let n: u32 = 1 << 20;
+    let a: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let b: Vec<f32> = (0..n).map(|i| (n - i) as f32 * 0.25).collect();
+    let to_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let bytes = n as u64 * 4;
+    let (da, db, dc) = (
+        ctx.mem_alloc(bytes)?,
+        ctx.mem_alloc(bytes)?,
+        ctx.mem_alloc(bytes)?,
+    );
+    ctx.copy_htod(da, &to_bytes(&a))?;
+    ctx.copy_htod(db, &to_bytes(&b))?;
+    let (start, end) = (ctx.event_create()?, ctx.event_create()?);
+    ctx.event_record(start, StreamHandle::DEFAULT)?;
+    ctx.launch(
+        add,
+        &LaunchConfig::for_elements(n, 256),
+        StreamHandle::DEFAULT,
+        &KernelArgs::new().ptr(da).ptr(db).ptr(dc).u32(n),
+    )?;
+    ctx.event_record(end, StreamHandle::DEFAULT)?;
+    ctx.synchronize()?;
+    let mut out = vec![0u8; bytes as usize];
+    ctx.copy_dtoh(&mut out, dc)?;
+    for (i, c) in out.chunks_exact(4).enumerate() {
+        let got = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        ensure!(
+            got == a[i] + b[i],
+            "vector add element {i}: got {got}, expected {}",
+            a[i] + b[i]
+        );
+    }
+    let t = ctx.event_elapsed(start, end)?;
+    for p in [da, db, dc] {
+        ctx.mem_free(p)?;
+    }
+    Ok(VectorAdd {
+        elements: n,
+        checked: n,
+        device_time_us: t.as_secs_f64() * 1e6,
+    })
+}
+
+fn contention(backend: &dyn Backend, seconds: f64) -> Result<Contention> {
+    let dev = backend.device(0)?;
+    let exe = std::env::current_exe().context("locating the tensor-fusion binary")?;
+    let now = tf_fake_gpu::sys::now_ns();
+    let window_ns = (seconds * 1e9) as u64;
+    let window_start = now + 500_000_000;
+    let window_end = window_start + window_ns;
+    let spec = LoadSpec {
+        device: 0,
+        kernel_ns: 1_000_000,
+        until_ns: window_end + 100_000_000,
+        window_start_ns: window_start,
+        window_end_ns: window_end,
+        alloc_bytes: 0,
+        depth: 2,
+    };
+    let spec_json = serde_json::to_string(&spec)?;
+    let started = Instant::now();
+    let children = (0..2)
+        .map(|_| {
+            Command::new(&exe)
+                .args(["fake-gpu", "load", &spec_json])
+                .stdout(Stdio::piped())
+                .spawn()
+                .context("starting a load process")
+        })
+        .collect::<Result<Vec<_>>>()?;
+    tf_fake_gpu::sys::sleep_until(window_end);
+    let util = dev.utilization(std::time::Duration::from_nanos(window_ns))?;
+    let mut shares = Vec::new();
+    for c in children {
+        let out = c.wait_with_output()?;
+        ensure!(
+            out.status.success(),
+            "a load process failed ({})",
+            out.status
+        );
+        let r: LoadReport = serde_json::from_slice(&out.stdout).context("reading a load report")?;
+        shares.push(r.share_pct);
+    }
+    tracing::debug!(elapsed = ?started.elapsed(), "contention step done");
+    Ok(Contention {
+        window_s: seconds,
+        arbitrated_busy_pct: shares.iter().sum(),
+        process_share_pct: shares,
+        device_utilization_pct: util,
+    })
+}

@@ -1,0 +1,44 @@
+//! `tensor-fusion devices`: list the devices a backend sees.
+
+use anyhow::Result;
+use tf_hal::units::format_bytes;
+
+#[derive(Debug, clap::Args)]
+pub struct DevicesArgs {
+    /// Backend to use: fake, cuda or ascend (default: $TF_BACKEND, the config file, or fake).
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Print a JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: DevicesArgs) -> Result<()> {
+    let backend = crate::backends::open(args.backend.as_deref())?;
+    let devices = backend.devices()?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&devices)?);
+        return Ok(());
+    }
+    println!(
+        "{:<5} {:<44} {:<26} {:>10} {:>5} {:>8} {:<7} {:<7}",
+        "INDEX", "UUID", "MODEL", "MEMORY", "SMS", "TFLOPS", "VENDOR", "BACKEND"
+    );
+    for d in &devices {
+        println!(
+            "{:<5} {:<44} {:<26} {:>10} {:>5} {:>8.1} {:<7} {:<7}",
+            d.index,
+            d.uuid,
+            d.model,
+            format_bytes(d.total_memory_bytes),
+            d.compute_units,
+            d.fp16_tflops,
+            d.vendor,
+            d.backend
+        );
+    }
+    if devices.is_empty() {
+        println!("(no devices)");
+    }
+    Ok(())
+}

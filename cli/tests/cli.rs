@@ -1,0 +1,149 @@
+//! The command line as a user runs it: real processes, real exit codes.
+
+use std::process::{Command, Output};
+
+use tf_fake_gpu::testing::{isolated_config, to_toml};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tensor-fusion");
+
+/// Run tensor-fusion on an isolated simulated machine.
+fn tf(args: &[&str], profile: &str) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gpu.toml");
+    std::fs::write(&path, profile).unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "backend = \"fake\"\n").unwrap();
+    Command::new(BIN)
+        .args(args)
+        .env("TF_FAKE_GPU_CONFIG", &path)
+        .env_remove("TF_BACKEND")
+        .env("TF_CONFIG", &config)
+        .output()
+        .unwrap()
+}
+
+fn isolated() -> String {
+    to_toml(&isolated_config("cli", 2))
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn devices_json_lists_every_field() {
+    let o = tf(&["devices", "--json"], &isolated());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let arr = v.as_array().expect("a JSON array");
+    assert_eq!(arr.len(), 2);
+    for (i, d) in arr.iter().enumerate() {
+        assert_eq!(d["index"], i);
+        for field in [
+            "uuid",
+            "model",
+            "total_memory_bytes",
+            "compute_units",
+            "fp16_tflops",
+            "vendor",
+            "backend",
+        ] {
+            assert!(!d[field].is_null(), "field {field} missing in {d}");
+        }
+        assert_eq!(d["backend"], "fake");
+        assert_eq!(d["vendor"], "nvidia");
+        assert_eq!(d["compute_units"], 132);
+        assert_eq!(d["total_memory_bytes"], 81559u64 << 20);
+    }
+}
+
+#[test]
+fn devices_table_is_human_readable() {
+    let o = tf(&["devices"], &isolated());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(out.starts_with("INDEX"), "{out}");
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.contains("NVIDIA H100 80GB HBM3"))
+            .count(),
+        2,
+        "{out}"
+    );
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_a_non_zero_exit() {
+    let o = tf(&["devices", "--backend", "rocm"], &isolated());
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("unknown backend \"rocm\""),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = tf(
+        &["devices"],
+        "[[device]]\nmodel = \"x\"\nmemory = \"a lot\"\nsms = 1\nfp16_tflops = 1\n",
+    );
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("gpu.toml") && e.contains("a lot"), "{e}");
+
+    let o = tf(&["devices"], "[[device]]\nmodel = \"x\"\n");
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("memory"), "{}", stderr(&o));
+
+    let o = Command::new(BIN)
+        .args(["devices"])
+        .env_remove("TF_BACKEND")
+        .env("TF_CONFIG", "/nonexistent/tf-config.toml")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("/nonexistent/tf-config.toml"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = tf(&["no-such-command"], &isolated());
+    assert!(!o.status.success());
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["devices", "--help"],
+        vec!["demo", "--help"],
+        vec!["fake-gpu", "--help"],
+        vec!["fake-gpu", "info", "--help"],
+        vec!["sim", "--help"],
+    ] {
+        let o = tf(&args, &isolated());
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        let out = String::from_utf8(o.stdout).unwrap();
+        assert!(out.contains("Usage:"), "{args:?}: {out}");
+    }
+}
+
+#[test]
+fn demo_runs_on_the_simulated_gpu() {
+    let o = tf(
+        &["demo", "--json", "--seconds", "1"],
+        &to_toml(&isolated_config("demo", 1)),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["vector_add"]["checked"], v["vector_add"]["elements"]);
+    let shares = v["contention"]["process_share_pct"].as_array().unwrap();
+    assert_eq!(shares.len(), 2);
+    for s in shares {
+        let s = s.as_f64().unwrap();
+        assert!((s - 50.0).abs() < 6.0, "share {s} in {v}");
+    }
+    let util = v["contention"]["device_utilization_pct"].as_f64().unwrap();
+    let busy = v["contention"]["arbitrated_busy_pct"].as_f64().unwrap();
+    assert!((util - busy).abs() <= 2.0, "{v}");
+}
