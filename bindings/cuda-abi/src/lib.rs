@@ -1,0 +1,217 @@
+//! # tf-cuda-abi
+//!
+//! The raw C ABI of NVIDIA's CUDA driver API (`libcuda.so.1`) and NVML (`libnvidia-ml.so.1`),
+//! generated from NVIDIA's own headers by `gen/generate.py` (the headers are not committed; the
+//! script says where to get them). It holds no code that calls a driver:
+//!
+//! - [`cuda_driver_functions!`] and [`nvml_functions!`] list every exported function with its
+//!   exact signature in raw Rust types, for crates that implement or interpose the libraries;
+//! - [`driver`] and [`nvml`] hold every enum constant of the headers and the symbolic names of
+//!   the error codes;
+//! - [`driver::PROC_ADDRESS_TABLE`] says which symbol `cuGetProcAddress` hands out for an API
+//!   name, a CUDA version and a stream flavour;
+//! - a few structs the headers pass by value or that implementations must read, written by hand
+//!   with `#[repr(C)]` (their layout is checked against the real header by a C test).
+#![allow(non_camel_case_types, non_snake_case)]
+
+pub mod driver;
+pub mod nvml;
+
+use core::ffi::c_void;
+
+/// `CUresult`.
+pub type CUresult = u32;
+/// `nvmlReturn_t`.
+pub type nvmlReturn_t = u32;
+
+/// `CUipcEventHandle` (passed by value).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CUipcEventHandle {
+    pub reserved: [core::ffi::c_char; 64],
+}
+
+/// `CUipcMemHandle` (passed by value).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CUipcMemHandle {
+    pub reserved: [core::ffi::c_char; 64],
+}
+
+/// `CUmemLocation` (passed by value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CUmemLocation {
+    pub type_: u32,
+    pub id: i32,
+}
+
+/// `CUuuid`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CUuuid {
+    pub bytes: [core::ffi::c_char; 16],
+}
+
+/// `CUlaunchConfig` (cuLaunchKernelEx).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CUlaunchConfig {
+    pub gridDimX: u32,
+    pub gridDimY: u32,
+    pub gridDimZ: u32,
+    pub blockDimX: u32,
+    pub blockDimY: u32,
+    pub blockDimZ: u32,
+    pub sharedMemBytes: u32,
+    pub hStream: *mut c_void,
+    pub attrs: *mut c_void,
+    pub numAttrs: u32,
+}
+
+/// `CUDA_MEMCPY2D`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CUDA_MEMCPY2D {
+    pub srcXInBytes: usize,
+    pub srcY: usize,
+    pub srcMemoryType: u32,
+    pub srcHost: *const c_void,
+    pub srcDevice: u64,
+    pub srcArray: *mut c_void,
+    pub srcPitch: usize,
+    pub dstXInBytes: usize,
+    pub dstY: usize,
+    pub dstMemoryType: u32,
+    pub dstHost: *mut c_void,
+    pub dstDevice: u64,
+    pub dstArray: *mut c_void,
+    pub dstPitch: usize,
+    pub WidthInBytes: usize,
+    pub Height: usize,
+}
+
+/// The leading fields of `CUmemAllocationProp` (the rest is reserved or Windows-only).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CUmemAllocationProp {
+    pub type_: u32,
+    pub requestedHandleTypes: u32,
+    pub location: CUmemLocation,
+    pub win32HandleMetaData: *mut c_void,
+    pub allocFlags: [u8; 8],
+}
+
+/// The symbolic name of a `CUresult` (e.g. `CUDA_ERROR_OUT_OF_MEMORY`).
+pub fn cu_error_name(code: CUresult) -> Option<&'static str> {
+    driver::CURESULT_NAMES
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map(|(_, n)| *n)
+}
+
+/// An NVML return code's symbolic name (e.g. `NVML_ERROR_NOT_SUPPORTED`).
+pub fn nvml_error_name(code: nvmlReturn_t) -> Option<&'static str> {
+    nvml::NVML_RETURN_NAMES
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map(|(_, n)| *n)
+}
+
+/// A readable description from a symbolic error name: `CUDA_ERROR_OUT_OF_MEMORY` → "out of memory".
+pub fn describe(name: &str) -> String {
+    let words = name
+        .trim_start_matches("CUDA_ERROR_")
+        .trim_start_matches("CUDA_")
+        .trim_start_matches("NVML_ERROR_")
+        .trim_start_matches("NVML_");
+    words.to_ascii_lowercase().replace('_', " ")
+}
+
+/// How `cuGetProcAddress` resolved a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcLookup {
+    Found(&'static str),
+    /// The API exists, but only in versions newer than the one asked for.
+    VersionNotSufficient,
+    NotFound,
+}
+
+/// Which exported symbol serves API `name` for a caller built against CUDA `version`, with
+/// per-thread default stream semantics if `per_thread`. A name that is not in the versioned
+/// table resolves through `exported` (the implementation's own export list), so that exact
+/// symbol names such as `cuMemAlloc_v2` also work.
+pub fn proc_address_symbol(
+    name: &str,
+    version: u32,
+    per_thread: bool,
+    exported: impl Fn(&str) -> Option<&'static str>,
+) -> ProcLookup {
+    let best = |pt: u8| {
+        driver::PROC_ADDRESS_TABLE
+            .iter()
+            .filter(|(n, v, p, _)| *n == name && *p == pt && *v <= version)
+            .max_by_key(|(_, v, _, _)| *v)
+            .map(|(_, _, _, s)| *s)
+    };
+    let found = if per_thread {
+        best(1).or_else(|| best(0))
+    } else {
+        best(0)
+    };
+    if let Some(s) = found {
+        return ProcLookup::Found(s);
+    }
+    if driver::PROC_ADDRESS_TABLE.iter().any(|(n, ..)| *n == name) {
+        return ProcLookup::VersionNotSufficient;
+    }
+    match exported(name) {
+        Some(s) => ProcLookup::Found(s),
+        None => ProcLookup::NotFound,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    macro_rules! count {
+        ($(fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+            [$(stringify!($name)),*]
+        };
+    }
+
+    #[test]
+    fn every_driver_function_is_listed() {
+        let names = cuda_driver_functions!(count);
+        for must in [
+            "cuInit", "cuMemAlloc", "cuMemAlloc_v2", "cuLaunchKernel", "cuLaunchKernel_ptsz",
+            "cuMemcpyHtoD_v2_ptds", "cuGetProcAddress", "cuGetProcAddress_v2", "cuMemCreate",
+            "cuGraphLaunch", "cuLaunchKernelEx", "cuMemAllocAsync",
+        ] {
+            assert!(names.contains(&must), "{must} missing");
+        }
+        assert!(names.len() > 600, "{}", names.len());
+        let nvml = nvml_functions!(count);
+        for must in ["nvmlInit_v2", "nvmlInit", "nvmlDeviceGetCount_v2", "nvmlDeviceGetMemoryInfo", "nvmlErrorString"] {
+            assert!(nvml.contains(&must), "{must} missing");
+        }
+    }
+
+    #[test]
+    fn proc_address_follows_versions_and_stream_flavour() {
+        let none = |_: &str| None;
+        assert_eq!(proc_address_symbol("cuMemAlloc", 12000, false, none), ProcLookup::Found("cuMemAlloc_v2"));
+        assert_eq!(proc_address_symbol("cuMemAlloc", 2000, false, none), ProcLookup::Found("cuMemAlloc"));
+        assert_eq!(proc_address_symbol("cuCtxCreate", 11040, false, none), ProcLookup::Found("cuCtxCreate_v3"));
+        assert_eq!(proc_address_symbol("cuCtxCreate", 12090, false, none), ProcLookup::Found("cuCtxCreate_v4"));
+        assert_eq!(proc_address_symbol("cuMemcpyHtoD", 12000, true, none), ProcLookup::Found("cuMemcpyHtoD_v2_ptds"));
+        assert_eq!(proc_address_symbol("cuLaunchKernel", 12000, true, none), ProcLookup::Found("cuLaunchKernel_ptsz"));
+        // No per-thread flavour: the plain one.
+        assert_eq!(proc_address_symbol("cuMemAlloc", 12000, true, none), ProcLookup::Found("cuMemAlloc_v2"));
+        assert_eq!(proc_address_symbol("cuMemCreate", 10000, false, none), ProcLookup::VersionNotSufficient);
+        assert_eq!(proc_address_symbol("cuNoSuchThing", 12000, false, none), ProcLookup::NotFound);
+        assert_eq!(cu_error_name(2), Some("CUDA_ERROR_OUT_OF_MEMORY"));
+        assert_eq!(describe("CUDA_ERROR_OUT_OF_MEMORY"), "out of memory");
+    }
+}
