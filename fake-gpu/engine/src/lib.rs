@@ -15,6 +15,7 @@
 pub mod backend;
 pub mod device;
 pub mod exec;
+pub mod install;
 pub mod kernels;
 pub mod load;
 pub mod profile;
