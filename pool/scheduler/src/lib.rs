@@ -1,1 +1,32 @@
-//! Placeholder: the scheduler is being written.
+//! tensor-fusion pool scheduler: the allocation engine behind GPU pooling.
+//!
+//! A [`Scheduler`] holds pools of nodes; nodes have host CPU and memory and GPUs with TFLOPS
+//! and VRAM capacity, a model, a vendor and a NUMA position. A [`Request`] asks for GPUs (a
+//! share of each, absolute or in permille, or whole dedicated GPUs) plus host CPU and memory,
+//! with model/vendor constraints, optional pinned GPU indices, a QoS level and a namespace.
+//! [`Scheduler::reserve`] filters the pool's nodes, scores them with the [`Policy`], and
+//! commits the best; [`Scheduler::release`] returns exactly what an allocation held.
+//! Pools can oversubscribe TFLOPS and VRAM by a ratio; namespaces can have quotas; a request
+//! that fits nowhere may preempt strictly lower-QoS allocations.
+//!
+//! All quantities are integers (milli-TFLOPS, bytes, milli-CPU), so capacity accounting is
+//! exact. Scores are cached per request class and node version: a decision re-scores only the
+//! nodes that changed since the class was last placed, then scans the cached scores.
+//!
+//! The default policy, [`Policy::FragLookahead`], is fragmentation-aware; see `pool/README.md`.
+//! [`sim`] replays the Alibaba GPU trace by the FGD paper's protocol and benchmarks throughput.
+//!
+//! No Kubernetes here: the operator maps Pods onto [`Request`]s.
+
+mod engine;
+mod error;
+mod policy;
+mod profile;
+pub mod sim;
+mod types;
+
+pub use engine::{MAX_GPUS_PER_NODE, MAX_MODELS, Scheduler};
+pub use error::{Result, SchedError};
+pub use policy::Policy;
+pub use profile::{ProfileEntry, WorkloadProfile};
+pub use types::*;

@@ -1,0 +1,984 @@
+//! The allocation engine: pools, nodes, reservation, release, quotas and preemption.
+
+use std::collections::HashMap;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::error::{Result, SchedError};
+use crate::policy::{Choice, Ctx, Gpu, Need, Policy, evaluate};
+use crate::profile::{Compiled, Group, WorkloadProfile};
+use crate::types::{
+    Allocation, AllocationId, Amount, GpuGrant, GpuStatus, NodeSpec, NodeStatus, PoolConfig, Qos,
+    Quota, Request, Usage,
+};
+
+/// At most this many GPUs per node (placements are bit masks).
+pub const MAX_GPUS_PER_NODE: usize = 64;
+/// At most this many distinct GPU models per scheduler (model constraints are bit masks).
+pub const MAX_MODELS: usize = 64;
+/// Score caches kept at once before they are all dropped.
+const MAX_CLASSES: usize = 4096;
+
+struct NodeState {
+    name: String,
+    pool: u32,
+    cpu_cap: u64,
+    mem_cap: u64,
+    cpu_free: u64,
+    mem_free: u64,
+    gpu_start: usize,
+    gpu_len: usize,
+    /// Bumped on every change; score caches compare against it.
+    version: u64,
+    allocs: Vec<u64>,
+}
+
+struct PoolState {
+    config: PoolConfig,
+    nodes: Vec<u32>,
+    max_cpu: u64,
+    max_gpu_share: f64,
+    profile: Compiled,
+    explicit: Option<WorkloadProfile>,
+    learned: HashMap<Need, f64>,
+    seen: u64,
+    next_learn: u64,
+}
+
+struct Record {
+    pool: u32,
+    namespace: String,
+    qos: Qos,
+    node: u32,
+    grants: Vec<GpuGrant>,
+    dedicated: bool,
+    cpu: u64,
+    mem: u64,
+}
+
+#[derive(Default)]
+struct Namespace {
+    quota: Quota,
+    used: Usage,
+}
+
+/// Per request class: the last score of each pool node and the node version it was taken at.
+struct ClassCache {
+    stamps: Vec<u64>,
+    scores: Vec<f64>,
+}
+
+/// The pool scheduler. Not thread-safe by itself; wrap it in a lock to share it.
+pub struct Scheduler {
+    policy: Policy,
+    rng: StdRng,
+    pools: Vec<PoolState>,
+    pool_ids: HashMap<String, u32>,
+    nodes: Vec<NodeState>,
+    node_ids: HashMap<String, u32>,
+    gpus: Vec<Gpu>,
+    models: Vec<String>,
+    namespaces: HashMap<String, Namespace>,
+    allocs: HashMap<u64, Record>,
+    next_id: u64,
+    caches: HashMap<(u32, Need), ClassCache>,
+    scratch: Vec<Gpu>,
+}
+
+impl Default for Scheduler {
+    fn default() -> Self {
+        Scheduler::new(Policy::default())
+    }
+}
+
+impl Scheduler {
+    /// An empty scheduler with the given policy (random choices seeded with 0).
+    pub fn new(policy: Policy) -> Self {
+        Scheduler::with_seed(policy, 0)
+    }
+
+    /// An empty scheduler whose random choices (random policy, random tie-breaks) use `seed`.
+    pub fn with_seed(policy: Policy, seed: u64) -> Self {
+        Scheduler {
+            policy,
+            rng: StdRng::seed_from_u64(seed),
+            pools: Vec::new(),
+            pool_ids: HashMap::new(),
+            nodes: Vec::new(),
+            node_ids: HashMap::new(),
+            gpus: Vec::new(),
+            models: Vec::new(),
+            namespaces: HashMap::new(),
+            allocs: HashMap::new(),
+            next_id: 1,
+            caches: HashMap::new(),
+            scratch: Vec::with_capacity(MAX_GPUS_PER_NODE),
+        }
+    }
+
+    /// The placement policy.
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    /// Switches the placement policy (drops cached scores).
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
+        self.caches.clear();
+    }
+
+    /// Adds a pool.
+    pub fn add_pool(&mut self, config: PoolConfig) -> Result<()> {
+        if self.pool_ids.contains_key(&config.name) {
+            return Err(SchedError::DuplicatePool(config.name));
+        }
+        if config.tflops_oversell_permille < 1000 || config.vram_expand_permille < 1000 {
+            return Err(SchedError::InvalidPool {
+                pool: config.name,
+                reason: "oversubscription ratios must be at least 1000 permille".into(),
+            });
+        }
+        self.pool_ids
+            .insert(config.name.clone(), self.pools.len() as u32);
+        self.pools.push(PoolState {
+            config,
+            nodes: Vec::new(),
+            max_cpu: 0,
+            max_gpu_share: 0.0,
+            profile: Compiled::default(),
+            explicit: None,
+            learned: HashMap::new(),
+            seen: 0,
+            next_learn: 16,
+        });
+        Ok(())
+    }
+
+    fn pool_id(&self, name: &str) -> Result<u32> {
+        self.pool_ids
+            .get(name)
+            .copied()
+            .ok_or_else(|| SchedError::UnknownPool(name.to_string()))
+    }
+
+    /// Adds a node to its pool (which must exist).
+    pub fn add_node(&mut self, spec: NodeSpec) -> Result<()> {
+        let pool = self.pool_id(&spec.pool)?;
+        if self.node_ids.contains_key(&spec.name) {
+            return Err(SchedError::DuplicateNode(spec.name));
+        }
+        let invalid = |reason: &str| SchedError::InvalidNode {
+            node: spec.name.clone(),
+            reason: reason.to_string(),
+        };
+        if spec.gpus.len() > MAX_GPUS_PER_NODE {
+            return Err(invalid("more than 64 GPUs"));
+        }
+        if spec
+            .gpus
+            .iter()
+            .any(|g| g.tflops_milli == 0 || g.vram_bytes == 0)
+        {
+            return Err(invalid("a GPU has zero TFLOPS or VRAM"));
+        }
+        let mut new_models = false;
+        let mut ids = Vec::with_capacity(spec.gpus.len());
+        for g in &spec.gpus {
+            let id = match self.models.iter().position(|m| *m == g.model) {
+                Some(id) => id,
+                None => {
+                    if self.models.len() >= MAX_MODELS {
+                        return Err(invalid("more than 64 distinct GPU models in the scheduler"));
+                    }
+                    self.models.push(g.model.clone());
+                    new_models = true;
+                    self.models.len() - 1
+                }
+            };
+            ids.push(id as u8);
+        }
+        let cfg = &self.pools[pool as usize].config;
+        let (ot, ov) = (cfg.tflops_oversell_permille, cfg.vram_expand_permille);
+        let gpu_start = self.gpus.len();
+        for (g, &model) in spec.gpus.iter().zip(&ids) {
+            let cap_t = Amount::Permille(ot).resolve(g.tflops_milli);
+            let cap_v = Amount::Permille(ov).resolve(g.vram_bytes);
+            self.gpus.push(Gpu {
+                phys_t: g.tflops_milli,
+                phys_v: g.vram_bytes,
+                cap_t,
+                cap_v,
+                free_t: cap_t,
+                free_v: cap_v,
+                model,
+                vendor: g.vendor,
+                numa: g.topology.numa_node,
+                users: 0,
+                dedicated: false,
+            });
+        }
+        let id = self.nodes.len() as u32;
+        self.node_ids.insert(spec.name.clone(), id);
+        self.nodes.push(NodeState {
+            name: spec.name,
+            pool,
+            cpu_cap: spec.cpu_milli,
+            mem_cap: spec.memory_bytes,
+            cpu_free: spec.cpu_milli,
+            mem_free: spec.memory_bytes,
+            gpu_start,
+            gpu_len: spec.gpus.len(),
+            version: 0,
+            allocs: Vec::new(),
+        });
+        let p = &mut self.pools[pool as usize];
+        p.nodes.push(id);
+        p.max_cpu = p.max_cpu.max(spec.cpu_milli);
+        p.max_gpu_share = p.max_gpu_share.max(spec.gpus.len() as f64 * 1000.0);
+        if new_models {
+            for i in 0..self.pools.len() {
+                self.recompile(i as u32);
+            }
+        }
+        self.invalidate(pool);
+        Ok(())
+    }
+
+    fn model_mask(models: &[String], names: &[String]) -> u64 {
+        if names.is_empty() {
+            return u64::MAX;
+        }
+        let mut mask = 0u64;
+        for n in names {
+            if let Some(i) = models.iter().position(|m| m == n) {
+                mask |= 1 << i;
+            }
+        }
+        mask
+    }
+
+    fn recompile(&mut self, pool: u32) {
+        let models = &self.models;
+        let p = &mut self.pools[pool as usize];
+        p.profile = match &p.explicit {
+            Some(prof) => Compiled::compile(prof, |names| Self::model_mask(models, names)),
+            None => compile_learned(&p.learned),
+        };
+    }
+
+    fn invalidate(&mut self, pool: u32) {
+        self.caches.retain(|k, _| k.0 != pool);
+    }
+
+    /// Sets the request distribution fragmentation-aware policies score against in `pool`.
+    /// Without one, the pool learns the distribution from the requests it receives.
+    pub fn set_workload_profile(&mut self, pool: &str, profile: WorkloadProfile) -> Result<()> {
+        let id = self.pool_id(pool)?;
+        self.pools[id as usize].explicit = Some(profile);
+        self.recompile(id);
+        self.invalidate(id);
+        Ok(())
+    }
+
+    /// Sets (replaces) a namespace's quota.
+    pub fn set_quota(&mut self, namespace: &str, quota: Quota) {
+        self.namespaces
+            .entry(namespace.to_string())
+            .or_default()
+            .quota = quota;
+    }
+
+    /// What a namespace holds now.
+    pub fn usage(&self, namespace: &str) -> Usage {
+        self.namespaces
+            .get(namespace)
+            .map(|n| n.used)
+            .unwrap_or_default()
+    }
+
+    /// Number of live allocations.
+    pub fn allocation_count(&self) -> usize {
+        self.allocs.len()
+    }
+
+    /// A live allocation by id.
+    pub fn allocation(&self, id: AllocationId) -> Option<Allocation> {
+        self.allocs
+            .get(&id.0)
+            .map(|r| self.view(id.0, r, Vec::new()))
+    }
+
+    /// Ids of all live allocations, in no particular order.
+    pub fn allocation_ids(&self) -> Vec<AllocationId> {
+        self.allocs.keys().map(|&k| AllocationId(k)).collect()
+    }
+
+    /// Names of the nodes of a pool, in insertion order.
+    pub fn pool_nodes(&self, pool: &str) -> Result<Vec<String>> {
+        let id = self.pool_id(pool)?;
+        Ok(self.pools[id as usize]
+            .nodes
+            .iter()
+            .map(|&n| self.nodes[n as usize].name.clone())
+            .collect())
+    }
+
+    /// A node's capacity and free resources.
+    pub fn node_status(&self, name: &str) -> Result<NodeStatus> {
+        let &id = self
+            .node_ids
+            .get(name)
+            .ok_or_else(|| SchedError::UnknownNode(name.to_string()))?;
+        let n = &self.nodes[id as usize];
+        Ok(NodeStatus {
+            name: n.name.clone(),
+            pool: self.pools[n.pool as usize].config.name.clone(),
+            cpu_capacity: n.cpu_cap,
+            cpu_free: n.cpu_free,
+            memory_capacity: n.mem_cap,
+            memory_free: n.mem_free,
+            gpus: self.gpus[n.gpu_start..n.gpu_start + n.gpu_len]
+                .iter()
+                .map(|g| GpuStatus {
+                    tflops_physical: g.phys_t,
+                    vram_physical: g.phys_v,
+                    tflops_capacity: g.cap_t,
+                    vram_capacity: g.cap_v,
+                    tflops_free: g.free_t,
+                    vram_free: g.free_v,
+                    allocations: g.users,
+                    dedicated: g.dedicated,
+                })
+                .collect(),
+        })
+    }
+
+    /// Sum over a pool's GPUs of the used share of the physical GPU, in GPU-permille
+    /// (1000 = one whole GPU busy).
+    pub fn pool_used_share(&self, pool: &str) -> Result<f64> {
+        let id = self.pool_id(pool)?;
+        Ok(self.pools[id as usize]
+            .nodes
+            .iter()
+            .flat_map(|&n| {
+                let n = &self.nodes[n as usize];
+                self.gpus[n.gpu_start..n.gpu_start + n.gpu_len].iter()
+            })
+            .map(Gpu::used_share)
+            .sum())
+    }
+
+    fn validate(&self, req: &Request) -> Result<(u32, Need, Option<(u32, u64)>)> {
+        let pool = self.pool_id(&req.pool)?;
+        let bad = |m: String| Err(SchedError::InvalidRequest(m));
+        if req.gpu_count as usize > MAX_GPUS_PER_NODE {
+            return bad(format!("{} GPUs requested; at most 64", req.gpu_count));
+        }
+        let amounts = [req.tflops, req.vram]
+            .into_iter()
+            .chain(req.tflops_limit)
+            .chain(req.vram_limit);
+        for a in amounts {
+            if let Amount::Permille(p) = a
+                && p > 1000
+            {
+                return bad(format!("share of {p} permille is above a whole GPU (1000)"));
+            }
+        }
+        for (what, r, l) in [
+            ("tflops", req.tflops, req.tflops_limit),
+            ("vram", req.vram, req.vram_limit),
+        ] {
+            match (r, l) {
+                (Amount::Absolute(r), Some(Amount::Absolute(l))) if l < r => {
+                    return bad(format!("{what} limit {l} below request {r}"));
+                }
+                (Amount::Permille(r), Some(Amount::Permille(l))) if l < r => {
+                    return bad(format!("{what} limit {l} permille below request {r}"));
+                }
+                _ => {}
+            }
+        }
+        if req.gpu_count == 0 {
+            if !req.tflops.is_zero() || !req.vram.is_zero() || req.dedicated {
+                return bad("GPU resources requested with a GPU count of 0".into());
+            }
+            if !req.models.is_empty() || req.vendor.is_some() {
+                return bad("GPU model or vendor constraint with a GPU count of 0".into());
+            }
+        } else if !req.dedicated && req.tflops.is_zero() && req.vram.is_zero() {
+            return bad("GPU request with zero TFLOPS and zero VRAM".into());
+        }
+        let need = Need {
+            gpu_count: req.gpu_count,
+            tflops: if req.dedicated {
+                Amount::Permille(1000)
+            } else {
+                req.tflops
+            },
+            vram: if req.dedicated {
+                Amount::Permille(1000)
+            } else {
+                req.vram
+            },
+            cpu: req.cpu_milli,
+            mem: req.memory_bytes,
+            models: Self::model_mask(&self.models, &req.models),
+            vendor: req.vendor,
+            dedicated: req.dedicated,
+        };
+        let pin = match &req.pin {
+            None => None,
+            Some(pin) => {
+                let &node = self
+                    .node_ids
+                    .get(&pin.node)
+                    .ok_or_else(|| SchedError::UnknownNode(pin.node.clone()))?;
+                let n = &self.nodes[node as usize];
+                if n.pool != pool {
+                    return bad(format!(
+                        "pinned node {:?} is not in pool {:?}",
+                        pin.node, req.pool
+                    ));
+                }
+                if pin.gpus.len() != req.gpu_count as usize {
+                    return bad(format!(
+                        "{} pinned GPUs for a request of {} GPUs",
+                        pin.gpus.len(),
+                        req.gpu_count
+                    ));
+                }
+                let mut mask = 0u64;
+                for &g in &pin.gpus {
+                    if g as usize >= n.gpu_len {
+                        return bad(format!(
+                            "pinned GPU {g} out of range: node {:?} has {} GPUs",
+                            pin.node, n.gpu_len
+                        ));
+                    }
+                    if mask & (1 << g) != 0 {
+                        return bad(format!("GPU {g} pinned twice"));
+                    }
+                    mask |= 1 << g;
+                }
+                Some((node, mask))
+            }
+        };
+        Ok((pool, need, pin))
+    }
+
+    fn learn(&mut self, pool: u32, need: &Need) {
+        let p = &mut self.pools[pool as usize];
+        if p.explicit.is_some() || !self.policy.uses_profile() {
+            return;
+        }
+        *p.learned.entry(*need).or_insert(0.0) += 1.0;
+        p.seen += 1;
+        if p.seen >= p.next_learn {
+            p.next_learn = if p.next_learn >= 65536 {
+                p.next_learn + 65536
+            } else {
+                p.next_learn * 2
+            };
+            self.recompile(pool);
+            self.invalidate(pool);
+        }
+    }
+
+    fn ctx(&self, pool: u32) -> Ctx<'_> {
+        let p = &self.pools[pool as usize];
+        Ctx {
+            policy: self.policy,
+            profile: &p.profile,
+            max_cpu: p.max_cpu.max(1),
+            max_gpu_share: p.max_gpu_share.max(1.0),
+        }
+    }
+
+    /// Reserves resources for a request: places it by the policy, preempting strictly lower-QoS
+    /// allocations only when nothing fits otherwise.
+    pub fn reserve(&mut self, req: &Request) -> Result<Allocation> {
+        let (pool, need, pin) = self.validate(req)?;
+        if need.gpu_count > 0 && need.models == 0 {
+            return Err(SchedError::Unschedulable {
+                pool: req.pool.clone(),
+                reason: format!("no GPU of the requested models {:?}", req.models),
+            });
+        }
+        self.learn(pool, &need);
+        // Absolute requests can be checked against the quota before any search.
+        if !matches!(need.tflops, Amount::Permille(_)) && !matches!(need.vram, Amount::Permille(_))
+        {
+            let n = need.gpu_count as u64;
+            let (t, v) = match (need.tflops, need.vram) {
+                (Amount::Absolute(t), Amount::Absolute(v)) => (t * n, v * n),
+                _ => (0, 0),
+            };
+            self.check_quota(&req.namespace, t, v, n)?;
+        }
+        let found = match pin {
+            Some((node, mask)) => self.eval_pinned(node, &need, mask).map(|c| (node, c)),
+            None => self.search(pool, &need),
+        };
+        let (node, choice, victims) = match found {
+            Some((node, c)) => (node, c, Vec::new()),
+            None => {
+                let found = if req.qos > Qos::Low {
+                    self.find_victims(pool, &need, req.qos, pin)
+                } else {
+                    None
+                };
+                match found {
+                    Some((node, victims, c)) => (node, c, victims),
+                    None => {
+                        return Err(SchedError::Unschedulable {
+                            pool: req.pool.clone(),
+                            reason: self.why_not(pool, &need, req),
+                        });
+                    }
+                }
+            }
+        };
+        let mut mask = choice.mask;
+        if self.policy == Policy::Random
+            && need.gpu_count > 0
+            && pin.is_none()
+            && victims.is_empty()
+        {
+            mask = random_subset(&mut self.rng, choice.fit, need.gpu_count);
+        }
+        // Final quota check on the exact grants.
+        let n = &self.nodes[node as usize];
+        let (mut t, mut v) = (0u64, 0u64);
+        for i in bits(mask) {
+            let (dt, dv) =
+                self.gpus[n.gpu_start + i].demand(need.tflops, need.vram, need.dedicated);
+            t += dt;
+            v += dv;
+        }
+        self.check_quota(&req.namespace, t, v, need.gpu_count as u64)?;
+        for &victim in &victims {
+            self.release_inner(victim);
+        }
+        let id = self.commit(pool, node, &need, mask, req);
+        let rec = &self.allocs[&id];
+        Ok(self.view(id, rec, victims.into_iter().map(AllocationId).collect()))
+    }
+
+    fn check_quota(&self, ns: &str, t: u64, v: u64, g: u64) -> Result<()> {
+        let Some(n) = self.namespaces.get(ns) else {
+            return Ok(());
+        };
+        let checks = [
+            ("tflops_milli", n.used.tflops_milli, t, n.quota.tflops_milli),
+            ("vram_bytes", n.used.vram_bytes, v, n.quota.vram_bytes),
+            ("gpus", n.used.gpus, g, n.quota.gpus),
+        ];
+        for (resource, used, requested, limit) in checks {
+            if let Some(limit) = limit
+                && used + requested > limit
+            {
+                return Err(SchedError::QuotaExceeded {
+                    namespace: ns.to_string(),
+                    resource,
+                    used,
+                    requested,
+                    limit,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn eval_pinned(&mut self, node: u32, need: &Need, mask: u64) -> Option<Choice> {
+        let n = &self.nodes[node as usize];
+        let gpus = &self.gpus[n.gpu_start..n.gpu_start + n.gpu_len];
+        pinned_fit(n.cpu_free, n.mem_free, gpus, need, mask)
+    }
+
+    /// Finds the best node of the pool for a request class, re-scoring only changed nodes.
+    fn search(&mut self, pool: u32, need: &Need) -> Option<(u32, Choice)> {
+        if self.caches.len() >= MAX_CLASSES {
+            self.caches.clear();
+        }
+        let p = &self.pools[pool as usize];
+        let ctx = Ctx {
+            policy: self.policy,
+            profile: &p.profile,
+            max_cpu: p.max_cpu.max(1),
+            max_gpu_share: p.max_gpu_share.max(1.0),
+        };
+        let cache = self
+            .caches
+            .entry((pool, *need))
+            .or_insert_with(|| ClassCache {
+                stamps: vec![u64::MAX; p.nodes.len()],
+                scores: vec![f64::NEG_INFINITY; p.nodes.len()],
+            });
+        let random_ties = self.policy.random_ties();
+        let mut best = f64::NEG_INFINITY;
+        let mut best_pos = usize::MAX;
+        let mut ties = 0u32;
+        for (pos, &nid) in p.nodes.iter().enumerate() {
+            let node = &self.nodes[nid as usize];
+            let score = if cache.stamps[pos] == node.version {
+                cache.scores[pos]
+            } else {
+                let gpus = &self.gpus[node.gpu_start..node.gpu_start + node.gpu_len];
+                let s = evaluate(
+                    &ctx,
+                    need,
+                    node.cpu_free,
+                    node.mem_free,
+                    gpus,
+                    &mut self.scratch,
+                )
+                .map_or(f64::NEG_INFINITY, |c| c.score);
+                cache.stamps[pos] = node.version;
+                cache.scores[pos] = s;
+                s
+            };
+            if score == f64::NEG_INFINITY {
+                continue;
+            }
+            if score > best {
+                best = score;
+                best_pos = pos;
+                ties = 1;
+            } else if random_ties && score == best {
+                ties += 1;
+                if self.rng.random_range(0..ties) == 0 {
+                    best_pos = pos;
+                }
+            }
+        }
+        if best_pos == usize::MAX {
+            return None;
+        }
+        let nid = p.nodes[best_pos];
+        let node = &self.nodes[nid as usize];
+        let gpus = &self.gpus[node.gpu_start..node.gpu_start + node.gpu_len];
+        let c = evaluate(
+            &ctx,
+            need,
+            node.cpu_free,
+            node.mem_free,
+            gpus,
+            &mut self.scratch,
+        )?;
+        Some((nid, c))
+    }
+
+    /// Picks the node and the fewest, lowest-QoS victims (all strictly below `qos`) whose
+    /// release lets the request fit. Returns the node, victims and the placement after release.
+    fn find_victims(
+        &mut self,
+        pool: u32,
+        need: &Need,
+        qos: Qos,
+        pin: Option<(u32, u64)>,
+    ) -> Option<(u32, Vec<u64>, Choice)> {
+        let ctx = self.ctx(pool);
+        let candidates: Vec<u32> = match pin {
+            Some((node, _)) => vec![node],
+            None => self.pools[pool as usize].nodes.clone(),
+        };
+        let mut scratch = Vec::with_capacity(MAX_GPUS_PER_NODE);
+        let mut work: Vec<Gpu> = Vec::with_capacity(MAX_GPUS_PER_NODE);
+        // (max victim qos, victim count, freed footprint) -- lower is better.
+        let mut best: Option<((Qos, usize, u64), u32, Vec<u64>, Choice)> = None;
+        let fits = |cpu: u64, mem: u64, gpus: &[Gpu], scratch: &mut Vec<Gpu>| match pin {
+            Some((_, mask)) => pinned_fit(cpu, mem, gpus, need, mask),
+            None => evaluate(&ctx, need, cpu, mem, gpus, scratch),
+        };
+        for nid in candidates {
+            let n = &self.nodes[nid as usize];
+            let mut cands: Vec<(Qos, u64, u64)> = n
+                .allocs
+                .iter()
+                .filter_map(|id| {
+                    let r = &self.allocs[id];
+                    (r.qos < qos).then(|| (r.qos, footprint(r), *id))
+                })
+                .collect();
+            if cands.is_empty() {
+                continue;
+            }
+            cands.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
+            work.clear();
+            work.extend_from_slice(&self.gpus[n.gpu_start..n.gpu_start + n.gpu_len]);
+            let (mut cpu, mut mem) = (n.cpu_free, n.mem_free);
+            let mut chosen: Vec<(Qos, u64, u64)> = Vec::new();
+            let mut ok = false;
+            for c in cands {
+                let r = &self.allocs[&c.2];
+                give_back(&mut work, r);
+                cpu += r.cpu;
+                mem += r.mem;
+                chosen.push(c);
+                if fits(cpu, mem, &work, &mut scratch).is_some() {
+                    ok = true;
+                    break;
+                }
+            }
+            if !ok {
+                continue;
+            }
+            // Drop victims that turn out unnecessary, highest QoS / last added first.
+            let mut j = chosen.len();
+            while j > 0 {
+                j -= 1;
+                let r = &self.allocs[&chosen[j].2];
+                take_again(&mut work, r);
+                if r.cpu <= cpu
+                    && r.mem <= mem
+                    && fits(cpu - r.cpu, mem - r.mem, &work, &mut scratch).is_some()
+                {
+                    cpu -= r.cpu;
+                    mem -= r.mem;
+                    chosen.remove(j);
+                } else {
+                    give_back(&mut work, r);
+                }
+            }
+            let Some(choice) = fits(cpu, mem, &work, &mut scratch) else {
+                continue;
+            };
+            let cost = (
+                chosen.iter().map(|c| c.0).max().unwrap_or(Qos::Low),
+                chosen.len(),
+                chosen.iter().map(|c| c.1).sum::<u64>(),
+            );
+            if best.as_ref().is_none_or(|b| cost < b.0) {
+                best = Some((cost, nid, chosen.iter().map(|c| c.2).collect(), choice));
+            }
+        }
+        best.map(|(_, nid, v, c)| (nid, v, c))
+    }
+
+    fn why_not(&self, pool: u32, need: &Need, req: &Request) -> String {
+        let p = &self.pools[pool as usize];
+        if p.nodes.is_empty() {
+            return "the pool has no nodes".into();
+        }
+        let host = p.nodes.iter().any(|&n| {
+            let n = &self.nodes[n as usize];
+            n.cpu_free >= need.cpu && n.mem_free >= need.mem
+        });
+        if !host {
+            return format!(
+                "no node has {} milli-CPU and {} bytes of memory free",
+                need.cpu, need.mem
+            );
+        }
+        format!(
+            "no node has {} free GPUs matching {:?} x {} (models {:?}, vendor {:?}{})",
+            req.gpu_count,
+            (req.tflops, req.vram),
+            req.gpu_count,
+            req.models,
+            req.vendor,
+            if req.dedicated { ", dedicated" } else { "" }
+        )
+    }
+
+    fn commit(&mut self, pool: u32, node: u32, need: &Need, mask: u64, req: &Request) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let n = &mut self.nodes[node as usize];
+        let mut grants = Vec::with_capacity(need.gpu_count as usize);
+        for i in bits(mask) {
+            let g = &mut self.gpus[n.gpu_start + i];
+            let (t, v) = g.demand(need.tflops, need.vram, need.dedicated);
+            g.take(need.tflops, need.vram, need.dedicated);
+            grants.push(GpuGrant {
+                gpu: i as u32,
+                tflops_milli: t,
+                vram_bytes: v,
+            });
+        }
+        n.cpu_free -= need.cpu;
+        n.mem_free -= need.mem;
+        n.version += 1;
+        n.allocs.push(id);
+        let ns = self.namespaces.entry(req.namespace.clone()).or_default();
+        for g in &grants {
+            ns.used.tflops_milli += g.tflops_milli;
+            ns.used.vram_bytes += g.vram_bytes;
+        }
+        ns.used.gpus += grants.len() as u64;
+        self.allocs.insert(
+            id,
+            Record {
+                pool,
+                namespace: req.namespace.clone(),
+                qos: req.qos,
+                node,
+                grants,
+                dedicated: need.dedicated,
+                cpu: need.cpu,
+                mem: need.mem,
+            },
+        );
+        id
+    }
+
+    /// Releases an allocation, returning exactly what it held to its GPUs, node and namespace.
+    pub fn release(&mut self, id: AllocationId) -> Result<Allocation> {
+        if !self.allocs.contains_key(&id.0) {
+            return Err(SchedError::UnknownAllocation(id));
+        }
+        let rec = self.release_inner(id.0);
+        Ok(self.view(id.0, &rec, Vec::new()))
+    }
+
+    fn release_inner(&mut self, id: u64) -> Record {
+        let rec = self.allocs.remove(&id).expect("live allocation");
+        let n = &mut self.nodes[rec.node as usize];
+        give_back(&mut self.gpus[n.gpu_start..n.gpu_start + n.gpu_len], &rec);
+        n.cpu_free += rec.cpu;
+        n.mem_free += rec.mem;
+        n.version += 1;
+        if let Some(pos) = n.allocs.iter().position(|&a| a == id) {
+            n.allocs.swap_remove(pos);
+        }
+        if let Some(ns) = self.namespaces.get_mut(&rec.namespace) {
+            for g in &rec.grants {
+                ns.used.tflops_milli -= g.tflops_milli;
+                ns.used.vram_bytes -= g.vram_bytes;
+            }
+            ns.used.gpus -= rec.grants.len() as u64;
+        }
+        rec
+    }
+
+    fn view(&self, id: u64, r: &Record, preempted: Vec<AllocationId>) -> Allocation {
+        Allocation {
+            id: AllocationId(id),
+            pool: self.pools[r.pool as usize].config.name.clone(),
+            namespace: r.namespace.clone(),
+            qos: r.qos,
+            node: self.nodes[r.node as usize].name.clone(),
+            gpus: r.grants.clone(),
+            cpu_milli: r.cpu,
+            memory_bytes: r.mem,
+            preempted,
+        }
+    }
+}
+
+fn pinned_fit(cpu: u64, mem: u64, gpus: &[Gpu], need: &Need, mask: u64) -> Option<Choice> {
+    if cpu < need.cpu || mem < need.mem {
+        return None;
+    }
+    for i in bits(mask) {
+        let g = &gpus[i];
+        let model_ok = need.models & (1 << g.model) != 0;
+        let vendor_ok = need.vendor.is_none_or(|v| v == g.vendor);
+        if !model_ok || !vendor_ok || !g.fits(need.tflops, need.vram, need.dedicated) {
+            return None;
+        }
+    }
+    Some(Choice {
+        score: 0.0,
+        mask,
+        fit: mask,
+    })
+}
+
+fn give_back(gpus: &mut [Gpu], r: &Record) {
+    for g in &r.grants {
+        let gpu = &mut gpus[g.gpu as usize];
+        gpu.free_t += g.tflops_milli;
+        gpu.free_v += g.vram_bytes;
+        gpu.users -= 1;
+        if r.dedicated {
+            gpu.dedicated = false;
+        }
+    }
+}
+
+fn take_again(gpus: &mut [Gpu], r: &Record) {
+    for g in &r.grants {
+        let gpu = &mut gpus[g.gpu as usize];
+        gpu.free_t -= g.tflops_milli;
+        gpu.free_v -= g.vram_bytes;
+        gpu.users += 1;
+        if r.dedicated {
+            gpu.dedicated = true;
+        }
+    }
+}
+
+/// Size of an allocation for victim ordering: GPU milli-TFLOPS plus a CPU term.
+fn footprint(r: &Record) -> u64 {
+    r.grants.iter().map(|g| g.tflops_milli).sum::<u64>() + r.cpu
+}
+
+fn bits(mask: u64) -> impl Iterator<Item = usize> {
+    let mut m = mask;
+    std::iter::from_fn(move || {
+        if m == 0 {
+            None
+        } else {
+            let i = m.trailing_zeros() as usize;
+            m &= m - 1;
+            Some(i)
+        }
+    })
+}
+
+fn random_subset(rng: &mut StdRng, fit: u64, count: u32) -> u64 {
+    let mut idx: Vec<usize> = bits(fit).collect();
+    let mut mask = 0u64;
+    for k in 0..count as usize {
+        let j = rng.random_range(k..idx.len());
+        idx.swap(k, j);
+        mask |= 1 << idx[k];
+    }
+    mask
+}
+
+fn compile_learned(learned: &HashMap<Need, f64>) -> Compiled {
+    let total: f64 = learned.values().sum();
+    let mut groups: Vec<Group> = Vec::new();
+    if total <= 0.0 {
+        return Compiled::default();
+    }
+    let mut entries: Vec<(&Need, &f64)> = learned.iter().collect();
+    entries.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cpu.cmp(&b.0.cpu)));
+    for (need, &w) in entries {
+        let w = w / total;
+        let g = match groups.iter_mut().find(|g| {
+            g.gpu_count == need.gpu_count
+                && g.tflops == need.tflops
+                && g.vram == need.vram
+                && g.models == need.models
+                && g.vendor == need.vendor
+                && g.dedicated == need.dedicated
+        }) {
+            Some(g) => g,
+            None => {
+                groups.push(Group {
+                    gpu_count: need.gpu_count,
+                    tflops: need.tflops,
+                    vram: need.vram,
+                    models: need.models,
+                    vendor: need.vendor,
+                    dedicated: need.dedicated,
+                    variants: Vec::new(),
+                    weight: 0.0,
+                    share_hint: match need.tflops {
+                        Amount::Permille(p) => p as f64,
+                        _ => 1000.0,
+                    } * need.gpu_count as f64,
+                });
+                groups.last_mut().expect("just pushed")
+            }
+        };
+        g.weight += w;
+        g.variants.push((need.cpu, need.mem, w));
+    }
+    Compiled::finish(groups)
+}

@@ -1,0 +1,522 @@
+//! Placement policies: which node, and which GPUs on it, serve a request.
+//!
+//! Every policy is a pure function of one node's state and the request, returning a score
+//! (higher is better) and the GPUs it would use. The engine caches these per request class and
+//! node version, so a policy is only re-run on nodes that changed.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::SchedError;
+use crate::profile::Compiled;
+use crate::types::{Amount, Vendor};
+
+/// The placement policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Policy {
+    /// Default. Fragmentation-aware with look-ahead; see the crate docs and `pool/README.md`.
+    #[default]
+    FragLookahead,
+    /// Fragmentation gradient descent (Weng et al., ATC '23), as published: quantised scores,
+    /// random tie-breaking among equal nodes.
+    Fgd,
+    /// FGD paper's best-fit baseline: least leftover (CPU, GPU) on the node, tightest GPU.
+    BestFit,
+    /// A uniformly random node that fits, a uniformly random GPU on it.
+    Random,
+    /// TensorFusion `CompactFirst`: the node and GPUs with the least free resources.
+    CompactFirst,
+    /// TensorFusion `LowLoadFirst`: the node and GPUs with the most free resources.
+    LowLoadFirst,
+    /// TensorFusion `NodeCompactGPULowLoad`: the fullest node, its least-loaded GPUs.
+    NodeCompactGpuLowLoad,
+}
+
+impl Policy {
+    /// Every policy, default first.
+    pub const ALL: [Policy; 7] = [
+        Policy::FragLookahead,
+        Policy::Fgd,
+        Policy::BestFit,
+        Policy::Random,
+        Policy::CompactFirst,
+        Policy::LowLoadFirst,
+        Policy::NodeCompactGpuLowLoad,
+    ];
+
+    /// Command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::FragLookahead => "frag-lookahead",
+            Policy::Fgd => "fgd",
+            Policy::BestFit => "best-fit",
+            Policy::Random => "random",
+            Policy::CompactFirst => "CompactFirst",
+            Policy::LowLoadFirst => "LowLoadFirst",
+            Policy::NodeCompactGpuLowLoad => "NodeCompactGPULowLoad",
+        }
+    }
+
+    /// Whether the policy scores against a workload profile.
+    pub fn uses_profile(self) -> bool {
+        matches!(self, Policy::FragLookahead | Policy::Fgd)
+    }
+
+    /// Whether equal best scores are broken at random (otherwise: first node in pool order).
+    pub(crate) fn random_ties(self) -> bool {
+        matches!(self, Policy::Random)
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Policy {
+    type Err = SchedError;
+    fn from_str(s: &str) -> Result<Self, SchedError> {
+        let norm: String = s
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect::<String>()
+            .to_ascii_lowercase();
+        Ok(match norm.as_str() {
+            "fraglookahead" | "default" => Policy::FragLookahead,
+            "fgd" => Policy::Fgd,
+            "bestfit" => Policy::BestFit,
+            "random" => Policy::Random,
+            "compactfirst" => Policy::CompactFirst,
+            "lowloadfirst" => Policy::LowLoadFirst,
+            "nodecompactgpulowload" => Policy::NodeCompactGpuLowLoad,
+            _ => {
+                return Err(SchedError::InvalidRequest(format!(
+                    "unknown policy {s:?}; known: {}",
+                    Policy::ALL.map(|p| p.name()).join(", ")
+                )));
+            }
+        })
+    }
+}
+
+/// One GPU's live state inside the engine.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Gpu {
+    pub phys_t: u64,
+    pub phys_v: u64,
+    pub cap_t: u64,
+    pub cap_v: u64,
+    pub free_t: u64,
+    pub free_v: u64,
+    pub model: u8,
+    pub vendor: Vendor,
+    pub numa: u8,
+    pub users: u32,
+    pub dedicated: bool,
+}
+
+impl Gpu {
+    /// Free share of the physical GPU in permille (the smaller of compute and memory).
+    #[inline]
+    pub fn share(&self) -> f64 {
+        let t = self.free_t as f64 * 1000.0 / self.phys_t as f64;
+        let v = self.free_v as f64 * 1000.0 / self.phys_v as f64;
+        t.min(v)
+    }
+
+    /// Used share of the physical GPU in permille.
+    #[inline]
+    pub fn used_share(&self) -> f64 {
+        let t = (self.cap_t - self.free_t) as f64 * 1000.0 / self.phys_t as f64;
+        let v = (self.cap_v - self.free_v) as f64 * 1000.0 / self.phys_v as f64;
+        t.max(v)
+    }
+
+    /// Absolute (compute, memory) a demand takes on this GPU.
+    #[inline]
+    pub fn demand(&self, t: Amount, v: Amount, dedicated: bool) -> (u64, u64) {
+        if dedicated {
+            (self.cap_t, self.cap_v)
+        } else {
+            (t.resolve(self.phys_t), v.resolve(self.phys_v))
+        }
+    }
+
+    /// Whether a demand fits now.
+    #[inline]
+    pub fn fits(&self, t: Amount, v: Amount, dedicated: bool) -> bool {
+        if dedicated {
+            return self.users == 0;
+        }
+        if self.dedicated {
+            return false;
+        }
+        let (dt, dv) = self.demand(t, v, false);
+        self.free_t >= dt && self.free_v >= dv
+    }
+
+    #[inline]
+    fn accepts(&self, models: u64, vendor: Option<Vendor>) -> bool {
+        models & (1u64 << self.model) != 0 && vendor.is_none_or(|v| v == self.vendor)
+    }
+
+    #[inline]
+    pub fn take(&mut self, t: Amount, v: Amount, dedicated: bool) {
+        let (dt, dv) = self.demand(t, v, dedicated);
+        self.free_t -= dt;
+        self.free_v -= dv;
+        self.users += 1;
+        self.dedicated |= dedicated;
+    }
+}
+
+/// A request reduced to what placement looks at; also the key of the score cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Need {
+    pub gpu_count: u32,
+    pub tflops: Amount,
+    pub vram: Amount,
+    pub cpu: u64,
+    pub mem: u64,
+    pub models: u64,
+    pub vendor: Option<Vendor>,
+    pub dedicated: bool,
+}
+
+/// Pool-wide constants a policy may use.
+pub(crate) struct Ctx<'a> {
+    pub policy: Policy,
+    pub profile: &'a Compiled,
+    /// Largest node CPU in the pool (best-fit normalisation).
+    pub max_cpu: u64,
+    /// Largest node GPU capacity in the pool, GPU-permille (best-fit normalisation).
+    pub max_gpu_share: f64,
+}
+
+/// A policy's verdict on one node.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Choice {
+    pub score: f64,
+    /// GPUs (bit per local index) the request would use.
+    pub mask: u64,
+    /// GPUs that could take the request.
+    pub fit: u64,
+}
+
+/// Fragmentation of a node against a profile: the expected GPU capacity (permille) that a
+/// request drawn from the profile could not use (FGD's measure, plus host memory).
+pub(crate) fn frag(profile: &Compiled, gpus: &[Gpu], cpu_free: u64, mem_free: u64) -> f64 {
+    let mut shares = [0f64; 64];
+    let mut total = 0.0;
+    for (i, g) in gpus.iter().enumerate() {
+        let s = g.share();
+        shares[i] = s;
+        total += s;
+    }
+    if total <= 0.0 {
+        return 0.0;
+    }
+    let mut f = 0.0;
+    for grp in &profile.groups {
+        if grp.gpu_count == 0 {
+            // CPU-only requests can use no GPU: a constant that no placement changes.
+            continue;
+        }
+        let mut w_fit = 0.0;
+        for &(c, m, w) in &grp.variants {
+            if c <= cpu_free && m <= mem_free {
+                w_fit += w;
+            }
+        }
+        if w_fit <= 0.0 {
+            f += grp.weight * total;
+            continue;
+        }
+        let mut n = 0u32;
+        let mut unfit = 0.0;
+        for (i, g) in gpus.iter().enumerate() {
+            if g.accepts(grp.models, grp.vendor) && g.fits(grp.tflops, grp.vram, grp.dedicated) {
+                n += 1;
+            } else {
+                unfit += shares[i];
+            }
+        }
+        if n >= grp.gpu_count {
+            f += w_fit * unfit + (grp.weight - w_fit) * total;
+        } else {
+            f += grp.weight * total;
+        }
+    }
+    f
+}
+
+/// Picks `count` GPUs from `fit` preferring lower `key`, and GPUs of one NUMA node when one
+/// NUMA node can hold the whole request.
+fn pick(gpus: &[Gpu], fit: u64, count: u32, key: impl Fn(usize) -> f64) -> u64 {
+    let mut idx: [u8; 64] = [0; 64];
+    let mut n = 0;
+    let mut m = fit;
+    while m != 0 {
+        let i = m.trailing_zeros() as usize;
+        m &= m - 1;
+        idx[n] = i as u8;
+        n += 1;
+    }
+    let idx = &mut idx[..n];
+    if count == 1 {
+        let mut best = idx[0] as usize;
+        let mut bk = key(best);
+        for &i in idx.iter().skip(1) {
+            let k = key(i as usize);
+            if k < bk {
+                bk = k;
+                best = i as usize;
+            }
+        }
+        return 1u64 << best;
+    }
+    idx.sort_by(|&a, &b| key(a as usize).total_cmp(&key(b as usize)).then(a.cmp(&b)));
+    // First NUMA node (in preference order of its best GPU) that can hold everything.
+    for &lead in idx.iter() {
+        let numa = gpus[lead as usize].numa;
+        let same = idx
+            .iter()
+            .filter(|&&i| gpus[i as usize].numa == numa)
+            .count();
+        if same >= count as usize {
+            let mut mask = 0u64;
+            let mut taken = 0;
+            for &i in idx.iter() {
+                if gpus[i as usize].numa == numa && taken < count {
+                    mask |= 1 << i;
+                    taken += 1;
+                }
+            }
+            return mask;
+        }
+    }
+    let mut mask = 0u64;
+    for &i in idx.iter().take(count as usize) {
+        mask |= 1 << i;
+    }
+    mask
+}
+
+fn apply(scratch: &mut Vec<Gpu>, gpus: &[Gpu], need: &Need, mask: u64) {
+    scratch.clear();
+    scratch.extend_from_slice(gpus);
+    let mut m = mask;
+    while m != 0 {
+        let i = m.trailing_zeros() as usize;
+        m &= m - 1;
+        scratch[i].take(need.tflops, need.vram, need.dedicated);
+    }
+}
+
+fn sum_share(gpus: &[Gpu]) -> f64 {
+    gpus.iter().map(Gpu::share).sum()
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Scores one node for a request; `None` when it cannot host it.
+pub(crate) fn evaluate(
+    ctx: &Ctx<'_>,
+    need: &Need,
+    cpu_free: u64,
+    mem_free: u64,
+    gpus: &[Gpu],
+    scratch: &mut Vec<Gpu>,
+) -> Option<Choice> {
+    if cpu_free < need.cpu || mem_free < need.mem {
+        return None;
+    }
+    let mut fit = 0u64;
+    if need.gpu_count > 0 {
+        let mut n = 0;
+        for (i, g) in gpus.iter().enumerate() {
+            if g.accepts(need.models, need.vendor) && g.fits(need.tflops, need.vram, need.dedicated)
+            {
+                fit |= 1 << i;
+                n += 1;
+            }
+        }
+        if n < need.gpu_count {
+            return None;
+        }
+    }
+    let cpu_after = cpu_free - need.cpu;
+    let mem_after = mem_free - need.mem;
+    let count = need.gpu_count;
+    let share = |i: usize| gpus[i].share();
+    let choice = |score: f64, mask: u64| Some(Choice { score, mask, fit });
+    match ctx.policy {
+        Policy::Random => {
+            // The engine draws the node and the GPUs at random; the mask here is a fallback.
+            let mask = if count == 0 {
+                0
+            } else {
+                pick(gpus, fit, count, |_| 0.0)
+            };
+            choice(0.0, mask)
+        }
+        Policy::CompactFirst | Policy::NodeCompactGpuLowLoad | Policy::LowLoadFirst => {
+            let mask = if count == 0 {
+                0
+            } else if ctx.policy == Policy::CompactFirst {
+                pick(gpus, fit, count, share)
+            } else {
+                pick(gpus, fit, count, |i| -share(i))
+            };
+            apply(scratch, gpus, need, mask);
+            let free_after = sum_share(scratch);
+            let gpu_total = gpus.len().max(1) as f64 * 1000.0;
+            // GPU free fraction dominates; host CPU breaks ties (and ranks CPU-only requests).
+            let load = free_after / gpu_total + 1e-3 * cpu_after as f64 / (ctx.max_cpu as f64);
+            let score = if ctx.policy == Policy::LowLoadFirst {
+                load
+            } else {
+                -load
+            };
+            choice(score, mask)
+        }
+        Policy::BestFit => {
+            let mask = if count == 0 {
+                0
+            } else {
+                pick(gpus, fit, count, share)
+            };
+            apply(scratch, gpus, need, mask);
+            let gpu_left = sum_share(scratch);
+            let leftover = 0.5 * cpu_after as f64 / ctx.max_cpu.max(1) as f64
+                + 0.5 * gpu_left / ctx.max_gpu_share.max(1.0);
+            choice(-leftover, mask)
+        }
+        Policy::Fgd => {
+            let before = frag(ctx.profile, gpus, cpu_free, mem_free);
+            let q = |after: f64| (sigmoid((before - after) / 1000.0) * 100.0).floor();
+            if count == 1 && !need.dedicated && need.tflops != Amount::Permille(1000) {
+                // Partial GPU: the GPU with the best (quantised) score, first on ties.
+                let mut best: Option<(f64, usize)> = None;
+                let mut m = fit;
+                while m != 0 {
+                    let i = m.trailing_zeros() as usize;
+                    m &= m - 1;
+                    apply(scratch, gpus, need, 1 << i);
+                    let s = q(frag(ctx.profile, scratch, cpu_after, mem_after));
+                    if best.is_none_or(|(bs, _)| s > bs) {
+                        best = Some((s, i));
+                    }
+                }
+                let (s, i) = best.expect("fit has at least one GPU");
+                choice(s, 1 << i)
+            } else {
+                let mask = if count == 0 {
+                    0
+                } else {
+                    pick(gpus, fit, count, |i| i as f64)
+                };
+                apply(scratch, gpus, need, mask);
+                let s = q(frag(ctx.profile, scratch, cpu_after, mem_after));
+                choice(s, mask)
+            }
+        }
+        Policy::FragLookahead => frag_lookahead(ctx, need, cpu_free, mem_free, gpus, fit, scratch),
+    }
+}
+
+pub(crate) fn knob(name: &str, default: f64) -> f64 {
+    use std::sync::OnceLock;
+    static K: OnceLock<Vec<(String, f64)>> = OnceLock::new();
+    let k = K.get_or_init(|| {
+        std::env::var("TF_KNOBS")
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|kv| {
+                let (a, b) = kv.split_once('=')?;
+                Some((a.to_string(), b.parse().ok()?))
+            })
+            .collect()
+    });
+    k.iter()
+        .find(|(n, _)| n == name)
+        .map_or(default, |(_, v)| *v)
+}
+
+/// The default policy. See `pool/README.md` for the design.
+fn frag_lookahead(
+    ctx: &Ctx<'_>,
+    need: &Need,
+    cpu_free: u64,
+    mem_free: u64,
+    gpus: &[Gpu],
+    fit: u64,
+    scratch: &mut Vec<Gpu>,
+) -> Option<Choice> {
+    let cpu_after = cpu_free - need.cpu;
+    let mem_after = mem_free - need.mem;
+    let before = frag(ctx.profile, gpus, cpu_free, mem_free);
+    let count = need.gpu_count;
+    let q = knob("q", 0.0);
+    let sec = knob("sec", 1.0);
+    let pw = knob("pw", 1.0);
+    let vw = knob("vw", 0.0);
+    let mut best: Option<(f64, u64)> = None;
+    let mut consider = |mask: u64, scratch: &mut Vec<Gpu>| {
+        apply(scratch, gpus, need, mask);
+        let after = frag(ctx.profile, scratch, cpu_after, mem_after);
+        let free_after = sum_share(scratch);
+        let d = before - after;
+        let primary = if q < 0.0 {
+            (sigmoid(d / 1000.0) * 100.0).floor()
+        } else if q > 0.0 {
+            (d / q).floor()
+        } else {
+            d
+        };
+        let secondary = if sec == 1.0 {
+            -free_after / (gpus.len() as f64 * 1000.0 + 1.0)
+        } else {
+            0.0
+        };
+        let mut dv = 0.0;
+        if vw != 0.0 {
+            for i in 0..gpus.len() {
+                dv += ctx.profile.gpu_waste(gpus[i].share())
+                    - ctx.profile.gpu_waste(scratch[i].share());
+            }
+        }
+        let score = primary * pw + vw * dv + 1e-3 * secondary;
+        if best.is_none_or(|(b, _)| score > b) {
+            best = Some((score, mask));
+        }
+    };
+    if count == 1 && !need.dedicated {
+        let mut seen: [(u64, u64, u8); 64] = [(0, 0, 0); 64];
+        let mut nseen = 0;
+        let mut m = fit;
+        while m != 0 {
+            let i = m.trailing_zeros() as usize;
+            m &= m - 1;
+            let g = &gpus[i];
+            let sig = (g.free_t, g.free_v, g.model);
+            if seen[..nseen].contains(&sig) {
+                continue;
+            }
+            seen[nseen] = sig;
+            nseen += 1;
+            consider(1 << i, scratch);
+        }
+    } else {
+        let mask = if count == 0 {
+            0
+        } else {
+            pick(gpus, fit, count, |i| gpus[i].share())
+        };
+        consider(mask, scratch);
+    }
+    best.map(|(score, mask)| Choice { score, mask, fit })
+}
