@@ -150,14 +150,18 @@ fn throughput_cmd(t: ThroughputArgs) -> anyhow::Result<()> {
     );
     let r = bench::throughput(t.nodes, t.decisions, policy, t.seed);
     if t.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "nodes": r.nodes,
-                "gpus": r.gpus,
-                "decisions_per_s": (r.decisions_per_s * 10.0).round() / 10.0,
-            })
-        );
+        #[derive(serde::Serialize)]
+        struct Line {
+            nodes: usize,
+            gpus: usize,
+            decisions_per_s: f64,
+        }
+        let line = Line {
+            nodes: r.nodes,
+            gpus: r.gpus,
+            decisions_per_s: (r.decisions_per_s * 10.0).round() / 10.0,
+        };
+        println!("{}", serde_json::to_string(&line)?);
     } else {
         println!(
             "{} nodes, {} GPUs: {} decisions ({} placed) in {:.3} s = {:.0} decisions/s",

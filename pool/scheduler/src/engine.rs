@@ -7,11 +7,16 @@ use rand::{Rng, SeedableRng};
 
 use crate::error::{Result, SchedError};
 use crate::policy::{Choice, Ctx, Gpu, Need, Policy, evaluate};
-use crate::profile::{Compiled, Group, WorkloadProfile};
+use crate::profile::{Compiled, Shape, WorkloadProfile};
 use crate::types::{
     Allocation, AllocationId, Amount, GpuGrant, GpuStatus, NodeSpec, NodeStatus, PoolConfig, Qos,
     Quota, Request, Usage,
 };
+
+/// A pinned node and its GPU mask.
+type Pinned = (u32, u64);
+/// (cost: max victim QoS, count, footprint), node, victims, placement after eviction.
+type VictimPlan = ((Qos, usize, u64), u32, Vec<u64>, Choice);
 
 /// At most this many GPUs per node (placements are bit masks).
 pub const MAX_GPUS_PER_NODE: usize = 64;
@@ -369,7 +374,7 @@ impl Scheduler {
             .sum())
     }
 
-    fn validate(&self, req: &Request) -> Result<(u32, Need, Option<(u32, u64)>)> {
+    fn validate(&self, req: &Request) -> Result<(u32, Need, Option<Pinned>)> {
         let pool = self.pool_id(&req.pool)?;
         let bad = |m: String| Err(SchedError::InvalidRequest(m));
         if req.gpu_count as usize > MAX_GPUS_PER_NODE {
@@ -687,7 +692,7 @@ impl Scheduler {
         let mut scratch = Vec::with_capacity(MAX_GPUS_PER_NODE);
         let mut work: Vec<Gpu> = Vec::with_capacity(MAX_GPUS_PER_NODE);
         // (max victim qos, victim count, freed footprint) -- lower is better.
-        let mut best: Option<((Qos, usize, u64), u32, Vec<u64>, Choice)> = None;
+        let mut best: Option<VictimPlan> = None;
         let fits = |cpu: u64, mem: u64, gpus: &[Gpu], scratch: &mut Vec<Gpu>| match pin {
             Some((_, mask)) => pinned_fit(cpu, mem, gpus, need, mask),
             None => evaluate(&ctx, need, cpu, mem, gpus, scratch),
@@ -941,44 +946,27 @@ fn random_subset(rng: &mut StdRng, fit: u64, count: u32) -> u64 {
 }
 
 fn compile_learned(learned: &HashMap<Need, f64>) -> Compiled {
-    let total: f64 = learned.values().sum();
-    let mut groups: Vec<Group> = Vec::new();
-    if total <= 0.0 {
-        return Compiled::default();
-    }
     let mut entries: Vec<(&Need, &f64)> = learned.iter().collect();
-    entries.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cpu.cmp(&b.0.cpu)));
-    for (need, &w) in entries {
-        let w = w / total;
-        let g = match groups.iter_mut().find(|g| {
-            g.gpu_count == need.gpu_count
-                && g.tflops == need.tflops
-                && g.vram == need.vram
-                && g.models == need.models
-                && g.vendor == need.vendor
-                && g.dedicated == need.dedicated
-        }) {
-            Some(g) => g,
-            None => {
-                groups.push(Group {
-                    gpu_count: need.gpu_count,
-                    tflops: need.tflops,
-                    vram: need.vram,
-                    models: need.models,
-                    vendor: need.vendor,
-                    dedicated: need.dedicated,
-                    variants: Vec::new(),
-                    weight: 0.0,
-                    share_hint: match need.tflops {
-                        Amount::Permille(p) => p as f64,
-                        _ => 1000.0,
-                    } * need.gpu_count as f64,
-                });
-                groups.last_mut().expect("just pushed")
-            }
-        };
-        g.weight += w;
-        g.variants.push((need.cpu, need.mem, w));
-    }
-    Compiled::finish(groups)
+    // HashMap order is random: sort so that equal histories compile identically.
+    entries.sort_by(|a, b| {
+        b.1.total_cmp(a.1)
+            .then(a.0.cpu.cmp(&b.0.cpu))
+            .then(a.0.mem.cmp(&b.0.mem))
+            .then(a.0.gpu_count.cmp(&b.0.gpu_count))
+    });
+    Compiled::build(entries.into_iter().map(|(n, &w)| {
+        (
+            Shape {
+                gpu_count: n.gpu_count,
+                tflops: n.tflops,
+                vram: n.vram,
+                models: n.models,
+                vendor: n.vendor,
+                dedicated: n.dedicated,
+            },
+            n.cpu,
+            n.mem,
+            w,
+        )
+    }))
 }

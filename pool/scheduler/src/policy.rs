@@ -205,8 +205,10 @@ pub(crate) struct Choice {
 }
 
 /// Fragmentation of a node against a profile: the expected GPU capacity (permille) that a
-/// request drawn from the profile could not use (FGD's measure, plus host memory).
-pub(crate) fn frag(profile: &Compiled, gpus: &[Gpu], cpu_free: u64, mem_free: u64) -> f64 {
+/// request drawn from the profile's typical shapes could not use (FGD's measure: a shape that
+/// cannot fit the node at all, for lack of GPUs or CPU, sees all free GPU as fragment; one that
+/// fits sees the GPUs too small for it).
+pub(crate) fn frag(profile: &Compiled, gpus: &[Gpu], cpu_free: u64) -> f64 {
     let mut shares = [0f64; 64];
     let mut total = 0.0;
     for (i, g) in gpus.iter().enumerate() {
@@ -224,8 +226,8 @@ pub(crate) fn frag(profile: &Compiled, gpus: &[Gpu], cpu_free: u64, mem_free: u6
             continue;
         }
         let mut w_fit = 0.0;
-        for &(c, m, w) in &grp.variants {
-            if c <= cpu_free && m <= mem_free {
+        for &(c, w) in &grp.variants {
+            if c <= cpu_free {
                 w_fit += w;
             }
         }
@@ -349,7 +351,6 @@ pub(crate) fn evaluate(
         }
     }
     let cpu_after = cpu_free - need.cpu;
-    let mem_after = mem_free - need.mem;
     let count = need.gpu_count;
     let share = |i: usize| gpus[i].share();
     let choice = |score: f64, mask: u64| Some(Choice { score, mask, fit });
@@ -396,7 +397,7 @@ pub(crate) fn evaluate(
             choice(-leftover, mask)
         }
         Policy::Fgd => {
-            let before = frag(ctx.profile, gpus, cpu_free, mem_free);
+            let before = frag(ctx.profile, gpus, cpu_free);
             let q = |after: f64| (sigmoid((before - after) / 1000.0) * 100.0).floor();
             if count == 1 && !need.dedicated && need.tflops != Amount::Permille(1000) {
                 // Partial GPU: the GPU with the best (quantised) score, first on ties.
@@ -406,7 +407,7 @@ pub(crate) fn evaluate(
                     let i = m.trailing_zeros() as usize;
                     m &= m - 1;
                     apply(scratch, gpus, need, 1 << i);
-                    let s = q(frag(ctx.profile, scratch, cpu_after, mem_after));
+                    let s = q(frag(ctx.profile, scratch, cpu_after));
                     if best.is_none_or(|(bs, _)| s > bs) {
                         best = Some((s, i));
                     }
@@ -420,7 +421,7 @@ pub(crate) fn evaluate(
                     pick(gpus, fit, count, |i| i as f64)
                 };
                 apply(scratch, gpus, need, mask);
-                let s = q(frag(ctx.profile, scratch, cpu_after, mem_after));
+                let s = q(frag(ctx.profile, scratch, cpu_after));
                 choice(s, mask)
             }
         }
@@ -428,25 +429,23 @@ pub(crate) fn evaluate(
     }
 }
 
-pub(crate) fn knob(name: &str, default: f64) -> f64 {
-    use std::sync::OnceLock;
-    static K: OnceLock<Vec<(String, f64)>> = OnceLock::new();
-    let k = K.get_or_init(|| {
-        std::env::var("TF_KNOBS")
-            .unwrap_or_default()
-            .split(',')
-            .filter_map(|kv| {
-                let (a, b) = kv.split_once('=')?;
-                Some((a.to_string(), b.parse().ok()?))
-            })
-            .collect()
-    });
-    k.iter()
-        .find(|(n, _)| n == name)
-        .map_or(default, |(_, v)| *v)
+/// GPU capacity (permille) of a node that its free host resources cannot feed: requests bring
+/// host CPU and memory in the profile's average proportion to the GPU they use, so free GPU
+/// beyond `free CPU / CPU-per-GPU` (or the same for memory) will most likely never be used.
+fn stranded(profile: &Compiled, gpu_free: f64, cpu_free: u64, mem_free: u64) -> f64 {
+    let mut feedable = f64::INFINITY;
+    if profile.cpu_per_gpu > 0.0 {
+        feedable = feedable.min(1000.0 * cpu_free as f64 / profile.cpu_per_gpu);
+    }
+    if profile.mem_per_gpu > 0.0 {
+        feedable = feedable.min(1000.0 * mem_free as f64 / profile.mem_per_gpu);
+    }
+    (gpu_free - feedable).max(0.0)
 }
 
-/// The default policy. See `pool/README.md` for the design.
+/// The default policy: FGD's fragmentation gradient (quantised as published, so that
+/// insignificant differences fall through to pool order and load concentrates on few nodes)
+/// plus the change in host-stranded GPU capacity. See `pool/README.md`.
 fn frag_lookahead(
     ctx: &Ctx<'_>,
     need: &Need,
@@ -458,43 +457,22 @@ fn frag_lookahead(
 ) -> Option<Choice> {
     let cpu_after = cpu_free - need.cpu;
     let mem_after = mem_free - need.mem;
-    let before = frag(ctx.profile, gpus, cpu_free, mem_free);
+    let before = frag(ctx.profile, gpus, cpu_free);
+    let strand_before = stranded(ctx.profile, sum_share(gpus), cpu_free, mem_free);
     let count = need.gpu_count;
-    let q = knob("q", 0.0);
-    let sec = knob("sec", 1.0);
-    let pw = knob("pw", 1.0);
-    let vw = knob("vw", 0.0);
     let mut best: Option<(f64, u64)> = None;
     let mut consider = |mask: u64, scratch: &mut Vec<Gpu>| {
         apply(scratch, gpus, need, mask);
-        let after = frag(ctx.profile, scratch, cpu_after, mem_after);
-        let free_after = sum_share(scratch);
-        let d = before - after;
-        let primary = if q < 0.0 {
-            (sigmoid(d / 1000.0) * 100.0).floor()
-        } else if q > 0.0 {
-            (d / q).floor()
-        } else {
-            d
-        };
-        let secondary = if sec == 1.0 {
-            -free_after / (gpus.len() as f64 * 1000.0 + 1.0)
-        } else {
-            0.0
-        };
-        let mut dv = 0.0;
-        if vw != 0.0 {
-            for i in 0..gpus.len() {
-                dv += ctx.profile.gpu_waste(gpus[i].share())
-                    - ctx.profile.gpu_waste(scratch[i].share());
-            }
-        }
-        let score = primary * pw + vw * dv + 1e-3 * secondary;
+        let after = frag(ctx.profile, scratch, cpu_after);
+        let gradient = (sigmoid((before - after) / 1000.0) * 100.0).floor();
+        let strand_after = stranded(ctx.profile, sum_share(scratch), cpu_after, mem_after);
+        let score = gradient + (strand_before - strand_after);
         if best.is_none_or(|(b, _)| score > b) {
             best = Some((score, mask));
         }
     };
     if count == 1 && !need.dedicated {
+        // One candidate per distinct GPU state.
         let mut seen: [(u64, u64, u8); 64] = [(0, 0, 0); 64];
         let mut nseen = 0;
         let mut m = fit;

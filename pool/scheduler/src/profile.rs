@@ -44,7 +44,7 @@ impl WorkloadProfile {
     }
 }
 
-/// A profile shape group: one GPU demand, several host (CPU, memory) variants.
+/// A profile shape group: one GPU demand, several host CPU variants.
 #[derive(Debug, Clone)]
 pub(crate) struct Group {
     pub gpu_count: u32,
@@ -54,133 +54,142 @@ pub(crate) struct Group {
     pub models: u64,
     pub vendor: Option<Vendor>,
     pub dedicated: bool,
-    /// (cpu, memory, weight), weights normalised by the profile's total.
-    pub variants: Vec<(u64, u64, f64)>,
+    /// (cpu, weight), weights normalised over the typical shapes.
+    pub variants: Vec<(u64, f64)>,
     /// Sum of the variants' weights.
     pub weight: f64,
-    /// Nominal GPU demand of one request in GPU-permille (for look-ahead), when known.
-    pub share_hint: f64,
 }
 
-/// A profile compiled against the scheduler's interned model ids; weights sum to 1.
-#[derive(Debug, Clone)]
+/// A profile shape with its model constraint resolved to a bit mask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Shape {
+    pub gpu_count: u32,
+    pub tflops: Amount,
+    pub vram: Amount,
+    pub models: u64,
+    pub vendor: Option<Vendor>,
+    pub dedicated: bool,
+}
+
+/// Share of the requests (by count) that the fragmentation measure considers: the most common
+/// (GPU shape, CPU) pairs up to this share, as in the FGD paper's artifact.
+pub(crate) const TYPICAL_SHARE: f64 = 0.95;
+
+/// A profile compiled against the scheduler's interned model ids.
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Compiled {
+    /// Typical shapes (weights sum to 1), for the fragmentation measure.
     pub groups: Vec<Group>,
-    /// Expected eventual waste (permille) of a GPU with `l` permille free, `l` in 0..=1000.
-    pub waste: Vec<f64>,
+    /// Host CPU (milli) that the profile's GPU requests bring per whole GPU they use.
+    pub cpu_per_gpu: f64,
+    /// Host memory (bytes) that the profile's GPU requests bring per whole GPU they use.
+    pub mem_per_gpu: f64,
 }
 
 impl Compiled {
+    /// Compiles an explicit profile; `model_mask` maps model names to interned bits.
     pub fn compile(profile: &WorkloadProfile, model_mask: impl Fn(&[String]) -> u64) -> Compiled {
-        let total = profile.total_weight();
-        let mut groups: Vec<Group> = Vec::new();
+        Compiled::build(profile.entries.iter().map(|e| {
+            (
+                Shape {
+                    gpu_count: e.gpu_count,
+                    tflops: e.tflops,
+                    vram: e.vram,
+                    models: model_mask(&e.models),
+                    vendor: e.vendor,
+                    dedicated: e.dedicated,
+                },
+                e.cpu_milli,
+                e.memory_bytes,
+                e.weight,
+            )
+        }))
+    }
+
+    /// Builds from (shape, cpu, memory, weight) entries.
+    pub fn build(entries: impl Iterator<Item = (Shape, u64, u64, f64)>) -> Compiled {
+        let mut merged: Vec<((Shape, u64), f64)> = Vec::new();
+        let mut index: std::collections::HashMap<(Shape, u64), usize> = Default::default();
+        let (mut cpu, mut mem, mut gpu) = (0.0, 0.0, 0.0);
+        for (shape, c, m, w) in entries {
+            if w.is_nan() || w <= 0.0 {
+                continue;
+            }
+            if shape.gpu_count > 0 {
+                let per_gpu = match (shape.dedicated, shape.tflops, shape.vram) {
+                    (true, _, _) => 1.0,
+                    (_, Amount::Permille(t), Amount::Permille(v)) => t.max(v) as f64 / 1000.0,
+                    (_, Amount::Permille(t), _) => t as f64 / 1000.0,
+                    (_, _, Amount::Permille(v)) => v as f64 / 1000.0,
+                    _ => 1.0,
+                };
+                cpu += c as f64 * w;
+                mem += m as f64 * w;
+                gpu += per_gpu * shape.gpu_count as f64 * w;
+            }
+            match index.get(&(shape, c)) {
+                Some(&i) => merged[i].1 += w,
+                None => {
+                    index.insert((shape, c), merged.len());
+                    merged.push(((shape, c), w));
+                }
+            }
+        }
+        let total: f64 = merged.iter().map(|e| e.1).sum();
         if total <= 0.0 {
             return Compiled::default();
         }
-        for e in &profile.entries {
-            if e.weight <= 0.0 {
-                continue;
-            }
-            let models = model_mask(&e.models);
-            let w = e.weight / total;
-            let found = groups.iter_mut().find(|g| {
-                g.gpu_count == e.gpu_count
-                    && g.tflops == e.tflops
-                    && g.vram == e.vram
-                    && g.models == models
-                    && g.vendor == e.vendor
-                    && g.dedicated == e.dedicated
-            });
-            let g = match found {
+        // Most common first (ties in a fixed order), then keep the typical share.
+        merged.sort_by(|a, b| {
+            b.1.total_cmp(&a.1)
+                .then(a.0.1.cmp(&b.0.1))
+                .then(a.0.0.gpu_count.cmp(&b.0.0.gpu_count))
+        });
+        let mut kept = 0;
+        let mut cum = 0.0;
+        while kept < merged.len() && cum < TYPICAL_SHARE * total {
+            cum += merged[kept].1;
+            kept += 1;
+        }
+        merged.truncate(kept);
+        let mut groups: Vec<Group> = Vec::new();
+        for ((shape, c), w) in merged {
+            let w = w / cum;
+            let g = match groups.iter_mut().find(|g| {
+                g.gpu_count == shape.gpu_count
+                    && g.tflops == shape.tflops
+                    && g.vram == shape.vram
+                    && g.models == shape.models
+                    && g.vendor == shape.vendor
+                    && g.dedicated == shape.dedicated
+            }) {
                 Some(g) => g,
                 None => {
-                    let share_hint = match (e.tflops, e.dedicated) {
-                        (_, true) => 1000.0,
-                        (Amount::Permille(p), _) => p as f64,
-                        _ => 1000.0,
-                    } * e.gpu_count as f64;
                     groups.push(Group {
-                        gpu_count: e.gpu_count,
-                        tflops: e.tflops,
-                        vram: e.vram,
-                        models,
-                        vendor: e.vendor,
-                        dedicated: e.dedicated,
+                        gpu_count: shape.gpu_count,
+                        tflops: shape.tflops,
+                        vram: shape.vram,
+                        models: shape.models,
+                        vendor: shape.vendor,
+                        dedicated: shape.dedicated,
                         variants: Vec::new(),
                         weight: 0.0,
-                        share_hint,
                     });
                     groups.last_mut().expect("just pushed")
                 }
             };
             g.weight += w;
-            match g
-                .variants
-                .iter_mut()
-                .find(|v| v.0 == e.cpu_milli && v.1 == e.memory_bytes)
-            {
-                Some(v) => v.2 += w,
-                None => g.variants.push((e.cpu_milli, e.memory_bytes, w)),
-            }
+            g.variants.push((c, w));
         }
-        for g in &mut groups {
-            g.variants.sort_by_key(|v| (v.0, v.1));
+        let (cpu_per_gpu, mem_per_gpu) = if gpu > 0.0 {
+            (cpu / gpu, mem / gpu)
+        } else {
+            (0.0, 0.0)
+        };
+        Compiled {
+            groups,
+            cpu_per_gpu,
+            mem_per_gpu,
         }
-        // Heaviest groups first: cheaper early exits are not used, but it keeps output stable.
-        groups.sort_by(|a, b| b.weight.total_cmp(&a.weight));
-        Compiled::finish(groups)
-    }
-
-    /// Adds the per-GPU waste table: the expected share of a GPU that stays unused if the
-    /// requests that land on it are drawn from the profile among those that fit.
-    pub fn finish(groups: Vec<Group>) -> Compiled {
-        let mut sizes: Vec<(usize, f64)> = Vec::new();
-        for g in &groups {
-            if g.gpu_count == 0 {
-                continue;
-            }
-            let s = match (g.dedicated, g.tflops, g.vram) {
-                (true, _, _) => 1000,
-                (_, Amount::Permille(t), Amount::Permille(v)) => t.max(v).min(1000),
-                (_, Amount::Permille(t), _) => t.min(1000),
-                _ => continue,
-            } as usize;
-            if s == 0 {
-                continue;
-            }
-            let w = g.weight * g.gpu_count as f64;
-            match sizes.iter_mut().find(|e| e.0 == s) {
-                Some(e) => e.1 += w,
-                None => sizes.push((s, w)),
-            }
-        }
-        let mut waste = vec![0.0; 1001];
-        for l in 1..=1000usize {
-            let (mut num, mut den) = (0.0, 0.0);
-            for &(s, w) in &sizes {
-                if s <= l {
-                    num += w * waste[l - s];
-                    den += w;
-                }
-            }
-            waste[l] = if den > 0.0 { num / den } else { l as f64 };
-        }
-        Compiled { groups, waste }
-    }
-
-    /// Waste of a GPU with `share` permille free (clamped to the table).
-    #[inline]
-    pub fn gpu_waste(&self, share: f64) -> f64 {
-        if self.waste.is_empty() {
-            return 0.0;
-        }
-        let l = (share.max(0.0) as usize).min(1000);
-        self.waste[l]
-    }
-}
-
-impl Default for Compiled {
-    fn default() -> Self {
-        Compiled::finish(Vec::new())
     }
 }

@@ -73,39 +73,24 @@ pub struct Summary {
     pub unalloc_gpu_pct_mean: f64,
 }
 
-/// The request distribution a policy is given: every pod shape with its frequency in the list
-/// (what FGD calls the target workload). FGD itself gets what the paper's simulator gives it:
-/// the most popular (CPU, GPU) shapes covering 60 % of pods, in steps of ten shapes, memory
-/// ignored.
-pub fn trace_profile(pods: &[TracePod], policy: Policy) -> WorkloadProfile {
+/// The request distribution the profile-driven policies are given: every pod shape with its
+/// frequency in the pod list (what FGD calls the target workload).
+pub fn trace_profile(pods: &[TracePod]) -> WorkloadProfile {
     use std::collections::HashMap;
-    let fgd = policy == Policy::Fgd || crate::policy::knob("fgdprof", 0.0) > 0.0;
-    let thr = crate::policy::knob("thr", 0.95);
-    let usemem = crate::policy::knob("mem", 0.0) > 0.0;
     let mut counts: HashMap<(u32, u32, u64, u64, Vec<String>), f64> = HashMap::new();
     for p in pods {
-        let mem = if fgd && !usemem {
-            0
-        } else {
-            p.memory_mib << 20
-        };
         *counts
-            .entry((p.num_gpu, p.gpu_milli, p.cpu_milli, mem, p.gpu_spec.clone()))
+            .entry((
+                p.num_gpu,
+                p.gpu_milli,
+                p.cpu_milli,
+                p.memory_mib << 20,
+                p.gpu_spec.clone(),
+            ))
             .or_insert(0.0) += 1.0;
     }
     let mut list: Vec<_> = counts.into_iter().collect();
     list.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    if fgd {
-        let total: f64 = list.iter().map(|e| e.1).sum();
-        let mut keep = 0;
-        let mut cum = 0.0;
-        while cum < thr * total && keep < list.len() {
-            let next = (keep + 1).min(list.len());
-            cum += list[keep..next].iter().map(|e| e.1).sum::<f64>();
-            keep = next;
-        }
-        list.truncate(keep);
-    }
     WorkloadProfile {
         entries: list
             .into_iter()
@@ -168,7 +153,7 @@ pub fn run_seed(nodes: &[TraceNode], pods: &[TracePod], policy: Policy, seed: u6
     let mut sched = build_cluster(&order, policy, seed);
     if policy.uses_profile() {
         sched
-            .set_workload_profile(POOL, trace_profile(pods, policy))
+            .set_workload_profile(POOL, trace_profile(pods))
             .expect("pool exists");
     }
 
@@ -190,67 +175,11 @@ pub fn run_seed(nodes: &[TraceNode], pods: &[TracePod], policy: Policy, seed: u6
     let mut counts = vec![0u32; MAX_ARRIVED_PCT as usize + 2];
     let (mut arrived, mut allocated) = (0u64, 0u64);
     let mut dropped = 0;
-    let debug = std::env::var("TF_SIM_DEBUG").is_ok() && seed == 0;
-    let mut drop_by = [0u64; 10];
-    let mut printed = false;
     for p in &workload {
         arrived += p.gpu_demand_milli();
         match sched.reserve(&request(p)) {
             Ok(_) => allocated += p.gpu_demand_milli(),
-            Err(_) => {
-                dropped += 1;
-                let c = match (p.num_gpu, p.gpu_milli) {
-                    (0, _) => 0,
-                    (1, g) if g < 1000 => 1,
-                    (1, _) => 2,
-                    (2, _) => 3,
-                    (4, _) => 4,
-                    (8, _) => 5,
-                    _ => 6,
-                };
-                drop_by[c] += p.gpu_demand_milli().max(1);
-            }
-        }
-        if debug && !printed && arrived * 100 >= 100 * total_gpus * 1000 {
-            printed = true;
-            eprintln!(
-                "dropped milli by class [cpu(count), share, 1, 2, 4, 8]: {:?}",
-                &drop_by[..6]
-            );
-            let mut free_by_model: std::collections::BTreeMap<String, (f64, f64, u32, f64, u32)> =
-                Default::default();
-            for name in sched.pool_nodes(POOL).unwrap() {
-                let st = sched.node_status(&name).unwrap();
-                let model = nodes.iter().find(|n| n.name == name).unwrap().model.clone();
-                let e = free_by_model
-                    .entry(format!("{model}x{}", st.gpus.len()))
-                    .or_default();
-                let free: f64 = st
-                    .gpus
-                    .iter()
-                    .map(|g| g.tflops_free as f64 * 1000.0 / g.tflops_physical as f64)
-                    .sum();
-                let full = st
-                    .gpus
-                    .iter()
-                    .filter(|g| g.tflops_free == g.tflops_capacity)
-                    .count();
-                e.0 += free;
-                if st.cpu_free < 4000 {
-                    e.1 += free;
-                }
-                e.2 += full as u32;
-                e.3 += st.cpu_free as f64 / 1000.0;
-                if full == st.gpus.len() {
-                    e.4 += 1;
-                }
-            }
-            for (m, e) in free_by_model {
-                eprintln!(
-                    "  {m}: free milli {:.0}, of which cpu<4 {:.0}, full GPUs {}, free cpu {:.0}, empty nodes {}",
-                    e.0, e.1, e.2, e.3, e.4
-                );
-            }
+            Err(_) => dropped += 1,
         }
         let a = arrived as f64 * 100.0 / denom;
         let bucket = a.round() as usize;
