@@ -25,9 +25,9 @@ from pycparser import c_ast, c_parser
 
 # Structs the headers pass by value, and their hand-written #[repr(C)] twins in src/lib.rs.
 BYVAL = {
-    "struct:CUipcEventHandle_st": "crate::CUipcEventHandle",
-    "struct:CUipcMemHandle_st": "crate::CUipcMemHandle",
-    "struct:CUmemLocation_st": "crate::CUmemLocation",
+    "struct:CUipcEventHandle_st": "$crate::CUipcEventHandle",
+    "struct:CUipcMemHandle_st": "$crate::CUipcMemHandle",
+    "struct:CUmemLocation_st": "$crate::CUmemLocation",
 }
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "src")

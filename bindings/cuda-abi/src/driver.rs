@@ -253,9 +253,9 @@ macro_rules! cuda_driver_functions {
             fn cuIpcCloseMemHandle(dptr: u64) -> u32;
             fn cuIpcGetEventHandle(pHandle: *mut core::ffi::c_void, event: *mut core::ffi::c_void) -> u32;
             fn cuIpcGetMemHandle(pHandle: *mut core::ffi::c_void, dptr: u64) -> u32;
-            fn cuIpcOpenEventHandle(phEvent: *mut *mut core::ffi::c_void, handle: crate::CUipcEventHandle) -> u32;
-            fn cuIpcOpenMemHandle(pdptr: *mut u64, handle: crate::CUipcMemHandle, Flags: u32) -> u32;
-            fn cuIpcOpenMemHandle_v2(pdptr: *mut u64, handle: crate::CUipcMemHandle, Flags: u32) -> u32;
+            fn cuIpcOpenEventHandle(phEvent: *mut *mut core::ffi::c_void, handle: $crate::CUipcEventHandle) -> u32;
+            fn cuIpcOpenMemHandle(pdptr: *mut u64, handle: $crate::CUipcMemHandle, Flags: u32) -> u32;
+            fn cuIpcOpenMemHandle_v2(pdptr: *mut u64, handle: $crate::CUipcMemHandle, Flags: u32) -> u32;
             fn cuKernelGetAttribute(pi: *mut i32, attrib: u32, kernel: *mut core::ffi::c_void, dev: i32) -> u32;
             fn cuKernelGetFunction(pFunc: *mut *mut core::ffi::c_void, kernel: *mut core::ffi::c_void) -> u32;
             fn cuKernelGetLibrary(pLib: *mut *mut core::ffi::c_void, kernel: *mut core::ffi::c_void) -> u32;
@@ -301,7 +301,7 @@ macro_rules! cuda_driver_functions {
             fn cuMemAddressFree(ptr: u64, size: usize) -> u32;
             fn cuMemAddressReserve(ptr: *mut u64, size: usize, alignment: usize, addr: u64, flags: u64) -> u32;
             fn cuMemAdvise(devPtr: u64, count: usize, advice: u32, device: i32) -> u32;
-            fn cuMemAdvise_v2(devPtr: u64, count: usize, advice: u32, location: crate::CUmemLocation) -> u32;
+            fn cuMemAdvise_v2(devPtr: u64, count: usize, advice: u32, location: $crate::CUmemLocation) -> u32;
             fn cuMemAlloc(dptr: *mut u32, bytesize: u32) -> u32;
             fn cuMemAllocAsync(dptr: *mut u64, bytesize: usize, hStream: *mut core::ffi::c_void) -> u32;
             fn cuMemAllocAsync_ptsz(dptr: *mut u64, bytesize: usize, hStream: *mut core::ffi::c_void) -> u32;
@@ -354,8 +354,8 @@ macro_rules! cuda_driver_functions {
             fn cuMemPoolTrimTo(pool: *mut core::ffi::c_void, minBytesToKeep: usize) -> u32;
             fn cuMemPrefetchAsync(devPtr: u64, count: usize, dstDevice: i32, hStream: *mut core::ffi::c_void) -> u32;
             fn cuMemPrefetchAsync_ptsz(devPtr: u64, count: usize, dstDevice: i32, hStream: *mut core::ffi::c_void) -> u32;
-            fn cuMemPrefetchAsync_v2(devPtr: u64, count: usize, location: crate::CUmemLocation, flags: u32, hStream: *mut core::ffi::c_void) -> u32;
-            fn cuMemPrefetchAsync_v2_ptsz(devPtr: u64, count: usize, location: crate::CUmemLocation, flags: u32, hStream: *mut core::ffi::c_void) -> u32;
+            fn cuMemPrefetchAsync_v2(devPtr: u64, count: usize, location: $crate::CUmemLocation, flags: u32, hStream: *mut core::ffi::c_void) -> u32;
+            fn cuMemPrefetchAsync_v2_ptsz(devPtr: u64, count: usize, location: $crate::CUmemLocation, flags: u32, hStream: *mut core::ffi::c_void) -> u32;
             fn cuMemRangeGetAttribute(data: *mut core::ffi::c_void, dataSize: usize, attribute: u32, devPtr: u64, count: usize) -> u32;
             fn cuMemRangeGetAttributes(data: *mut *mut core::ffi::c_void, dataSizes: *mut usize, attributes: *mut u32, numAttributes: usize, devPtr: u64, count: usize) -> u32;
             fn cuMemRelease(handle: u64) -> u32;

@@ -23,10 +23,16 @@ pub enum MemKind {
     Host,
     /// Managed (unified) memory: counted against the device's capacity.
     Managed,
+    /// A virtual range mapped onto a physical allocation (cuMemMap): the physical allocation is
+    /// what is counted.
+    Mapped,
 }
 
 struct Allocation {
-    map: Arc<Mapping>,
+    /// The pages, when the engine owns them (everything but `Mapped`).
+    map: Option<Arc<Mapping>>,
+    /// What a `Mapped` range keeps alive (its physical allocation).
+    _hold: Option<Arc<dyn std::any::Any + Send + Sync>>,
     size: u64,
     kind: MemKind,
     owner: u64,
@@ -34,7 +40,7 @@ struct Allocation {
 
 /// A piece of device memory a job holds on to while it runs.
 pub struct Region {
-    _map: Arc<Mapping>,
+    _map: Option<Arc<Mapping>>,
     pub ptr: *mut u8,
 }
 
@@ -53,6 +59,13 @@ pub struct FakeDevice {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl MemKind {
+    /// Whether allocations of this kind count against the device's memory.
+    pub fn is_counted(self) -> bool {
+        matches!(self, MemKind::Device | MemKind::Managed)
+    }
 }
 
 impl FakeDevice {
@@ -129,7 +142,7 @@ impl FakeDevice {
             return Err(Error::invalid_value("cannot allocate 0 bytes")
                 .with_vendor(1, "CUDA_ERROR_INVALID_VALUE"));
         }
-        let counted = kind != MemKind::Host;
+        let counted = kind.is_counted();
         let slot = self.slot()?;
         if counted {
             self.seg.charge(slot, bytes)?;
@@ -154,7 +167,8 @@ impl FakeDevice {
         lock(&self.allocs).insert(
             addr,
             Allocation {
-                map: Arc::new(map),
+                map: Some(Arc::new(map)),
+                _hold: None,
                 size: bytes,
                 kind,
                 owner,
@@ -165,15 +179,75 @@ impl FakeDevice {
 
     /// Free the allocation that starts at `ptr`. Returns its kind and size.
     pub fn free(&self, ptr: u64) -> Result<(MemKind, u64)> {
-        let a = lock(&self.allocs).remove(&ptr).ok_or_else(|| {
+        let a = {
+            let mut allocs = lock(&self.allocs);
+            match allocs.get(&ptr) {
+                Some(a) if a.kind != MemKind::Mapped => allocs.remove(&ptr),
+                _ => None,
+            }
+        }
+        .ok_or_else(|| {
             Error::invalid_value(format!("{ptr:#x} is not the start of a live allocation"))
                 .with_vendor(1, "CUDA_ERROR_INVALID_VALUE")
         })?;
-        if a.kind != MemKind::Host {
+        if a.kind.is_counted() {
             self.seg.uncharge(self.slot()?, a.size);
         }
         // The backing pages go when the last running job that uses them finishes.
         Ok((a.kind, a.size))
+    }
+
+    /// Charge device memory to this process without backing it (VMM physical allocations).
+    pub fn charge(&self, bytes: u64) -> Result<()> {
+        self.seg.charge(self.slot()?, bytes)
+    }
+
+    pub fn uncharge(&self, bytes: u64) -> Result<()> {
+        self.seg.uncharge(self.slot()?, bytes);
+        Ok(())
+    }
+
+    /// Make `[addr, addr + size)`, memory the caller has mapped, addressable by kernels and
+    /// copies (a cuMemMap'ed range). Not counted: its physical allocation is.
+    pub fn register_mapped(
+        &self,
+        addr: u64,
+        size: u64,
+        owner: u64,
+        hold: Arc<dyn std::any::Any + Send + Sync>,
+    ) -> Result<()> {
+        let mut allocs = lock(&self.allocs);
+        let overlaps = allocs
+            .range(..addr + size)
+            .next_back()
+            .is_some_and(|(&b, a)| b + a.size > addr);
+        if overlaps {
+            return Err(Error::invalid_value(format!(
+                "{size} bytes at {addr:#x} overlap a live allocation"
+            ))
+            .with_vendor(1, "CUDA_ERROR_INVALID_VALUE"));
+        }
+        allocs.insert(
+            addr,
+            Allocation {
+                map: None,
+                _hold: Some(hold),
+                size,
+                kind: MemKind::Mapped,
+                owner,
+            },
+        );
+        Ok(())
+    }
+
+    /// Forget a range registered with [`register_mapped`](Self::register_mapped).
+    pub fn unregister_mapped(&self, addr: u64) -> Result<u64> {
+        let mut allocs = lock(&self.allocs);
+        match allocs.get(&addr) {
+            Some(a) if a.kind == MemKind::Mapped => Ok(allocs.remove(&addr).map_or(0, |a| a.size)),
+            _ => Err(Error::invalid_value(format!("{addr:#x} is not a mapped range"))
+                .with_vendor(1, "CUDA_ERROR_INVALID_VALUE")),
+        }
     }
 
     /// The allocation containing `addr`: (base, size, kind).
@@ -210,7 +284,7 @@ impl FakeDevice {
     pub fn allocations_of(&self, owner: u64) -> Vec<(u64, u64)> {
         lock(&self.allocs)
             .iter()
-            .filter(|(_, a)| a.owner == owner && a.kind != MemKind::Host)
+            .filter(|(_, a)| a.owner == owner && a.kind.is_counted())
             .map(|(&p, a)| (p, a.size))
             .collect()
     }
@@ -220,13 +294,17 @@ impl FakeDevice {
         for (p, _) in self.allocations_of(owner) {
             let _ = self.free(p);
         }
-        let hosts: Vec<u64> = lock(&self.allocs)
+        let rest: Vec<(u64, MemKind)> = lock(&self.allocs)
             .iter()
             .filter(|(_, a)| a.owner == owner)
-            .map(|(&p, _)| p)
+            .map(|(&p, a)| (p, a.kind))
             .collect();
-        for p in hosts {
-            let _ = self.free(p);
+        for (p, kind) in rest {
+            if kind == MemKind::Mapped {
+                let _ = self.unregister_mapped(p);
+            } else {
+                let _ = self.free(p);
+            }
         }
     }
 

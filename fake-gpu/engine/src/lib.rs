@@ -23,6 +23,7 @@ pub mod ptx;
 pub mod shm;
 pub mod sys;
 pub mod testing;
+pub mod vmm;
 
 use std::sync::{Arc, OnceLock};
 

@@ -32,18 +32,25 @@ pub fn isolated_shm_dir() -> PathBuf {
 /// A machine of `devices` default (H100) devices whose UUIDs no other machine uses.
 pub fn isolated_config(tag: &str, devices: u32) -> FakeGpuConfig {
     static N: AtomicU32 = AtomicU32::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    let pid = std::process::id();
+    let n = N.fetch_add(1, Ordering::Relaxed) as u64;
+    let pid = std::process::id() as u64;
     let nanos = crate::sys::now_ns();
+    // UUIDs in NVIDIA's format (hex), unique to this machine: the CUDA driver API reports them
+    // as 16 bytes, so they must round-trip through hex.
+    let seed = tag.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    });
     let devices = (0..devices)
         .map(|i| {
             let mut p = DeviceProfile::h100_sxm(i);
-            let tag: String = tag
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric())
-                .take(16)
-                .collect();
-            p.uuid = format!("GPU-{tag}-{pid}-{n}-{:x}-{i}", nanos & 0xffff_ffff);
+            p.uuid = format!(
+                "GPU-{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+                (seed >> 32) as u32,
+                pid & 0xffff,
+                (pid >> 16) & 0xffff,
+                n & 0xffff,
+                ((nanos & 0xffff_ffff) << 16) | i as u64
+            );
             p
         })
         .collect();
