@@ -1,0 +1,140 @@
+//! The trace simulator: CSV errors, and a small slice of the real trace.
+
+use std::path::{Path, PathBuf};
+
+use tf_scheduler::Policy;
+use tf_scheduler::sim::alibaba::{self, REPORT_POINTS};
+use tf_scheduler::sim::bench;
+use tf_scheduler::sim::trace::{self, TraceError};
+
+fn trace_dir() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/traces/alibaba-gpu-2023");
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        eprintln!("skipping: {} is absent", dir.display());
+        None
+    }
+}
+
+fn temp_csv(name: &str, body: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("tf-sched-{}-{name}", std::process::id()));
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+#[test]
+fn malformed_csv_errors_name_the_file_and_line() {
+    let nodes = temp_csv(
+        "nodes.csv",
+        "sn,cpu_milli,memory_mib,gpu,model\nn0,64000,262144,2,P100\nn1,lots,262144,2,P100\n",
+    );
+    let err = trace::load_nodes(&nodes).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, TraceError::Parse { line: 3, .. }), "{msg}");
+    assert!(msg.contains("nodes.csv:3") && msg.contains("lots"), "{msg}");
+
+    let pods = temp_csv(
+        "pods.csv",
+        "name,cpu_milli,memory_mib,num_gpu,gpu_milli\np0,1000,1024,1,500\np1,1000,1024,2,500\n",
+    );
+    let msg = trace::load_pods(&pods).unwrap_err().to_string();
+    assert!(
+        msg.contains("pods.csv:3") && msg.contains("whole GPUs"),
+        "{msg}"
+    );
+
+    let short = temp_csv("short.csv", "name,cpu_milli,memory_mib,num_gpu\np0,1,1,1\n");
+    let msg = trace::load_pods(&short).unwrap_err().to_string();
+    assert!(
+        msg.contains("short.csv:1") && msg.contains("gpu_milli"),
+        "{msg}"
+    );
+
+    let ragged = temp_csv(
+        "ragged.csv",
+        "name,cpu_milli,memory_mib,num_gpu,gpu_milli\np0,1,1,1\n",
+    );
+    let msg = trace::load_pods(&ragged).unwrap_err().to_string();
+    assert!(
+        msg.contains("ragged.csv:2") && msg.contains("4 fields"),
+        "{msg}"
+    );
+
+    let missing = Path::new("/nonexistent/openb_pod_list_default.csv");
+    let msg = trace::load_pods(missing).unwrap_err().to_string();
+    assert!(
+        msg.contains("/nonexistent/openb_pod_list_default.csv"),
+        "{msg}"
+    );
+    for p in [nodes, pods, short, ragged] {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+#[test]
+fn real_trace_files_parse_with_the_documented_shape() {
+    let Some(dir) = trace_dir() else { return };
+    let nodes = trace::load_nodes(&dir.join("openb_node_list_gpu_node.csv")).unwrap();
+    assert_eq!(nodes.len(), 1213);
+    assert_eq!(nodes.iter().map(|n| n.gpus as u64).sum::<u64>(), 6212);
+    let pods = trace::load_pods(&dir.join("openb_pod_list_default.csv")).unwrap();
+    assert_eq!(pods.len(), 8152);
+    assert!(pods.iter().all(|p| p.num_gpu <= 8 && p.gpu_milli <= 1000));
+    let multi = trace::load_pods(&dir.join("openb_pod_list_multigpu50.csv")).unwrap();
+    assert!(
+        multi
+            .iter()
+            .all(|p| p.qos.is_none() && p.gpu_spec.is_empty())
+    );
+}
+
+#[test]
+fn a_slice_of_the_trace_replays_and_frag_lookahead_beats_random() {
+    let Some(dir) = trace_dir() else { return };
+    let nodes = trace::load_nodes(&dir.join("openb_node_list_gpu_node.csv")).unwrap();
+    let pods = trace::load_pods(&dir.join("openb_pod_list_default.csv")).unwrap();
+    // Every 10th node and every 10th pod keep the mix at a tenth of the size.
+    let nodes: Vec<_> = nodes.into_iter().step_by(10).collect();
+    let pods: Vec<_> = pods.into_iter().step_by(10).collect();
+    let (summary, seeds) = alibaba::run(&nodes, &pods, Policy::FragLookahead, 2, 2, &|_| {});
+    let (random, _) = alibaba::run(&nodes, &pods, Policy::Random, 2, 2, &|_| {});
+    assert_eq!(summary.len(), REPORT_POINTS.len());
+    assert_eq!(seeds.len(), 2);
+    for s in &seeds {
+        assert!(s.submitted > pods.len(), "clones were appended");
+        assert!(s.unalloc_pct.iter().all(|v| (0.0..=100.0).contains(v)));
+        // Before the cluster fills nothing is dropped: unallocated = 100 - arrived.
+        assert!((s.unalloc_pct[0] - 20.0).abs() < 1.0, "{:?}", s.unalloc_pct);
+    }
+    let at = |v: &[alibaba::Summary], x: u32| {
+        v.iter()
+            .find(|s| s.arrived_pct == x)
+            .unwrap()
+            .unalloc_gpu_pct_median
+    };
+    assert!(
+        at(&summary, 130) < at(&random, 130),
+        "frag-lookahead {} vs random {}",
+        at(&summary, 130),
+        at(&random, 130)
+    );
+    // Same seed, same result.
+    let again = alibaba::run_seed(&nodes, &pods, Policy::FragLookahead, 0);
+    assert_eq!(again.unalloc_pct, seeds[0].unalloc_pct);
+}
+
+#[test]
+fn throughput_bench_runs_on_a_small_pool() {
+    let r = bench::throughput(16, 200, Policy::FragLookahead, 3);
+    assert_eq!((r.nodes, r.gpus, r.decisions), (16, 128, 200));
+    assert!(r.placed > 0 && r.placed <= 200);
+    assert!(r.decisions_per_s > 0.0);
+}
+
+#[test]
+fn medians_ignore_missing_points() {
+    assert_eq!(alibaba::median(&[3.0, 1.0, 2.0]), 2.0);
+    assert_eq!(alibaba::median(&[4.0, 1.0, f64::NAN, 2.0, 3.0]), 2.5);
+    assert!(alibaba::median(&[]).is_nan());
+}
