@@ -77,7 +77,17 @@ fn run(cmd: &mut Command) -> Result<(), String> {
 fn key(specs: &[&str]) -> String {
     specs
         .iter()
-        .map(|s| s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '_' }).collect::<String>())
+        .map(|s| {
+            s.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '.' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect::<String>()
+        })
         .collect::<Vec<_>>()
         .join("+")
 }
@@ -93,7 +103,15 @@ pub fn python_packages(specs: &[&str]) -> Result<PathBuf, String> {
         return Ok(dir);
     }
     run(Command::new(python())
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-warn-script-location", "--target"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-warn-script-location",
+            "--target",
+        ])
         .arg(&dir)
         .args(specs))?;
     std::fs::write(&done, specs.join("\n")).map_err(|e| e.to_string())?;
@@ -115,7 +133,18 @@ pub fn cuda_include_dir() -> Result<PathBuf, String> {
     }
     let wheels = root.join("wheels");
     run(Command::new(python())
-        .args(["-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps", "--only-binary=:all:", "--platform", "manylinux2014_x86_64", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--platform",
+            "manylinux2014_x86_64",
+            "-d",
+        ])
         .arg(&wheels)
         .args([CUDA_RUNTIME_WHEEL, NVML_DEV_WHEEL]))?;
     std::fs::create_dir_all(&inc).map_err(|e| e.to_string())?;
@@ -130,9 +159,15 @@ for w in glob.glob(os.path.join(wheels, "*.whl")):
                 with open(os.path.join(out, os.path.basename(n)), "wb") as f:
                     f.write(z.read(n))
 "#;
-    run(Command::new(python()).args(["-c", script]).arg(&wheels).arg(&inc))?;
+    run(Command::new(python())
+        .args(["-c", script])
+        .arg(&wheels)
+        .arg(&inc))?;
     if !inc.join("cuda.h").exists() || !inc.join("nvml.h").exists() {
-        return Err(format!("cuda.h or nvml.h missing after unpacking wheels into {}", inc.display()));
+        return Err(format!(
+            "cuda.h or nvml.h missing after unpacking wheels into {}",
+            inc.display()
+        ));
     }
     Ok(inc)
 }
@@ -144,11 +179,15 @@ pub fn cdylib(file: &str) -> Result<PathBuf, String> {
     // target/<profile>/deps/<test binary>
     let deps = exe.parent().ok_or("no parent")?;
     let profile = deps.parent().ok_or("no profile dir")?;
-    for dir in [profile, deps] {
-        let p = dir.join(file);
-        if p.exists() {
-            return Ok(p);
-        }
+    // Cargo rebuilds deps/ whenever a dependent is built, but refreshes the copy in the
+    // profile directory only on `cargo build` of the library itself: take the newer one.
+    let newest = [profile, deps]
+        .iter()
+        .map(|d| d.join(file))
+        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+        .max_by_key(|(t, _)| *t);
+    if let Some((_, p)) = newest {
+        return Ok(p);
     }
     Err(format!(
         "{file} not found in {} or its deps/: build the workspace first (cargo build --workspace)",

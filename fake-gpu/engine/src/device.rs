@@ -245,8 +245,10 @@ impl FakeDevice {
         let mut allocs = lock(&self.allocs);
         match allocs.get(&addr) {
             Some(a) if a.kind == MemKind::Mapped => Ok(allocs.remove(&addr).map_or(0, |a| a.size)),
-            _ => Err(Error::invalid_value(format!("{addr:#x} is not a mapped range"))
-                .with_vendor(1, "CUDA_ERROR_INVALID_VALUE")),
+            _ => Err(
+                Error::invalid_value(format!("{addr:#x} is not a mapped range"))
+                    .with_vendor(1, "CUDA_ERROR_INVALID_VALUE"),
+            ),
         }
     }
 

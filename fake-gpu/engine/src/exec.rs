@@ -207,6 +207,10 @@ enum Op {
         fill: Fill,
         count: u64,
     },
+    Write {
+        dst: Region,
+        data: Vec<u8>,
+    },
     Record {
         event: Arc<Event>,
         generation: u64,
@@ -343,6 +347,12 @@ impl Stream {
         })
     }
 
+    /// Queue a write of `data` (already copied out of the caller's memory) to device memory.
+    /// `dst` must have been resolved for `data.len()` bytes.
+    pub fn write_async(&self, dst: Region, data: Vec<u8>) -> Result<()> {
+        self.submit(Op::Write { dst, data })
+    }
+
     pub fn memset_async(&self, dst: Region, fill: Fill, count: u64) -> Result<()> {
         self.submit(Op::Memset { dst, fill, count })
     }
@@ -414,6 +424,12 @@ impl Drop for Stream {
     }
 }
 
+enum OpKind {
+    Kernel,
+    Record,
+    Other,
+}
+
 fn run_stream(
     device: Arc<FakeDevice>,
     rx: Receiver<Op>,
@@ -422,6 +438,11 @@ fn run_stream(
     sys::precise_timers_for_this_thread();
     let mut stream_time = 0u64;
     for op in rx {
+        let kind = match &op {
+            Op::Kernel { .. } => OpKind::Kernel,
+            Op::Record { .. } => OpKind::Record,
+            _ => OpKind::Other,
+        };
         let result: Result<()> = match op {
             Op::Kernel {
                 job,
@@ -444,6 +465,11 @@ fn run_stream(
                 // SAFETY: device ranges are pinned by `_keep`; host ranges are the caller's
                 // promise (see `copy_async`). Ranges may overlap, so use memmove semantics.
                 unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, len) };
+                Ok(())
+            }
+            Op::Write { dst, data } => {
+                // SAFETY: `dst` was resolved for data.len() bytes and is pinned by the Region.
+                unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst.ptr, data.len()) };
                 Ok(())
             }
             Op::Memset { dst, fill, count } => {
@@ -470,6 +496,10 @@ fn run_stream(
                 })
             }
         };
+        if !matches!(kind, OpKind::Kernel | OpKind::Record) {
+            // Copies, memsets, waits and host functions took real time on this stream.
+            stream_time = stream_time.max(sys::now_ns());
+        }
         let (m, cv) = &*progress;
         let mut p = lock(m);
         if let Err(e) = result

@@ -39,18 +39,31 @@ pub fn search_dirs() -> Vec<PathBuf> {
 /// Find a built library by its cargo file name.
 pub fn find_built(file: &str) -> Result<PathBuf> {
     let dirs = search_dirs();
-    dirs.iter().map(|d| d.join(file)).find(|p| p.is_file()).ok_or_else(|| {
-        Error::new(
-            ErrorKind::LibraryNotFound,
-            format!(
-                "{file} is not built: run `cargo build --release --workspace` (searched {})",
-                dirs.iter()
-                    .map(|d| d.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        )
-    })
+    // An explicit directory wins; otherwise take the newest build (cargo refreshes deps/ on
+    // every build of a dependent, the profile directory only on `cargo build` of the library).
+    if let Some(d) = std::env::var_os(LIB_DIR_ENV).filter(|d| !d.is_empty()) {
+        let p = PathBuf::from(d).join(file);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    dirs.iter()
+        .map(|d| d.join(file))
+        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+        .max_by_key(|(t, _)| *t)
+        .map(|(_, p)| p)
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::LibraryNotFound,
+                format!(
+                    "{file} is not built: run `cargo build --release --workspace` (searched {})",
+                    dirs.iter()
+                        .map(|d| d.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })
 }
 
 /// Copy the libraries into `dest` under the real drivers' names. Returns the files written.

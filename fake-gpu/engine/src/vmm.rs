@@ -18,7 +18,12 @@ pub struct Physical {
 
 impl std::fmt::Debug for Physical {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Physical({} bytes on device {})", self.size, self.device.index())
+        write!(
+            f,
+            "Physical({} bytes on device {})",
+            self.size,
+            self.device.index()
+        )
     }
 }
 
@@ -76,7 +81,8 @@ impl Drop for Physical {
 pub fn reserve(size: u64, align: u64) -> Result<u64> {
     let align = if align == 0 { 2 << 20 } else { align };
     if size == 0 || !align.is_power_of_two() {
-        return Err(Error::invalid_value("bad size or alignment").with_vendor(1, "CUDA_ERROR_INVALID_VALUE"));
+        return Err(Error::invalid_value("bad size or alignment")
+            .with_vendor(1, "CUDA_ERROR_INVALID_VALUE"));
     }
     let len = (size + align) as usize;
     // SAFETY: a fresh anonymous PROT_NONE mapping chosen by the kernel.
@@ -125,10 +131,18 @@ pub unsafe fn release(addr: u64, size: u64) {
 ///
 /// # Safety
 /// `[addr, addr + size)` must lie inside a range reserved with [`reserve`] and not be mapped.
-pub unsafe fn map(addr: u64, size: u64, phys: &Arc<Physical>, offset: u64, owner: u64) -> Result<()> {
+pub unsafe fn map(
+    addr: u64,
+    size: u64,
+    phys: &Arc<Physical>,
+    offset: u64,
+    owner: u64,
+) -> Result<()> {
     if offset.checked_add(size).is_none_or(|e| e > phys.size) {
-        return Err(Error::invalid_value("mapping past the end of the physical allocation")
-            .with_vendor(1, "CUDA_ERROR_INVALID_VALUE"));
+        return Err(
+            Error::invalid_value("mapping past the end of the physical allocation")
+                .with_vendor(1, "CUDA_ERROR_INVALID_VALUE"),
+        );
     }
     // SAFETY: MAP_FIXED over a range the caller reserved (PROT_NONE, unused): this replaces our
     // own placeholder pages and nothing else.
@@ -145,8 +159,12 @@ pub unsafe fn map(addr: u64, size: u64, phys: &Arc<Physical>, offset: u64, owner
     if p == libc::MAP_FAILED {
         return Err(os_err("map physical allocation"));
     }
-    phys.device
-        .register_mapped(addr, size, owner, phys.clone() as Arc<dyn std::any::Any + Send + Sync>)
+    phys.device.register_mapped(
+        addr,
+        size,
+        owner,
+        phys.clone() as Arc<dyn std::any::Any + Send + Sync>,
+    )
 }
 
 /// Undo [`map`]: the range goes back to reserved.

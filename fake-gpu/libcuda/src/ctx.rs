@@ -70,9 +70,18 @@ pub fn compute_capability(major: *mut i32, minor: *mut i32, dev: i32) -> CuResul
 fn pci_parts(id: &str) -> (i32, i32, i32) {
     // "0000:18:00.0" or "00000000:18:00.0": domain, bus, device
     let mut it = id.split([':', '.']);
-    let domain = it.next().and_then(|s| i32::from_str_radix(s, 16).ok()).unwrap_or(0);
-    let bus = it.next().and_then(|s| i32::from_str_radix(s, 16).ok()).unwrap_or(0);
-    let dev = it.next().and_then(|s| i32::from_str_radix(s, 16).ok()).unwrap_or(0);
+    let domain = it
+        .next()
+        .and_then(|s| i32::from_str_radix(s, 16).ok())
+        .unwrap_or(0);
+    let bus = it
+        .next()
+        .and_then(|s| i32::from_str_radix(s, 16).ok())
+        .unwrap_or(0);
+    let dev = it
+        .next()
+        .and_then(|s| i32::from_str_radix(s, 16).ok())
+        .unwrap_or(0);
     (domain, bus, dev)
 }
 
@@ -115,7 +124,8 @@ pub fn attribute(pi: *mut i32, attrib: u32, dev: i32) -> CuResult {
         CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR => major as i32,
         CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR => minor as i32,
         CU_DEVICE_ATTRIBUTE_STREAM_PRIORITIES_SUPPORTED => 1,
-        CU_DEVICE_ATTRIBUTE_GLOBAL_L1_CACHE_SUPPORTED | CU_DEVICE_ATTRIBUTE_LOCAL_L1_CACHE_SUPPORTED => 1,
+        CU_DEVICE_ATTRIBUTE_GLOBAL_L1_CACHE_SUPPORTED
+        | CU_DEVICE_ATTRIBUTE_LOCAL_L1_CACHE_SUPPORTED => 1,
         CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR => 233_472,
         CU_DEVICE_ATTRIBUTE_MAX_REGISTERS_PER_MULTIPROCESSOR => 65536,
         CU_DEVICE_ATTRIBUTE_MANAGED_MEMORY => 1,
@@ -250,7 +260,11 @@ pub fn ctx_set_flags(flags: u32) -> CuResult {
 }
 
 pub fn ctx_get_id(h: *mut core::ffi::c_void, id: *mut u64) -> CuResult {
-    let c = if h.is_null() { current()?.1 } else { CONTEXTS.get(h as usize)? };
+    let c = if h.is_null() {
+        current()?.1
+    } else {
+        CONTEXTS.get(h as usize)?
+    };
     out(id, c.id)
 }
 

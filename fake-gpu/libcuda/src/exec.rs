@@ -23,7 +23,9 @@ fn load_image(image: *const c_void) -> CuResult<Arc<Module>> {
     let head = unsafe { std::slice::from_raw_parts(image as *const u8, 4) };
     let magic = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
     if head == b"\x7fELF" || magic == 0xBA55_ED50 || magic == 0x4662_43B1 {
-        tracing::warn!("binary module images (cubin/fatbin) cannot run on the simulated GPU; load PTX");
+        tracing::warn!(
+            "binary module images (cubin/fatbin) cannot run on the simulated GPU; load PTX"
+        );
         return Err(CUDA_ERROR_NO_BINARY_FOR_GPU);
     }
     let text = cstr(image as *const c_char).map_err(|_| CUDA_ERROR_INVALID_IMAGE)?;
@@ -86,7 +88,12 @@ pub fn module_get_function(f: *mut *mut c_void, h: *mut c_void, name: *const c_c
     out(f, function_of(h as usize, &m, name)? as *mut c_void)
 }
 
-pub fn module_get_global(dptr: *mut u64, bytes: *mut usize, h: *mut c_void, name: *const c_char) -> CuResult {
+pub fn module_get_global(
+    dptr: *mut u64,
+    bytes: *mut usize,
+    h: *mut c_void,
+    name: *const c_char,
+) -> CuResult {
     driver()?;
     MODULES.get(h as usize)?;
     let _ = (dptr, bytes, cstr(name)?);
@@ -187,7 +194,11 @@ fn packed_offsets(sizes: &[usize]) -> Vec<usize> {
 
 /// Read the arguments of a launch from `kernelParams` (an array of pointers to each value) or
 /// `extra` (a packed buffer), with sizes from the kernel's PTX signature.
-fn read_params(func: &Function, params: *mut *mut c_void, extra: *mut *mut c_void) -> CuResult<Vec<Vec<u8>>> {
+fn read_params(
+    func: &Function,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CuResult<Vec<Vec<u8>>> {
     let sizes = &func.param_sizes;
     if !params.is_null() {
         return Ok(sizes
@@ -210,7 +221,7 @@ fn read_params(func: &Function, params: *mut *mut c_void, extra: *mut *mut c_voi
             // SAFETY: `extra` is a key/value array terminated by CU_LAUNCH_PARAM_END (contract).
             let key = unsafe { *extra.add(i) } as usize;
             match key {
-                0 => break, // CU_LAUNCH_PARAM_END
+                0 => break,                                           // CU_LAUNCH_PARAM_END
                 1 => buf = unsafe { *extra.add(i + 1) } as *const u8, // BUFFER_POINTER
                 // SAFETY: BUFFER_SIZE's value points at a size_t.
                 2 => len = Some(unsafe { *(*extra.add(i + 1) as *const usize) }),
@@ -259,7 +270,11 @@ pub fn launch(
     if let Some(o) = &obj {
         let mut cap = lock(&o.capture);
         if let Some(nodes) = cap.as_mut() {
-            hal(tf_fake_gpu::kernels::check_args(&fo.func.name, &fo.func.param_sizes, &args))?;
+            hal(tf_fake_gpu::kernels::check_args(
+                &fo.func.name,
+                &fo.func.param_sizes,
+                &args,
+            ))?;
             nodes.push(GraphNode {
                 func: fo.func.clone(),
                 config,
@@ -271,7 +286,12 @@ pub fn launch(
     hal(s.launch(&fo.func, &config, &args))
 }
 
-pub fn launch_ex(config: *const c_void, f: *mut c_void, params: *mut *mut c_void, extra: *mut *mut c_void) -> CuResult {
+pub fn launch_ex(
+    config: *const c_void,
+    f: *mut c_void,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CuResult {
     let c = read(config as *const tf_cuda_abi::CUlaunchConfig)?;
     launch(
         f,
@@ -316,7 +336,11 @@ pub fn stream_synchronize(h: *mut c_void) -> CuResult {
 
 pub fn stream_query(h: *mut c_void) -> CuResult {
     let (s, _) = crate::state::stream(h)?;
-    if s.query() { Ok(()) } else { Err(CUDA_ERROR_NOT_READY) }
+    if s.query() {
+        Ok(())
+    } else {
+        Err(CUDA_ERROR_NOT_READY)
+    }
 }
 
 pub fn stream_wait_event(h: *mut c_void, e: *mut c_void) -> CuResult {
@@ -379,7 +403,9 @@ pub fn add_callback(h: *mut c_void, f: *mut c_void, user: *mut c_void) -> CuResu
     // SAFETY: the caller passes a CUstreamCallback (API contract).
     let func: extern "C" fn(*mut c_void, u32, *mut c_void) = unsafe { std::mem::transmute(f) };
     let (hs, user) = (h as usize, user as usize);
-    hal(s.host_fn(Box::new(move || func(hs as *mut c_void, CUDA_SUCCESS, user as *mut c_void))))
+    hal(s.host_fn(Box::new(move || {
+        func(hs as *mut c_void, CUDA_SUCCESS, user as *mut c_void)
+    })))
 }
 
 // --- graphs (stream capture of kernel launches) ---
@@ -405,13 +431,25 @@ pub fn end_capture(h: *mut c_void, graph: *mut *mut c_void) -> CuResult {
 pub fn is_capturing(h: *mut c_void, status: *mut u32) -> CuResult {
     let (_, o) = crate::state::stream(h)?;
     let active = o.is_some_and(|o| lock(&o.capture).is_some());
-    out(status, if active { CU_STREAM_CAPTURE_STATUS_ACTIVE } else { CU_STREAM_CAPTURE_STATUS_NONE })
+    out(
+        status,
+        if active {
+            CU_STREAM_CAPTURE_STATUS_ACTIVE
+        } else {
+            CU_STREAM_CAPTURE_STATUS_NONE
+        },
+    )
 }
 
 pub fn graph_instantiate(exec: *mut *mut c_void, graph: *mut c_void) -> CuResult {
     driver()?;
     let g = GRAPHS.get(graph as usize)?;
-    out(exec, GRAPH_EXECS.insert(GraphExecObj { nodes: g.nodes.clone() }) as *mut c_void)
+    out(
+        exec,
+        GRAPH_EXECS.insert(GraphExecObj {
+            nodes: g.nodes.clone(),
+        }) as *mut c_void,
+    )
 }
 
 pub fn graph_launch(exec: *mut c_void, h: *mut c_void) -> CuResult {
@@ -431,7 +469,13 @@ pub fn event_create(ph: *mut *mut c_void, flags: u32) -> CuResult {
     if ph.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    out(ph, EVENTS.insert(EventObj { event: Event::new(), flags }) as *mut c_void)
+    out(
+        ph,
+        EVENTS.insert(EventObj {
+            event: Event::new(),
+            flags,
+        }) as *mut c_void,
+    )
 }
 
 pub fn event_destroy(e: *mut c_void) -> CuResult {
@@ -447,7 +491,11 @@ pub fn event_record(e: *mut c_void, h: *mut c_void) -> CuResult {
 
 pub fn event_query(e: *mut c_void) -> CuResult {
     driver()?;
-    if EVENTS.get(e as usize)?.event.query() { Ok(()) } else { Err(CUDA_ERROR_NOT_READY) }
+    if EVENTS.get(e as usize)?.event.query() {
+        Ok(())
+    } else {
+        Err(CUDA_ERROR_NOT_READY)
+    }
 }
 
 pub fn event_synchronize(e: *mut c_void) -> CuResult {
@@ -477,7 +525,12 @@ pub fn max_active_blocks(n: *mut i32, f: *mut c_void, block: i32) -> CuResult {
     out(n, (2048 / block).clamp(0, 32))
 }
 
-pub fn max_potential_block_size(min_grid: *mut i32, block: *mut i32, f: *mut c_void, limit: i32) -> CuResult {
+pub fn max_potential_block_size(
+    min_grid: *mut i32,
+    block: *mut i32,
+    f: *mut c_void,
+    limit: i32,
+) -> CuResult {
     driver()?;
     FUNCTIONS.get(f as usize)?;
     let b = if limit > 0 { limit.min(1024) } else { 1024 };

@@ -18,6 +18,8 @@ pub fn unsupported_once(name: &'static str) {
     let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
     if seen.get_or_insert_with(HashSet::new).insert(name) {
         init();
-        tracing::warn!("{name} is not supported by the tensor-fusion simulated GPU (CUDA_ERROR_NOT_SUPPORTED)");
+        tracing::warn!(
+            "{name} is not supported by the tensor-fusion simulated GPU (CUDA_ERROR_NOT_SUPPORTED)"
+        );
     }
 }

@@ -40,7 +40,13 @@ pub fn alloc_host(pp: *mut *mut c_void, bytes: usize) -> CuResult {
     out(pp, p as *mut c_void)
 }
 
-pub fn alloc_pitch(dptr: *mut u64, pitch: *mut usize, width: usize, height: usize, elem: u32) -> CuResult {
+pub fn alloc_pitch(
+    dptr: *mut u64,
+    pitch: *mut usize,
+    width: usize,
+    height: usize,
+    elem: u32,
+) -> CuResult {
     if !matches!(elem, 4 | 8 | 16) || width == 0 || height == 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
@@ -119,6 +125,7 @@ impl Side {
 
 fn side(ptr: u64, len: usize) -> CuResult<Side> {
     match find(ptr) {
+        Ok((_, _, _, MemKind::Host)) => Ok(Side::Host(ptr as usize)),
         Ok((dev, _, _, _)) => Ok(Side::Device(hal(dev.resolve(ptr, len as u64))?)),
         Err(_) => {
             if ptr == 0 {
@@ -151,38 +158,81 @@ pub fn copy(dst: u64, src: u64, len: usize, stream: Option<*mut c_void>) -> CuRe
             if obj.as_ref().is_some_and(|o| lock(&o.capture).is_some()) {
                 return Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
             }
-            let (da, sa) = (d.addr(), s.addr());
-            let keep = [d, s]
-                .into_iter()
-                .filter_map(|x| match x {
-                    Side::Device(r) => Some(r),
-                    Side::Host(_) => None,
-                })
-                .collect();
-            // SAFETY: host buffers of an asynchronous copy must stay valid until the stream
-            // reaches it: that is the driver API's contract with the caller.
-            hal(unsafe { st.copy_async(da, sa, len, keep) })
+            match (d, s) {
+                // From pageable host memory: like the real driver, take the bytes now (the
+                // caller may reuse its buffer as soon as the call returns).
+                (Side::Device(dst), Side::Host(src)) if !pinned(src as u64) => {
+                    // SAFETY: the caller's source buffer holds `len` bytes (API contract).
+                    let data =
+                        unsafe { std::slice::from_raw_parts(src as *const u8, len) }.to_vec();
+                    hal(st.write_async(dst, data))
+                }
+                // To pageable host memory: the real driver returns once the copy is done.
+                (d @ Side::Host(dst), s) if !pinned(dst as u64) => {
+                    let (da, sa) = (d.addr(), s.addr());
+                    // SAFETY: the copy completes before we return (synchronized below), while
+                    // the caller's buffer is certainly alive; device sides are pinned by `keep`.
+                    hal(unsafe { st.copy_async(da, sa, len, keep_of([d, s])) })?;
+                    hal(st.synchronize())
+                }
+                (d, s) => {
+                    let (da, sa) = (d.addr(), s.addr());
+                    // SAFETY: the remaining host sides are pinned allocations of ours, alive
+                    // until freed (and cuMemFreeHost synchronizes); device sides are pinned.
+                    hal(unsafe { st.copy_async(da, sa, len, keep_of([d, s])) })
+                }
+            }
         }
     }
 }
 
+/// Whether `addr` lies in page-locked host memory allocated through this driver.
+fn pinned(addr: u64) -> bool {
+    find(addr).is_ok_and(|(_, _, _, kind)| kind == MemKind::Host)
+}
+
+fn keep_of(sides: [Side; 2]) -> Vec<Region> {
+    sides
+        .into_iter()
+        .filter_map(|x| match x {
+            Side::Device(r) => Some(r),
+            Side::Host(_) => None,
+        })
+        .collect()
+}
+
 pub fn copy_2d(p: *const c_void, stream: Option<*mut c_void>) -> CuResult {
     let c: tf_cuda_abi::CUDA_MEMCPY2D = read(p as *const tf_cuda_abi::CUDA_MEMCPY2D)?;
-    let addr = |ty: u32, host: usize, dev: u64, x: usize, y: usize, pitch: usize| -> CuResult<u64> {
-        let base = match ty {
-            CU_MEMORYTYPE_HOST => host as u64,
-            CU_MEMORYTYPE_DEVICE | CU_MEMORYTYPE_UNIFIED => dev,
-            _ => return Err(CUDA_ERROR_NOT_SUPPORTED),
+    let addr =
+        |ty: u32, host: usize, dev: u64, x: usize, y: usize, pitch: usize| -> CuResult<u64> {
+            let base = match ty {
+                CU_MEMORYTYPE_HOST => host as u64,
+                CU_MEMORYTYPE_DEVICE | CU_MEMORYTYPE_UNIFIED => dev,
+                _ => return Err(CUDA_ERROR_NOT_SUPPORTED),
+            };
+            Ok(base + (y * pitch + x) as u64)
         };
-        Ok(base + (y * pitch + x) as u64)
-    };
     if let Some(h) = stream {
         let (st, _) = crate::state::stream(h)?;
         hal(st.synchronize())?;
     }
     for row in 0..c.Height {
-        let s = addr(c.srcMemoryType, c.srcHost as usize, c.srcDevice, c.srcXInBytes, c.srcY + row, c.srcPitch)?;
-        let d = addr(c.dstMemoryType, c.dstHost as usize, c.dstDevice, c.dstXInBytes, c.dstY + row, c.dstPitch)?;
+        let s = addr(
+            c.srcMemoryType,
+            c.srcHost as usize,
+            c.srcDevice,
+            c.srcXInBytes,
+            c.srcY + row,
+            c.srcPitch,
+        )?;
+        let d = addr(
+            c.dstMemoryType,
+            c.dstHost as usize,
+            c.dstDevice,
+            c.dstXInBytes,
+            c.dstY + row,
+            c.dstPitch,
+        )?;
         copy(d, s, c.WidthInBytes, None)?;
     }
     Ok(())
@@ -231,7 +281,11 @@ pub fn pointer_attribute(data: *mut c_void, attr: u32, ptr: u64) -> CuResult {
         }
         CU_POINTER_ATTRIBUTE_MEMORY_TYPE => out(
             data as *mut u32,
-            if kind == MemKind::Host { CU_MEMORYTYPE_HOST } else { CU_MEMORYTYPE_DEVICE },
+            if kind == MemKind::Host {
+                CU_MEMORYTYPE_HOST
+            } else {
+                CU_MEMORYTYPE_DEVICE
+            },
         ),
         CU_POINTER_ATTRIBUTE_DEVICE_POINTER => out(data as *mut u64, ptr),
         CU_POINTER_ATTRIBUTE_HOST_POINTER => match kind {
@@ -307,19 +361,30 @@ pub fn pool_attribute(pool: *mut c_void, attr: u32, value: *mut c_void, set: boo
         CU_MEMPOOL_ATTR_REUSE_FOLLOW_EVENT_DEPENDENCIES
         | CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC
         | CU_MEMPOOL_ATTR_REUSE_ALLOW_INTERNAL_DEPENDENCIES => {
-            if set { read(value as *const i32).map(|_| ()) } else { out(value as *mut i32, 1) }
+            if set {
+                read(value as *const i32).map(|_| ())
+            } else {
+                out(value as *mut i32, 1)
+            }
         }
         CU_MEMPOOL_ATTR_RELEASE_THRESHOLD => {
             if set {
-                p.release_threshold.store(read(value as *const u64)?, Relaxed);
+                p.release_threshold
+                    .store(read(value as *const u64)?, Relaxed);
                 Ok(())
             } else {
                 out(value as *mut u64, p.release_threshold.load(Relaxed))
             }
         }
-        CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT | CU_MEMPOOL_ATTR_USED_MEM_CURRENT
-        | CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH | CU_MEMPOOL_ATTR_USED_MEM_HIGH => {
-            if set { Ok(()) } else { out(value as *mut u64, reading(p.device)?) }
+        CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT
+        | CU_MEMPOOL_ATTR_USED_MEM_CURRENT
+        | CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH
+        | CU_MEMPOOL_ATTR_USED_MEM_HIGH => {
+            if set {
+                Ok(())
+            } else {
+                out(value as *mut u64, reading(p.device)?)
+            }
         }
         _ => Err(CUDA_ERROR_INVALID_VALUE),
     }

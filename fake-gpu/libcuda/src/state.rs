@@ -138,19 +138,31 @@ impl<T> Registry<T> {
     }
 
     pub fn all(&self) -> Vec<(usize, Arc<T>)> {
-        lock(&self.map).iter().map(|(h, o)| (*h, o.clone())).collect()
+        lock(&self.map)
+            .iter()
+            .map(|(h, o)| (*h, o.clone()))
+            .collect()
     }
 }
 
-pub static CONTEXTS: LazyLock<Registry<Ctx>> = LazyLock::new(|| Registry::new(CUDA_ERROR_INVALID_CONTEXT));
-pub static STREAMS: LazyLock<Registry<StreamObj>> = LazyLock::new(|| Registry::new(CUDA_ERROR_INVALID_HANDLE));
-pub static EVENTS: LazyLock<Registry<EventObj>> = LazyLock::new(|| Registry::new(CUDA_ERROR_INVALID_HANDLE));
-pub static MODULES: LazyLock<Registry<ModuleObj>> = LazyLock::new(|| Registry::new(CUDA_ERROR_INVALID_HANDLE));
-pub static FUNCTIONS: LazyLock<Registry<FuncObj>> = LazyLock::new(|| Registry::new(CUDA_ERROR_INVALID_HANDLE));
-pub static POOLS: LazyLock<Registry<PoolObj>> = LazyLock::new(|| Registry::new(CUDA_ERROR_INVALID_HANDLE));
-pub static GRAPHS: LazyLock<Registry<GraphObj>> = LazyLock::new(|| Registry::new(CUDA_ERROR_INVALID_HANDLE));
-pub static GRAPH_EXECS: LazyLock<Registry<GraphExecObj>> = LazyLock::new(|| Registry::new(CUDA_ERROR_INVALID_HANDLE));
-pub static PHYSICAL: LazyLock<Registry<tf_fake_gpu::vmm::Physical>> = LazyLock::new(|| Registry::new(CUDA_ERROR_INVALID_VALUE));
+pub static CONTEXTS: LazyLock<Registry<Ctx>> =
+    LazyLock::new(|| Registry::new(CUDA_ERROR_INVALID_CONTEXT));
+pub static STREAMS: LazyLock<Registry<StreamObj>> =
+    LazyLock::new(|| Registry::new(CUDA_ERROR_INVALID_HANDLE));
+pub static EVENTS: LazyLock<Registry<EventObj>> =
+    LazyLock::new(|| Registry::new(CUDA_ERROR_INVALID_HANDLE));
+pub static MODULES: LazyLock<Registry<ModuleObj>> =
+    LazyLock::new(|| Registry::new(CUDA_ERROR_INVALID_HANDLE));
+pub static FUNCTIONS: LazyLock<Registry<FuncObj>> =
+    LazyLock::new(|| Registry::new(CUDA_ERROR_INVALID_HANDLE));
+pub static POOLS: LazyLock<Registry<PoolObj>> =
+    LazyLock::new(|| Registry::new(CUDA_ERROR_INVALID_HANDLE));
+pub static GRAPHS: LazyLock<Registry<GraphObj>> =
+    LazyLock::new(|| Registry::new(CUDA_ERROR_INVALID_HANDLE));
+pub static GRAPH_EXECS: LazyLock<Registry<GraphExecObj>> =
+    LazyLock::new(|| Registry::new(CUDA_ERROR_INVALID_HANDLE));
+pub static PHYSICAL: LazyLock<Registry<tf_fake_gpu::vmm::Physical>> =
+    LazyLock::new(|| Registry::new(CUDA_ERROR_INVALID_VALUE));
 
 /// The initialised driver.
 pub struct Driver {

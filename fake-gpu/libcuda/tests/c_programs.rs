@@ -13,7 +13,10 @@ fn c_vector_add_built_against_the_real_header_runs_and_checks_every_element() {
     assert!(out.status.success(), "{}", show(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("OK 1000003 elements checked"), "{stdout}");
-    assert!(stdout.contains("NVIDIA H100 80GB HBM3, 81559 MiB, 132 SMs"), "{stdout}");
+    assert!(
+        stdout.contains("NVIDIA H100 80GB HBM3, 81559 MiB, 132 SMs"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -25,5 +28,8 @@ fn the_c_program_reports_driver_errors() {
     let out = lib.run(&exe, &[bad.to_str().unwrap()]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("cuModuleLoadData") && stderr.contains("CUDA_ERROR_INVALID_IMAGE"), "{stderr}");
+    assert!(
+        stderr.contains("cuModuleLoadData") && stderr.contains("CUDA_ERROR_INVALID_IMAGE"),
+        "{stderr}"
+    );
 }

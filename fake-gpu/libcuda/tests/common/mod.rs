@@ -50,7 +50,9 @@ impl FakeDriverDir {
     /// Compile a C program from tests/c/ against NVIDIA's cuda.h, linked with -lcuda.
     pub fn compile_c(&self, source: &str, extra: &[&str]) -> PathBuf {
         let inc = tf_test_support::cuda_include_dir().expect("NVIDIA headers");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c").join(source);
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/c")
+            .join(source);
         let exe = self.dir().join(source.trim_end_matches(".c"));
         let out = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
             .args(["-O1", "-Wall", "-Werror", "-o"])
