@@ -49,6 +49,8 @@ struct PoolState {
     learned: HashMap<Need, f64>,
     seen: u64,
     next_learn: u64,
+    /// Live allocations per QoS level (skips hopeless preemption searches).
+    live_by_qos: [u64; 4],
 }
 
 struct Record {
@@ -156,6 +158,7 @@ impl Scheduler {
             learned: HashMap::new(),
             seen: 0,
             next_learn: 16,
+            live_by_qos: [0; 4],
         });
         Ok(())
     }
@@ -529,7 +532,10 @@ impl Scheduler {
         let (node, choice, victims) = match found {
             Some((node, c)) => (node, c, Vec::new()),
             None => {
-                let found = if req.qos > Qos::Low {
+                let lower: u64 = self.pools[pool as usize].live_by_qos[..req.qos as usize]
+                    .iter()
+                    .sum();
+                let found = if lower > 0 {
                     self.find_victims(pool, &need, req.qos, pin)
                 } else {
                     None
@@ -807,6 +813,7 @@ impl Scheduler {
         n.mem_free -= need.mem;
         n.version += 1;
         n.allocs.push(id);
+        self.pools[pool as usize].live_by_qos[req.qos as usize] += 1;
         let ns = self.namespaces.entry(req.namespace.clone()).or_default();
         for g in &grants {
             ns.used.tflops_milli += g.tflops_milli;
@@ -840,6 +847,7 @@ impl Scheduler {
 
     fn release_inner(&mut self, id: u64) -> Record {
         let rec = self.allocs.remove(&id).expect("live allocation");
+        self.pools[rec.pool as usize].live_by_qos[rec.qos as usize] -= 1;
         let n = &mut self.nodes[rec.node as usize];
         give_back(&mut self.gpus[n.gpu_start..n.gpu_start + n.gpu_len], &rec);
         n.cpu_free += rec.cpu;

@@ -8,7 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::error::SchedError;
-use crate::profile::Compiled;
+use crate::profile::{Compiled, Group};
 use crate::types::{Amount, Vendor};
 
 /// The placement policies.
@@ -210,17 +210,42 @@ pub(crate) struct Choice {
 /// fits sees the GPUs too small for it).
 pub(crate) fn frag(profile: &Compiled, gpus: &[Gpu], cpu_free: u64) -> f64 {
     let mut shares = [0f64; 64];
-    let mut total = 0.0;
     for (i, g) in gpus.iter().enumerate() {
-        let s = g.share();
-        shares[i] = s;
-        total += s;
+        shares[i] = g.share();
     }
+    let masks: Vec<u64> = profile
+        .groups
+        .iter()
+        .map(|grp| fit_mask(grp, gpus))
+        .collect();
+    frag_from(profile, &shares[..gpus.len()], &masks, cpu_free)
+}
+
+/// Whether a profile group fits on one GPU.
+#[inline]
+fn group_fits(grp: &Group, g: &Gpu) -> bool {
+    g.accepts(grp.models, grp.vendor) && g.fits(grp.tflops, grp.vram, grp.dedicated)
+}
+
+/// Bit per GPU on which a profile group fits.
+fn fit_mask(grp: &Group, gpus: &[Gpu]) -> u64 {
+    let mut m = 0u64;
+    for (i, g) in gpus.iter().enumerate() {
+        if group_fits(grp, g) {
+            m |= 1 << i;
+        }
+    }
+    m
+}
+
+/// [`frag`] from per-GPU free shares and per-group fit masks.
+fn frag_from(profile: &Compiled, shares: &[f64], masks: &[u64], cpu_free: u64) -> f64 {
+    let total: f64 = shares.iter().sum();
     if total <= 0.0 {
         return 0.0;
     }
     let mut f = 0.0;
-    for grp in &profile.groups {
+    for (grp, &mask) in profile.groups.iter().zip(masks) {
         if grp.gpu_count == 0 {
             // CPU-only requests can use no GPU: a constant that no placement changes.
             continue;
@@ -235,16 +260,13 @@ pub(crate) fn frag(profile: &Compiled, gpus: &[Gpu], cpu_free: u64) -> f64 {
             f += grp.weight * total;
             continue;
         }
-        let mut n = 0u32;
-        let mut unfit = 0.0;
-        for (i, g) in gpus.iter().enumerate() {
-            if g.accepts(grp.models, grp.vendor) && g.fits(grp.tflops, grp.vram, grp.dedicated) {
-                n += 1;
-            } else {
-                unfit += shares[i];
+        if mask.count_ones() >= grp.gpu_count {
+            let mut unfit = 0.0;
+            for (i, s) in shares.iter().enumerate() {
+                if mask & (1 << i) == 0 {
+                    unfit += s;
+                }
             }
-        }
-        if n >= grp.gpu_count {
             f += w_fit * unfit + (grp.weight - w_fit) * total;
         } else {
             f += grp.weight * total;
@@ -472,7 +494,19 @@ fn frag_lookahead(
         }
     };
     if count == 1 && !need.dedicated {
-        // One candidate per distinct GPU state.
+        // One candidate per distinct GPU state; only that GPU changes, so the per-group fit
+        // masks of the others are computed once.
+        let mut shares = [0f64; 64];
+        for (i, g) in gpus.iter().enumerate() {
+            shares[i] = g.share();
+        }
+        let base: Vec<u64> = ctx
+            .profile
+            .groups
+            .iter()
+            .map(|grp| fit_mask(grp, gpus))
+            .collect();
+        let mut masks = base.clone();
         let mut seen: [(u64, u64, u8); 64] = [(0, 0, 0); 64];
         let mut nseen = 0;
         let mut m = fit;
@@ -486,7 +520,22 @@ fn frag_lookahead(
             }
             seen[nseen] = sig;
             nseen += 1;
-            consider(1 << i, scratch);
+            let mut taken = *g;
+            taken.take(need.tflops, need.vram, need.dedicated);
+            for ((out, &b), grp) in masks.iter_mut().zip(&base).zip(&ctx.profile.groups) {
+                *out = (b & !(1u64 << i)) | ((group_fits(grp, &taken) as u64) << i);
+            }
+            let old = shares[i];
+            shares[i] = taken.share();
+            let after = frag_from(ctx.profile, &shares[..gpus.len()], &masks, cpu_after);
+            let gpu_free_after: f64 = shares[..gpus.len()].iter().sum();
+            shares[i] = old;
+            let gradient = (sigmoid((before - after) / 1000.0) * 100.0).floor();
+            let strand_after = stranded(ctx.profile, gpu_free_after, cpu_after, mem_after);
+            let score = gradient + (strand_before - strand_after);
+            if best.is_none_or(|(b, _)| score > b) {
+                best = Some((score, 1u64 << i));
+            }
         }
     } else {
         let mask = if count == 0 {

@@ -89,7 +89,10 @@ impl Amount {
     pub fn resolve(self, physical: u64) -> u64 {
         match self {
             Amount::Absolute(v) => v,
-            Amount::Permille(p) => ((physical as u128 * p as u128) / 1000) as u64,
+            Amount::Permille(p) => match physical.checked_mul(p as u64) {
+                Some(x) => x / 1000,
+                None => ((physical as u128 * p as u128) / 1000) as u64,
+            },
         }
     }
 
