@@ -33,3 +33,52 @@ fn the_c_program_reports_driver_errors() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_program_that_only_uses_cu_get_proc_address_runs() {
+    let lib = FakeDriverDir::new();
+    let exe = lib.compile_c("procaddr_vector_add.c", &[]);
+    let out = lib.run(&exe, &[ptx_path().to_str().unwrap(), "300000"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("OK 300000 elements checked through cuGetProcAddress"),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn every_function_of_cuda_h_is_exported_and_unimplemented_ones_say_not_supported() {
+    // The dynamic symbol table of the built library against the header-derived list.
+    let built = tf_test_support::cdylib("libcuda.so").unwrap();
+    let nm = std::process::Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(&built)
+        .output()
+        .unwrap();
+    assert!(nm.status.success());
+    let syms: std::collections::HashSet<String> = String::from_utf8_lossy(&nm.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2).map(str::to_string))
+        .collect();
+    macro_rules! names {
+        ($(fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => { [$(stringify!($name)),*] };
+    }
+    let all = tf_cuda_abi::cuda_driver_functions!(names);
+    let missing: Vec<_> = all.iter().filter(|n| !syms.contains(**n)).collect();
+    assert!(missing.is_empty(), "not exported: {missing:?}");
+    assert!(all.len() > 600);
+
+    let lib = FakeDriverDir::new();
+    let exe = lib.compile_c("unsupported.c", &[]);
+    let out = lib.run(&exe, &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.matches("cuGraphicsMapResources is not supported")
+            .count(),
+        1,
+        "logged once: {err}"
+    );
+}
