@@ -17,8 +17,8 @@ pub enum Policy {
     /// Default. Fragmentation-aware with look-ahead; see the crate docs and `pool/README.md`.
     #[default]
     FragLookahead,
-    /// Fragmentation gradient descent (Weng et al., ATC '23), as published: quantised scores,
-    /// random tie-breaking among equal nodes.
+    /// Fragmentation gradient descent (Weng et al., ATC '23), as in the paper's artifact:
+    /// fragmentation against the typical shapes, quantised sigmoid scores, ties to pool order.
     Fgd,
     /// FGD paper's best-fit baseline: least leftover (CPU, GPU) on the node, tightest GPU.
     BestFit,
