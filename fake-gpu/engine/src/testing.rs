@@ -47,9 +47,9 @@ pub fn isolated_config(tag: &str, devices: u32) -> FakeGpuConfig {
                 "GPU-{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
                 (seed >> 32) as u32,
                 pid & 0xffff,
-                (pid >> 16) & 0xffff,
+                i,
                 n & 0xffff,
-                ((nanos & 0xffff_ffff) << 16) | i as u64
+                (nanos & 0xffff_ffff) << 16 | (pid >> 16) & 0xffff
             );
             p
         })

@@ -20,7 +20,7 @@ pub fn device_get(d: *mut i32, ordinal: i32) -> CuResult {
 }
 
 pub fn device_count(c: *mut i32) -> CuResult {
-    out(c, driver()?.gpu.devices().len() as i32)
+    out(c, driver()?.visible.len() as i32)
 }
 
 pub fn device_name(name: *mut c_char, len: i32, dev: i32) -> CuResult {
@@ -169,8 +169,7 @@ pub fn by_pci_bus_id(dev: *mut i32, id: *const c_char) -> CuResult {
     let want = pci_parts(crate::ffi::cstr(id)?);
     let d = driver()?;
     let found = d
-        .gpu
-        .devices()
+        .visible
         .iter()
         .position(|x| pci_parts(&x.profile().pci_bus_id) == want)
         .ok_or(CUDA_ERROR_INVALID_DEVICE)?;

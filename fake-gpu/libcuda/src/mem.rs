@@ -15,6 +15,7 @@ use crate::state::*;
 pub fn find(ptr: u64) -> CuResult<(&'static Arc<FakeDevice>, u64, u64, MemKind)> {
     let d = driver()?;
     for dev in d.gpu.devices() {
+        // Any device of the machine: a pointer identifies its own device.
         if let Some((base, size, kind)) = dev.lookup(ptr) {
             return Ok((dev, base, size, kind));
         }
@@ -293,7 +294,14 @@ pub fn pointer_attribute(data: *mut c_void, attr: u32, ptr: u64) -> CuResult {
             _ => Err(CUDA_ERROR_INVALID_VALUE),
         },
         CU_POINTER_ATTRIBUTE_IS_MANAGED => out(data as *mut u32, (kind == MemKind::Managed) as u32),
-        CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL => out(data as *mut i32, dev.index() as i32),
+        CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL => {
+            let ordinal = driver()?
+                .visible
+                .iter()
+                .position(|v| Arc::ptr_eq(v, dev))
+                .map_or(-1, |i| i as i32);
+            out(data as *mut i32, ordinal)
+        }
         CU_POINTER_ATTRIBUTE_RANGE_START_ADDR => out(data as *mut u64, base),
         CU_POINTER_ATTRIBUTE_RANGE_SIZE => out(data as *mut usize, size as usize),
         CU_POINTER_ATTRIBUTE_MAPPED => out(data as *mut u32, 1),

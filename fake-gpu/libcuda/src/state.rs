@@ -167,6 +167,8 @@ pub static PHYSICAL: LazyLock<Registry<tf_fake_gpu::vmm::Physical>> =
 /// The initialised driver.
 pub struct Driver {
     pub gpu: Arc<FakeGpu>,
+    /// The devices this process sees, in ordinal order (CUDA_VISIBLE_DEVICES applied).
+    pub visible: Vec<Arc<tf_fake_gpu::FakeDevice>>,
     /// Primary context handle per device, created on first retain.
     pub primary: Mutex<Vec<Option<usize>>>,
     pub primary_refs: Mutex<Vec<u32>>,
@@ -183,7 +185,11 @@ pub fn init() -> CuResult {
             crate::logging::init();
             match FakeGpu::global() {
                 Ok(gpu) => {
-                    let n = gpu.devices().len();
+                    let visible = visible_devices(
+                        gpu.devices(),
+                        std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref(),
+                    );
+                    let n = visible.len();
                     let default_pools = (0..n)
                         .map(|d| {
                             POOLS.insert(PoolObj {
@@ -195,6 +201,7 @@ pub fn init() -> CuResult {
                     tracing::info!(devices = n, "tensor-fusion simulated libcuda initialised");
                     Ok(Driver {
                         gpu,
+                        visible,
                         primary: Mutex::new(vec![None; n]),
                         primary_refs: Mutex::new(vec![0; n]),
                         default_pools,
@@ -212,6 +219,46 @@ pub fn init() -> CuResult {
         .map_err(|e| *e)
 }
 
+/// Apply CUDA_VISIBLE_DEVICES like the real driver: a comma-separated list of ordinals or UUIDs
+/// (a unique prefix is enough); an invalid entry hides it and everything after it; an empty
+/// value hides every device.
+pub fn visible_devices(
+    all: &[Arc<tf_fake_gpu::FakeDevice>],
+    spec: Option<&str>,
+) -> Vec<Arc<tf_fake_gpu::FakeDevice>> {
+    let Some(spec) = spec else {
+        return all.to_vec();
+    };
+    let mut out: Vec<Arc<tf_fake_gpu::FakeDevice>> = Vec::new();
+    for item in spec.split(',').map(str::trim) {
+        let found = if let Ok(i) = item.parse::<usize>() {
+            all.get(i)
+        } else if item.starts_with("GPU-") {
+            let matches: Vec<_> = all
+                .iter()
+                .filter(|d| {
+                    d.profile()
+                        .uuid
+                        .to_ascii_lowercase()
+                        .starts_with(&item.to_ascii_lowercase())
+                })
+                .collect();
+            if matches.len() == 1 {
+                Some(matches[0])
+            } else {
+                None
+            }
+        } else {
+            None
+        };
+        match found {
+            Some(d) if !out.iter().any(|o| Arc::ptr_eq(o, d)) => out.push(d.clone()),
+            _ => break,
+        }
+    }
+    out
+}
+
 /// The driver, or CUDA_ERROR_NOT_INITIALIZED before cuInit.
 pub fn driver() -> CuResult<&'static Driver> {
     match DRIVER.get() {
@@ -225,7 +272,7 @@ pub fn device(ordinal: i32) -> CuResult<&'static Arc<tf_fake_gpu::FakeDevice>> {
     let d = driver()?;
     usize::try_from(ordinal)
         .ok()
-        .and_then(|i| d.gpu.devices().get(i))
+        .and_then(|i| d.visible.get(i))
         .ok_or(CUDA_ERROR_INVALID_DEVICE)
 }
 

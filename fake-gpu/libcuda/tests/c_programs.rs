@@ -82,3 +82,37 @@ fn every_function_of_cuda_h_is_exported_and_unimplemented_ones_say_not_supported
         "logged once: {err}"
     );
 }
+
+#[test]
+fn cuda_visible_devices_remaps_ordinals_like_the_real_driver() {
+    let lib = FakeDriverDir::new();
+    let exe = lib.compile_c("vector_add.c", &[]);
+    let config = tf_fake_gpu::FakeGpuConfig::load(lib.config()).unwrap();
+    let second = &config.devices[1].uuid;
+    for (spec, want) in [
+        ("1", 1),
+        (second.as_str(), 1),
+        (&second[..22], 1),
+        ("1,0", 2),
+        ("", 0),
+        ("0,7,1", 1),
+    ] {
+        let out = lib
+            .command(&exe)
+            .env("CUDA_VISIBLE_DEVICES", spec)
+            .arg(ptx_path())
+            .arg("1000")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if want == 0 {
+            assert!(!out.status.success(), "no device visible: {}", show(&out));
+        } else {
+            assert!(out.status.success(), "{spec:?}: {}", show(&out));
+            assert!(
+                stdout.contains(&format!("devices {want},")),
+                "{spec:?}: {stdout}"
+            );
+        }
+    }
+}
