@@ -1,0 +1,159 @@
+//! The structs the simulated NVML fills have the layout of NVIDIA's real `nvml.h`, and its
+//! `#define` constants the values of the header: a C program compiled against the real header
+//! prints sizes, alignments, offsets and values, and they must equal what Rust says.
+
+use std::mem::{align_of, offset_of, size_of};
+use std::process::Command;
+
+use nvidia_ml::types::*;
+
+/// Lines `<what> <number>` from the Rust side, and the C expressions that print the same.
+struct Checks {
+    rust: Vec<String>,
+    c: Vec<String>,
+}
+
+impl Checks {
+    fn line(&mut self, label: String, value: u64, c_expr: String) {
+        self.rust.push(format!("{label} {value}"));
+        self.c.push(format!(
+            "printf(\"%s %llu\\n\", \"{label}\", (unsigned long long)({c_expr}));"
+        ));
+    }
+}
+
+/// `layout!(checks, c_type => RustType { field, ... })`: size, alignment and every field's offset;
+/// `layout!(checks, c_type => RustType prefix { field, ... })`: the offsets only (a Rust struct
+/// that is a leading part of the C one).
+macro_rules! layout {
+    ($checks:ident, $c:literal => $t:ident { $($f:ident),* $(,)? }) => {{
+        $checks.line(format!("{} size", $c), size_of::<$t>() as u64, format!("sizeof({})", $c));
+        $checks.line(format!("{} align", $c), align_of::<$t>() as u64, format!("_Alignof({})", $c));
+        layout!($checks, $c => $t prefix { $($f),* });
+    }};
+    ($checks:ident, $c:literal => $t:ident prefix { $($f:ident),* $(,)? }) => {{
+        $(
+            $checks.line(
+                format!("{}.{}", $c, stringify!($f)),
+                offset_of!($t, $f) as u64,
+                format!("offsetof({}, {})", $c, stringify!($f)),
+            );
+        )*
+    }};
+}
+
+macro_rules! constants {
+    ($checks:ident, $($name:literal = $value:expr),* $(,)?) => {{
+        $( $checks.line($name.to_string(), $value as u64, format!("(unsigned long long)({})", $name)); )*
+    }};
+}
+
+fn checks() -> Checks {
+    let mut c = Checks {
+        rust: Vec::new(),
+        c: Vec::new(),
+    };
+    layout!(c, "nvmlMemory_t" => nvmlMemory_t { total, free, used });
+    layout!(c, "nvmlMemory_v2_t" => nvmlMemory_v2_t { version, total, reserved, free, used });
+    layout!(c, "nvmlUtilization_t" => nvmlUtilization_t { gpu, memory });
+    layout!(c, "nvmlPciInfo_t" => nvmlPciInfo_t {
+        busIdLegacy, domain, bus, device, pciDeviceId, pciSubSystemId, busId
+    });
+    layout!(c, "nvmlPciInfo_t" => nvmlPciInfoLegacyPrefix prefix {
+        busIdLegacy, domain, bus, device, pciDeviceId, pciSubSystemId
+    });
+    layout!(c, "nvmlPciInfoExt_v1_t" => nvmlPciInfoExt_v1_t {
+        version, domain, bus, device, pciDeviceId, pciSubSystemId, baseClass, subClass, busId
+    });
+    layout!(c, "nvmlProcessInfo_v1_t" => nvmlProcessInfo_v1_t { pid, usedGpuMemory });
+    layout!(c, "nvmlProcessInfo_v2_t" => nvmlProcessInfo_v2_t {
+        pid, usedGpuMemory, gpuInstanceId, computeInstanceId
+    });
+    layout!(c, "nvmlProcessInfo_t" => nvmlProcessInfo_t {
+        pid, usedGpuMemory, gpuInstanceId, computeInstanceId
+    });
+    layout!(c, "nvmlBAR1Memory_t" => nvmlBAR1Memory_t { bar1Total, bar1Free, bar1Used });
+    layout!(c, "nvmlProcessUtilizationSample_t" => nvmlProcessUtilizationSample_t {
+        pid, timeStamp, smUtil, memUtil, encUtil, decUtil
+    });
+    // The prefix of the first nvmlPciInfo_t must fit the original struct, which ended with four
+    // reserved words where the current one has busId[32].
+    assert!(size_of::<nvmlPciInfoLegacyPrefix>() <= 16 + 9 * 4);
+    constants!(
+        c,
+        "NVML_DEVICE_PCI_BUS_ID_BUFFER_SIZE" = NVML_DEVICE_PCI_BUS_ID_BUFFER_SIZE,
+        "NVML_DEVICE_PCI_BUS_ID_BUFFER_V2_SIZE" = NVML_DEVICE_PCI_BUS_ID_BUFFER_V2_SIZE,
+        "NVML_NVLINK_MAX_LINKS" = NVML_NVLINK_MAX_LINKS,
+        "NVML_DEVICE_MIG_DISABLE" = NVML_DEVICE_MIG_DISABLE,
+        "NVML_DEVICE_ARCH_KEPLER" = NVML_DEVICE_ARCH_KEPLER,
+        "NVML_DEVICE_ARCH_MAXWELL" = NVML_DEVICE_ARCH_MAXWELL,
+        "NVML_DEVICE_ARCH_PASCAL" = NVML_DEVICE_ARCH_PASCAL,
+        "NVML_DEVICE_ARCH_VOLTA" = NVML_DEVICE_ARCH_VOLTA,
+        "NVML_DEVICE_ARCH_TURING" = NVML_DEVICE_ARCH_TURING,
+        "NVML_DEVICE_ARCH_AMPERE" = NVML_DEVICE_ARCH_AMPERE,
+        "NVML_DEVICE_ARCH_ADA" = NVML_DEVICE_ARCH_ADA,
+        "NVML_DEVICE_ARCH_HOPPER" = NVML_DEVICE_ARCH_HOPPER,
+        "NVML_DEVICE_ARCH_BLACKWELL" = NVML_DEVICE_ARCH_BLACKWELL,
+        "NVML_DEVICE_ARCH_UNKNOWN" = NVML_DEVICE_ARCH_UNKNOWN,
+        "NVML_INIT_FLAG_NO_GPUS" = NVML_INIT_FLAG_NO_GPUS,
+        "NVML_INIT_FLAG_NO_ATTACH" = NVML_INIT_FLAG_NO_ATTACH,
+        "(unsigned int)NVML_VALUE_NOT_AVAILABLE" = NVML_VALUE_NOT_AVAILABLE_U32,
+        "nvmlClocksEventReasonGpuIdle" = NVML_CLOCKS_EVENT_REASON_GPU_IDLE,
+        "nvmlClocksEventReasonNone" = NVML_CLOCKS_EVENT_REASON_NONE,
+        "nvmlMemory_v2" = NVML_MEMORY_V2,
+        "nvmlPciInfoExt_v1" = NVML_PCI_INFO_EXT_V1,
+    );
+    c
+}
+
+#[test]
+fn structs_and_constants_match_the_real_nvml_h() {
+    let inc = tf_test_support::cuda_include_dir().expect("fetch NVIDIA's nvml.h");
+    let checks = checks();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("layout.c");
+    let exe = dir.path().join("layout");
+    let program = format!(
+        "#include <stddef.h>\n#include <stdio.h>\n#include <nvml.h>\nint main(void) {{\n{}\nreturn 0;\n}}\n",
+        checks.c.join("\n")
+    );
+    std::fs::write(&src, program).unwrap();
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let out = Command::new(&cc)
+        .args(["-std=c11", "-Wall", "-Werror", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .arg("-I")
+        .arg(&inc)
+        .output()
+        .expect("run the C compiler");
+    assert!(
+        out.status.success(),
+        "{cc} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(&exe).output().unwrap();
+    assert!(out.status.success());
+    let c_lines: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(c_lines.len(), checks.rust.len());
+    let diffs: Vec<String> = checks
+        .rust
+        .iter()
+        .zip(&c_lines)
+        .filter(|(r, c)| r != c)
+        .map(|(r, c)| format!("rust `{r}` vs nvml.h `{c}`"))
+        .collect();
+    assert!(
+        diffs.is_empty(),
+        "layouts differ from nvml.h:\n{}",
+        diffs.join("\n")
+    );
+    eprintln!(
+        "{} sizes, offsets and constants match nvml.h",
+        c_lines.len()
+    );
+}
