@@ -526,6 +526,10 @@ impl Context for CudaContext {
         Ok(FunctionHandle(h))
     }
 
+    /// Launch with packed arguments. Where the driver describes kernel parameters
+    /// (`cuFuncGetParamInfo`, CUDA 12.4+) the argument count and sizes are checked first
+    /// ([`ErrorKind::InvalidValue`] on a mismatch); with older drivers the list is trusted, as
+    /// `cuLaunchKernel` itself does.
     fn launch(
         &self,
         function: FunctionHandle,

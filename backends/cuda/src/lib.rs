@@ -30,7 +30,7 @@ use std::time::Duration;
 use cudarc::driver::{result, sys};
 use tf_hal::{
     Backend, BackendKind, BusySample, Capabilities, Context, Device, DeviceInfo, Error, ErrorKind,
-    Link, LinkKind, MemoryInfo, PartitionTemplate, ProcessUsage, Result, Vendor,
+    Link, LinkKind, MemoryInfo, PartitionInfo, PartitionTemplate, ProcessUsage, Result, Vendor,
 };
 
 pub use context::CudaContext;
@@ -396,12 +396,30 @@ impl Device for CudaDevice {
         )?))
     }
 
+    /// MIG GPU-instance profiles. NVML lists them only while MIG mode is enabled, so a
+    /// MIG-capable device with MIG off (or a driver that cannot list them) gives none.
     fn partition_templates(&self) -> Result<Vec<PartitionTemplate>> {
         if !self.entry.info.capabilities.partitioning {
             return Ok(Vec::new());
         }
         let (n, i) = self.nvml("MIG profiles")?;
         n.mig_templates(i)
+    }
+
+    fn create_partition(&self, template: &str) -> Result<PartitionInfo> {
+        Err(Error::not_supported(format!(
+            "partition {template} on device {}: creating MIG instances is not implemented by the \
+             CUDA backend yet (use nvidia-smi mig)",
+            self.entry.info.index
+        )))
+    }
+
+    fn destroy_partition(&self, id: &str) -> Result<()> {
+        Err(Error::not_supported(format!(
+            "partition {id} on device {}: destroying MIG instances is not implemented by the \
+             CUDA backend yet (use nvidia-smi mig)",
+            self.entry.info.index
+        )))
     }
 }
 

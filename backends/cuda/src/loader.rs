@@ -118,8 +118,9 @@ fn open_driver(explicit: Option<&OsStr>) -> Result<DriverLibrary> {
             Error::new(
                 ErrorKind::LibraryNotFound,
                 format!(
-                    "{CUDA_LIBRARY_ENV}={} cannot be loaded ({e}): {MISSING_DRIVER_HINT}",
-                    Path::new(path).display()
+                    "{CUDA_LIBRARY_ENV}={} cannot be loaded ({}): {MISSING_DRIVER_HINT}",
+                    Path::new(path).display(),
+                    error_chain(&e)
                 ),
             )
         })?;
@@ -191,6 +192,18 @@ fn open_driver(explicit: Option<&OsStr>) -> Result<DriverLibrary> {
         lib,
         _explicit: explicit_lib,
     })
+}
+
+/// An error and its sources ("dlopen failed: libcuda.so.1: cannot open shared object file").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
 }
 
 fn symbol_address(lib: &Library, name: &str) -> Option<usize> {

@@ -7,9 +7,12 @@ use std::ffi::{CStr, OsString};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use nvml_wrapper::enum_wrappers::device::{Sampling, TopologyLevel};
+use nvml_wrapper::enum_wrappers::device::{
+    P2pCapabilitiesIndex, P2pStatus, Sampling, TopologyLevel,
+};
 use nvml_wrapper::enums::device::{SampleValue, UsedGpuMemory};
 use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::struct_wrappers::device::ProcessUtilizationSample;
 use tf_hal::{Error, ErrorKind, LinkKind, MemoryInfo, PartitionTemplate, ProcessUsage, Result};
 
 use crate::error::nvml_error;
@@ -149,9 +152,15 @@ impl Nvml {
             .collect())
     }
 
-    /// GPU utilization in percent over (about) the last `window`: the mean of NVML's
-    /// utilization samples newer than `now - window` where the driver keeps them, else NVML's
-    /// current utilization rate (which covers the driver's own recent sample period).
+    /// GPU utilization in percent over (about) the last `window`, without blocking:
+    ///
+    /// 1. the mean of NVML's GPU utilization samples newer than `now - window`
+    ///    (`nvmlDeviceGetSamples`), where the driver keeps them;
+    /// 2. else the per-process SM utilization samples since then
+    ///    (`nvmlDeviceGetProcessUtilization`), each process's mean summed over processes (no
+    ///    samples at all means no process ran a kernel: 0%);
+    /// 3. else NVML's current utilization rate, which covers the driver's own sample period
+    ///    (between 1/6 s and 1 s depending on the product) rather than `window`.
     pub fn utilization(&self, index: u32, window: Duration) -> Result<f64> {
         let d = self.device(index)?;
         let now_us = SystemTime::now()
@@ -177,36 +186,71 @@ impl Nvml {
                 return Ok(mean.clamp(0.0, 100.0));
             }
         }
+        match nv("nvmlDeviceGetProcessUtilization", || {
+            d.process_utilization_stats(since)
+        }) {
+            Ok(samples) => return Ok(sum_of_process_means(&samples, since)),
+            Err(e) if e.kind == ErrorKind::NotFound => return Ok(0.0),
+            Err(_) => {}
+        }
         let u = nv("nvmlDeviceGetUtilizationRates", || d.utilization_rates())?;
         Ok((u.gpu as f64).clamp(0.0, 100.0))
     }
 
-    /// How two devices are connected: NVLink (counting active links from `a` to `b`), else the
-    /// PCIe topology's closest common ancestor. `None` when NVML cannot tell.
+    /// Active NVLink links of a device, with the PCI bus id of the remote end of each where
+    /// NVML reports it.
+    fn nvlinks(&self, d: &nvml_wrapper::Device<'_>) -> Vec<Option<String>> {
+        let mut out = Vec::new();
+        for l in 0..NVLINK_MAX_LINKS {
+            let link = d.link_wrapper_for(l);
+            match nv("nvmlDeviceGetNvLinkState", || link.is_active()) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                // No NVLink on this device, or past its last link.
+                Err(_) => break,
+            }
+            let remote = nv("nvmlDeviceGetNvLinkRemotePciInfo", || {
+                link.remote_pci_info()
+            });
+            out.push(remote.ok().map(|p| p.bus_id));
+        }
+        out
+    }
+
+    /// How two devices are connected, `None` when NVML cannot tell:
+    ///
+    /// - NVLink when links of `a` end at `b` (their count), or when NVML's NVLink P2P status
+    ///   between them is OK (through NVSwitch: the count of `a`'s active links), or, where NVML
+    ///   reports neither the remote ends nor the P2P status, when both have active links;
+    /// - else the closest common ancestor in the PCIe tree.
     pub fn link(&self, a: u32, b: u32) -> Option<LinkKind> {
         let da = self.device(a).ok()?;
         let db = self.device(b).ok()?;
         let b_bus = nv("nvmlDeviceGetPciInfo", || db.pci_info()).ok()?.bus_id;
-        let mut links = 0;
-        for l in 0..NVLINK_MAX_LINKS {
-            let link = da.link_wrapper_for(l);
-            match nv("nvmlDeviceGetNvLinkState", || link.is_active()) {
-                Ok(true) => {}
-                Ok(false) => continue,
-                // No NVLink on this device (or past its last link).
-                Err(_) => break,
+        let a_links = self.nvlinks(&da);
+        if !a_links.is_empty() {
+            let direct = a_links
+                .iter()
+                .flatten()
+                .filter(|r| r.eq_ignore_ascii_case(&b_bus))
+                .count() as u32;
+            if direct > 0 {
+                return Some(LinkKind::NvLink { links: direct });
             }
-            if let Ok(remote) = nv("nvmlDeviceGetNvLinkRemotePciInfo", || {
-                link.remote_pci_info()
-            }) && remote.bus_id.eq_ignore_ascii_case(&b_bus)
-            {
-                links += 1;
+            let all = a_links.len() as u32;
+            match nv("nvmlDeviceGetP2PStatus", || {
+                da.p2p_status(&db, P2pCapabilitiesIndex::NvLink)
+            }) {
+                Ok(P2pStatus::Ok) => return Some(LinkKind::NvLink { links: all }),
+                Ok(_) => {}
+                Err(_) => {
+                    let remote_unknown = a_links.iter().all(Option::is_none);
+                    if remote_unknown && !self.nvlinks(&db).is_empty() {
+                        return Some(LinkKind::NvLink { links: all });
+                    }
+                }
             }
         }
-        if links > 0 {
-            return Some(LinkKind::NvLink { links });
-        }
-        let db = self.device(b).ok()?;
         let level = nv("nvmlDeviceGetTopologyCommonAncestor", || {
             da.topology_common_ancestor(db)
         })
@@ -275,6 +319,22 @@ impl Nvml {
     }
 }
 
+/// Device utilization from per-process samples: each process's mean SM utilization over the
+/// samples newer than `since`, summed over processes, at most 100%.
+fn sum_of_process_means(samples: &[ProcessUtilizationSample], since: u64) -> f64 {
+    let mut per_pid: std::collections::HashMap<u32, (f64, u32)> = Default::default();
+    for s in samples.iter().filter(|s| s.timestamp > since) {
+        let e = per_pid.entry(s.pid).or_default();
+        e.0 += s.sm_util as f64;
+        e.1 += 1;
+    }
+    per_pid
+        .values()
+        .map(|(sum, n)| sum / *n as f64)
+        .sum::<f64>()
+        .clamp(0.0, 100.0)
+}
+
 /// "{slices}g.{GiB rounded up}gb" when the driver does not name the profile.
 fn fallback_profile_name(slices: u32, memory_mb: u64) -> String {
     format!("{slices}g.{}gb", memory_mb.div_ceil(1024))
@@ -292,6 +352,29 @@ pub struct NvmlIdentity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_samples_sum_to_device_utilization() {
+        let s = |pid, timestamp, sm_util| ProcessUtilizationSample {
+            pid,
+            timestamp,
+            sm_util,
+            mem_util: 0,
+            enc_util: 0,
+            dec_util: 0,
+        };
+        let samples = [
+            s(1, 10, 99),
+            s(1, 20, 40),
+            s(1, 30, 20),
+            s(2, 30, 50),
+            s(3, 30, 90),
+        ];
+        // Since 15: pid 1 means 30, pid 2 50, pid 3 90 -> capped at 100.
+        assert_eq!(sum_of_process_means(&samples, 15), 100.0);
+        assert_eq!(sum_of_process_means(&samples[..4], 15), 80.0);
+        assert_eq!(sum_of_process_means(&samples, 30), 0.0);
+    }
 
     #[test]
     fn fallback_profile_names() {
