@@ -116,9 +116,14 @@ impl CudaBackend {
 /// "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" from the driver's 16 UUID bytes, as NVML and
 /// nvidia-smi print it.
 pub fn format_uuid(bytes: &[u8; 16]) -> String {
+    format!("GPU-{}", uuid_hex(bytes))
+}
+
+/// "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" from 16 UUID bytes.
+fn uuid_hex(bytes: &[u8; 16]) -> String {
     let h: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!(
-        "GPU-{}-{}-{}-{}-{}",
+        "{}-{}-{}-{}-{}",
         h[0..4].concat(),
         h[4..6].concat(),
         h[6..8].concat(),
@@ -144,16 +149,40 @@ fn driver_version_string(shared: &Shared) -> String {
 fn enumerate(shared: &Shared) -> Result<Vec<DeviceEntry>> {
     let count = cu("cuDeviceGetCount", result::device::get_count)?;
     let driver_version = driver_version_string(shared);
-    let mut out = Vec::with_capacity(count.max(0) as usize);
-    for ordinal in 0..count {
+    let pcis = (0..count).map(driver_pci).collect::<Result<Vec<_>>>()?;
+    let mut out = Vec::with_capacity(pcis.len());
+    for (ordinal, pci) in (0..count).zip(&pcis) {
+        // MIG instances share their GPU's PCI address.
+        let pci_shared = pcis.iter().filter(|p| *p == pci).count() > 1;
         out.push(describe_device(
             shared,
             ordinal,
             out.len() as u32,
             &driver_version,
+            pci_shared,
         )?);
     }
     Ok(out)
+}
+
+/// A device's PCI address from the driver, in NVML's format (nvidia-smi's): 8-digit domain,
+/// upper-case hex.
+fn driver_pci(ordinal: i32) -> Result<String> {
+    use sys::CUdevice_attribute as A;
+    let dev = cu("cuDeviceGet", || result::device::get(ordinal))?;
+    // SAFETY: `dev` came from cuDeviceGet; attributes are plain integers.
+    let attr = |a: A| {
+        cu("cuDeviceGetAttribute", || unsafe {
+            result::device::get_attribute(dev, a)
+        })
+        .unwrap_or(0)
+    };
+    Ok(format!(
+        "{:08X}:{:02X}:{:02X}.0",
+        attr(A::CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID),
+        attr(A::CU_DEVICE_ATTRIBUTE_PCI_BUS_ID),
+        attr(A::CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID)
+    ))
 }
 
 fn describe_device(
@@ -161,6 +190,7 @@ fn describe_device(
     ordinal: i32,
     index: u32,
     driver_version: &str,
+    pci_shared: bool,
 ) -> Result<DeviceEntry> {
     use sys::CUdevice_attribute as A;
     let dev = cu("cuDeviceGet", || result::device::get(ordinal))?;
@@ -182,19 +212,16 @@ fn describe_device(
         attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?.max(0) as u32,
         attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?.max(0) as u32,
     );
-    let pci = (
-        attr(A::CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID).unwrap_or(0),
-        attr(A::CU_DEVICE_ATTRIBUTE_PCI_BUS_ID).unwrap_or(0),
-        attr(A::CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID).unwrap_or(0),
-    );
-    // NVML's format (nvidia-smi's): 8-digit domain, upper-case hex.
-    let driver_pci = format!("{:08X}:{:02X}:{:02X}.0", pci.0, pci.1, pci.2);
-    let driver_uuid = format_uuid(&uuid_bytes);
+    let driver_pci = driver_pci(ordinal)?;
+    let hex = uuid_hex(&uuid_bytes);
+    // Without NVML, a device sharing its PCI address is a MIG instance.
+    let driver_uuid = format!("{}-{hex}", if pci_shared { "MIG" } else { "GPU" });
 
-    let nvml_index = shared
+    let found = shared
         .nvml
         .as_ref()
-        .and_then(|n| n.find(&driver_uuid, &driver_pci));
+        .and_then(|n| n.find(&hex, &driver_pci, !pci_shared));
+    let nvml_index = found.as_ref().map(|m| m.index);
     let identity = match (&shared.nvml, nvml_index) {
         (Some(n), Some(i)) => n.identity(i).ok(),
         _ => None,
@@ -202,10 +229,7 @@ fn describe_device(
     if shared.nvml.is_some() && identity.is_none() {
         tracing::warn!(ordinal, uuid = %driver_uuid, pci = %driver_pci, "NVML does not know this CUDA device; its metrics are unavailable");
     }
-    let uuid = identity
-        .as_ref()
-        .map(|i| i.uuid.clone())
-        .unwrap_or(driver_uuid);
+    let uuid = found.map(|m| m.uuid).unwrap_or(driver_uuid);
     let pci_bus_id = identity
         .as_ref()
         .and_then(|i| i.pci_bus_id.clone())
@@ -336,7 +360,8 @@ impl Backend for CudaBackend {
     }
 }
 
-/// One NVIDIA device.
+/// One NVIDIA device (a whole GPU, or a MIG instance where the driver enumerates those; the
+/// NVML metrics of a MIG instance are its parent GPU's).
 #[derive(Debug)]
 pub struct CudaDevice {
     entry: DeviceEntry,

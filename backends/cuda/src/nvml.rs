@@ -86,28 +86,51 @@ impl Nvml {
         })
     }
 
-    /// The NVML index of the device with this UUID or, failing that, this PCI bus id.
-    pub fn find(&self, uuid: &str, pci_bus_id: &str) -> Option<u32> {
-        let by_uuid = nv("nvmlDeviceGetHandleByUUID", || {
-            self.nvml.device_by_uuid(uuid)?.index()
-        });
-        by_uuid.ok().or_else(|| {
-            nv("nvmlDeviceGetHandleByPciBusId", || {
-                self.nvml.device_by_pci_bus_id(pci_bus_id)?.index()
+    /// The NVML device a CUDA device is, from the hex digits of the driver's UUID
+    /// (`xxxxxxxx-xxxx-…`): a whole GPU (`GPU-…`), a MIG instance (`MIG-…`, whose metrics are
+    /// its parent GPU's), or, when `by_pci` allows it (no other CUDA device shares the PCI
+    /// address), the GPU at that PCI bus id.
+    pub fn find(&self, uuid_hex: &str, pci_bus_id: &str, by_pci: bool) -> Option<NvmlMatch> {
+        let gpu = nv("nvmlDeviceGetHandleByUUID", || {
+            let d = self.nvml.device_by_uuid(format!("GPU-{uuid_hex}"))?;
+            Ok(NvmlMatch {
+                index: d.index()?,
+                uuid: d.uuid()?,
             })
-            .ok()
+        });
+        if let Ok(m) = gpu {
+            return Some(m);
+        }
+        let mig = nv("nvmlDeviceGetHandleByUUID", || {
+            let d = self.nvml.device_by_uuid(format!("MIG-{uuid_hex}"))?;
+            Ok(NvmlMatch {
+                index: d.mig_parent_device()?.index()?,
+                uuid: format!("MIG-{uuid_hex}"),
+            })
+        });
+        if let Ok(m) = mig {
+            return Some(m);
+        }
+        if !by_pci {
+            return None;
+        }
+        nv("nvmlDeviceGetHandleByPciBusId", || {
+            let d = self.nvml.device_by_pci_bus_id(pci_bus_id)?;
+            Ok(NvmlMatch {
+                index: d.index()?,
+                uuid: d.uuid()?,
+            })
         })
+        .ok()
     }
 
     /// What NVML says about one device for its [`tf_hal::DeviceInfo`].
     pub fn identity(&self, index: u32) -> Result<NvmlIdentity> {
         let d = self.device(index)?;
-        let uuid = nv("nvmlDeviceGetUUID", || d.uuid())?;
         let pci_bus_id = nv("nvmlDeviceGetPciInfo", || d.pci_info()).map(|p| p.bus_id);
         let numa_node = nv("nvmlDeviceGetNumaNodeId", || d.numa_node_id()).ok();
         let mig_capable = nv("nvmlDeviceGetMigMode", || d.mig_mode()).is_ok();
         Ok(NvmlIdentity {
-            uuid,
             pci_bus_id: pci_bus_id.ok(),
             numa_node,
             mig_capable,
@@ -340,10 +363,18 @@ fn fallback_profile_name(slices: u32, memory_mb: u64) -> String {
     format!("{slices}g.{}gb", memory_mb.div_ceil(1024))
 }
 
-/// Identity details NVML knows better than the driver API.
+/// A CUDA device found in NVML.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NvmlMatch {
+    /// The NVML index of the GPU (the parent GPU of a MIG instance).
+    pub index: u32,
+    /// NVML's UUID of the device itself (`GPU-…` or `MIG-…`).
+    pub uuid: String,
+}
+
+/// Identity details NVML knows better than the driver API (of a whole GPU).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NvmlIdentity {
-    pub uuid: String,
     pub pci_bus_id: Option<String>,
     pub numa_node: Option<u32>,
     pub mig_capable: bool,

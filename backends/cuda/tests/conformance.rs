@@ -67,6 +67,7 @@ const CUDA_CHECKS: &[(&str, Check)] = &[
     ("cuda_device_metrics_come_from_nvml", device_metrics),
     ("cuda_topology_and_partitions", topology_and_partitions),
     ("cuda_errors_keep_the_vendor_code", vendor_codes),
+    ("cuda_one_context_serves_many_threads", many_threads),
 ];
 
 fn on_fake() -> bool {
@@ -182,6 +183,48 @@ fn vendor_codes(backend: &dyn Backend) {
         assert_eq!(e.kind, tf_hal::ErrorKind::InvalidValue, "{e}");
     }
     ctx.synchronize().unwrap();
+    ctx.unload_module(m).unwrap();
+}
+
+/// Threads share one context: each allocates, fills on its own stream, checks and frees, while
+/// the others do the same (the worker will drive contexts like this).
+fn many_threads(backend: &dyn Backend) {
+    let dev = backend.device(0).unwrap();
+    let ctx = dev.create_context().unwrap();
+    let m = ctx
+        .load_module(tf_hal::ModuleImage::Ptx(c::KERNELS_PTX))
+        .unwrap();
+    let fill = ctx.function(m, "tf_fill_u32").unwrap();
+    std::thread::scope(|scope| {
+        for t in 0..4u32 {
+            let ctx = &ctx;
+            scope.spawn(move || {
+                let n: u32 = 4096 + t * 100;
+                for round in 0..5u32 {
+                    let p = ctx.mem_alloc(n as u64 * 4).unwrap();
+                    let s = ctx.stream_create().unwrap();
+                    let value = t * 1000 + round;
+                    ctx.launch(
+                        fill,
+                        &tf_hal::LaunchConfig::for_elements(n, 128),
+                        s,
+                        &tf_hal::KernelArgs::new().ptr(p).u32(value).u32(n),
+                    )
+                    .unwrap();
+                    ctx.stream_synchronize(s).unwrap();
+                    let mut out = vec![0u8; n as usize * 4];
+                    ctx.copy_dtoh(&mut out, p).unwrap();
+                    assert!(
+                        out.chunks_exact(4)
+                            .all(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) == value),
+                        "thread {t} round {round}: wrong values"
+                    );
+                    ctx.stream_destroy(s).unwrap();
+                    ctx.mem_free(p).unwrap();
+                }
+            });
+        }
+    });
     ctx.unload_module(m).unwrap();
 }
 
