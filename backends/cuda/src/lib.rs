@@ -18,6 +18,7 @@
 //! Errors keep the vendor's code and name (`CUDA_ERROR_OUT_OF_MEMORY`, `NVML_ERROR_NOT_SUPPORTED`)
 //! through [`Error::with_vendor`].
 
+#![warn(missing_docs)]
 pub mod context;
 pub mod error;
 pub mod loader;
