@@ -581,6 +581,29 @@ pub fn nvlink_version(d: *mut c_void, link: u32, p: *mut u32) -> NvmlResult {
     out(p, h.spec.nvlink_version.max(1))
 }
 
+/// `nvmlDeviceGetP2PStatus`: over NVLink between devices whose profiles both have NVLink; reads,
+/// writes and atomics whenever there is NVLink or the devices share a NUMA node (PCIe P2P below
+/// one host bridge); property queries always.
+pub fn p2p_status(d1: *mut c_void, d2: *mut c_void, index: u32, p: *mut u32) -> NvmlResult {
+    let (a, b) = (dev(d1)?, dev(d2)?);
+    let (pa, pb) = (a.dev.profile(), b.dev.profile());
+    let nvlink = pa.nvlink && pb.nvlink;
+    let status = match index {
+        NVML_P2P_CAPS_INDEX_NVLINK if nvlink => NVML_P2P_STATUS_OK,
+        NVML_P2P_CAPS_INDEX_NVLINK => NVML_P2P_STATUS_NOT_SUPPORTED,
+        NVML_P2P_CAPS_INDEX_READ | NVML_P2P_CAPS_INDEX_WRITE | NVML_P2P_CAPS_INDEX_ATOMICS => {
+            if nvlink || pa.numa_node == pb.numa_node {
+                NVML_P2P_STATUS_OK
+            } else {
+                NVML_P2P_STATUS_IOH_TOPOLOGY_NOT_SUPPORTED
+            }
+        }
+        NVML_P2P_CAPS_INDEX_PROP => NVML_P2P_STATUS_OK,
+        _ => return Err(NVML_ERROR_INVALID_ARGUMENT),
+    };
+    out(p, status)
+}
+
 /// `nvmlDeviceGetNumaNodeId`.
 pub fn numa_node(d: *mut c_void, p: *mut u32) -> NvmlResult {
     out(p, dev(d)?.dev.profile().numa_node)

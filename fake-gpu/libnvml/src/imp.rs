@@ -76,6 +76,7 @@ implement! {
     unsafe fn nvmlDeviceGetPcieThroughput(dev: *mut c_void, counter: u32, p: *mut u32) -> u32 { ret(d::pcie_throughput(dev, counter, p)) }
     unsafe fn nvmlDeviceGetTopologyCommonAncestor(a: *mut c_void, b: *mut c_void, p: *mut u32) -> u32 { ret(d::topology_common_ancestor(a, b, p)) }
     unsafe fn nvmlDeviceOnSameBoard(a: *mut c_void, b: *mut c_void, p: *mut i32) -> u32 { ret(d::on_same_board(a, b, p)) }
+    unsafe fn nvmlDeviceGetP2PStatus(a: *mut c_void, b: *mut c_void, index: u32, p: *mut u32) -> u32 { ret(d::p2p_status(a, b, index, p)) }
     unsafe fn nvmlDeviceGetNvLinkState(dev: *mut c_void, link: u32, p: *mut u32) -> u32 { ret(d::nvlink_state(dev, link, p)) }
     unsafe fn nvmlDeviceGetNvLinkVersion(dev: *mut c_void, link: u32, p: *mut u32) -> u32 { ret(d::nvlink_version(dev, link, p)) }
 

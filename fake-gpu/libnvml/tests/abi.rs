@@ -738,6 +738,16 @@ fn api_checks() {
         ),
         NVML_ERROR_INVALID_ARGUMENT
     );
+    for (index, want) in [
+        (NVML_P2P_CAPS_INDEX_NVLINK, NVML_P2P_STATUS_OK),
+        (NVML_P2P_CAPS_INDEX_READ, NVML_P2P_STATUS_OK),
+    ] {
+        let f: unsafe extern "C" fn(Dev, Dev, u32, *mut u32) -> u32 =
+            sym(&lib, "nvmlDeviceGetP2PStatus");
+        // SAFETY: the nvml.h signature.
+        assert_code!(unsafe { f(d0, d1, index, &mut a) }, NVML_SUCCESS);
+        assert_eq!(a, want);
+    }
 
     // A function the simulated GPU does not implement.
     let (mut kind, mut samples_n) = (0u32, 0u32);
