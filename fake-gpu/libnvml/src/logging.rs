@@ -1,6 +1,7 @@
 //! Logs of the simulated NVML: `tracing` to stderr, filtered by `TF_LOG` (default: warnings).
 
 use std::collections::HashSet;
+use std::io::IsTerminal;
 use std::sync::{Mutex, Once};
 
 /// Install the stderr subscriber once (if the host program has none).
@@ -12,6 +13,7 @@ pub fn init() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
             .try_init();
     });
 }

@@ -93,6 +93,45 @@ fn nvml_calls_answer_like_nvml_on_an_isolated_machine() {
     let out = run_child("api_checks", &env);
     eprintln!("{}", String::from_utf8_lossy(&out.stdout));
     dev0.free(ptr).unwrap();
+    // An unimplemented function is logged once, however often it is called.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let logged = stderr
+        .matches("nvmlDeviceGetVgpuUtilization is not supported")
+        .count();
+    assert_eq!(logged, 1, "{stderr}");
+}
+
+#[test]
+fn a_broken_profile_fails_init_with_a_clear_log() {
+    let m = Machine::new("nvml-broken", 1);
+    let mut env = m.env();
+    let missing = m.dir.path().join("no-such-profile.toml");
+    env[0].1 = missing.clone().into_os_string();
+    let out = run_child("broken_profile", &env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no-such-profile.toml") && stderr.contains("nvmlInit"),
+        "{stderr}"
+    );
+}
+
+#[test]
+#[ignore = "run in a child process by a_broken_profile_fails_init_with_a_clear_log"]
+fn broken_profile() {
+    if !is_child("broken_profile") {
+        return;
+    }
+    let lib = open_lib();
+    assert_code!(
+        nvml!(lib, nvmlInit_v2() as fn()),
+        NVML_ERROR_DRIVER_NOT_LOADED
+    );
+    let mut n = 0u32;
+    assert_code!(
+        nvml!(lib, nvmlDeviceGetCount_v2(&mut n) as fn(*mut u32)),
+        NVML_ERROR_UNINITIALIZED
+    );
+    assert_code!(nvml!(lib, nvmlShutdown() as fn()), NVML_ERROR_UNINITIALIZED);
 }
 
 #[test]
@@ -751,14 +790,16 @@ fn api_checks() {
 
     // A function the simulated GPU does not implement.
     let (mut kind, mut samples_n) = (0u32, 0u32);
-    assert_code!(
-        nvml!(
-            lib,
-            nvmlDeviceGetVgpuUtilization(d0, 0, &mut kind, &mut samples_n, std::ptr::null_mut())
-                as fn(Dev, u64, *mut u32, *mut u32, *mut c_void)
-        ),
-        NVML_ERROR_NOT_SUPPORTED
-    );
+    for _ in 0..3 {
+        assert_code!(
+            nvml!(
+                lib,
+                nvmlDeviceGetVgpuUtilization(d0, 0, &mut kind, &mut samples_n, std::ptr::null_mut())
+                    as fn(Dev, u64, *mut u32, *mut u32, *mut c_void)
+            ),
+            NVML_ERROR_NOT_SUPPORTED
+        );
+    }
 
     // Shutdown is reference counted; handles survive a re-init.
     assert_code!(nvml!(lib, nvmlShutdown() as fn()), NVML_SUCCESS);
