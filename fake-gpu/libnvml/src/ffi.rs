@@ -97,9 +97,9 @@ where
     if buf.is_null() {
         return Err(NVML_ERROR_INVALID_ARGUMENT);
     }
-    // SAFETY: the caller's buffer holds `cap >= n` entries of T (API contract); null was
-    // rejected. Unaligned-safe writes, one entry at a time.
     for (i, item) in items.iter().enumerate() {
+        // SAFETY: the caller's buffer holds `cap >= n > i` entries of T (API contract); null
+        // was rejected. Unaligned-safe.
         unsafe { buf.add(i).write_unaligned(*item) };
     }
     Ok(())
