@@ -449,6 +449,12 @@ pub fn mig_mode(d: *mut c_void, current: *mut u32, pending: *mut u32) -> NvmlRes
     out(pending, NVML_DEVICE_MIG_DISABLE)
 }
 
+/// `nvmlDeviceGetVirtualizationMode`: bare metal.
+pub fn virtualization_mode(d: *mut c_void, p: *mut u32) -> NvmlResult {
+    dev(d)?;
+    out(p, NVML_GPU_VIRTUALIZATION_MODE_NONE)
+}
+
 /// `nvmlDeviceIsMigDeviceHandle`: our handles are whole GPUs.
 pub fn is_mig_device_handle(d: *mut c_void, p: *mut u32) -> NvmlResult {
     dev(d)?;

@@ -142,6 +142,7 @@ implement! {
     unsafe fn nvmlDeviceGetDisplayActive(dev: *mut c_void, p: *mut u32) -> u32 { ret(d::disabled(dev, p)) }
     unsafe fn nvmlDeviceGetAccountingMode(dev: *mut c_void, p: *mut u32) -> u32 { ret(d::disabled(dev, p)) }
     unsafe fn nvmlDeviceGetMigMode(dev: *mut c_void, cur: *mut u32, pending: *mut u32) -> u32 { ret(d::mig_mode(dev, cur, pending)) }
+    unsafe fn nvmlDeviceGetVirtualizationMode(dev: *mut c_void, p: *mut u32) -> u32 { ret(d::virtualization_mode(dev, p)) }
     unsafe fn nvmlDeviceIsMigDeviceHandle(dev: *mut c_void, p: *mut u32) -> u32 { ret(d::is_mig_device_handle(dev, p)) }
     unsafe fn nvmlDeviceGetMaxMigDeviceCount(dev: *mut c_void, p: *mut u32) -> u32 { ret(d::max_mig_device_count(dev, p)) }
 }

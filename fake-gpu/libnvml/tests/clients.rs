@@ -130,6 +130,38 @@ fn pynvml_sees_devices_processes_and_utilization() {
     assert!(p_busy > 600_000 && p_idle == 70_000, "{p_busy} {p_idle}");
     assert!(busy["temperature"].as_u64() > idle["temperature"].as_u64());
     assert_eq!(busy["sm_clock"], busy["max_sm_clock"]);
+
+    // NVIDIA's own sample that ships in the wheel (an `nvidia-smi -q`-like XML report).
+    let out = Command::new(tf_test_support::python())
+        .arg(pythonpath.join("example.py"))
+        .env("PYTHONPATH", &pythonpath)
+        .env("LD_LIBRARY_PATH", &m.lib_dir)
+        .env("TF_FAKE_GPU_CONFIG", &m.config_path)
+        .output()
+        .expect("run python");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "example.py failed:\n{report}");
+    eprintln!("{report}");
+    assert!(
+        !report.contains("example.py:"),
+        "example.py hit an NVML error:\n{report}"
+    );
+    assert!(
+        report.contains("<attached_gpus>2</attached_gpus>"),
+        "{report}"
+    );
+    for p in &m.config.devices {
+        assert!(
+            report.contains(&format!("<uuid>{}</uuid>", p.uuid)),
+            "{report}"
+        );
+        assert!(
+            report.contains(&format!("<gpu id=\"{}\">", p.pci_bus_id)),
+            "{report}"
+        );
+    }
+    assert!(report.contains("<product_name>NVIDIA H100 80GB HBM3</product_name>"));
+    assert!(report.contains("<virtualization_mode>None</virtualization_mode>"));
 }
 
 #[test]
