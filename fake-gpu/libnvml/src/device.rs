@@ -449,6 +449,97 @@ pub fn mig_mode(d: *mut c_void, current: *mut u32, pending: *mut u32) -> NvmlRes
     out(pending, NVML_DEVICE_MIG_DISABLE)
 }
 
+/// The GPU-instance profiles of the simulated GPU: the engine's partition templates (7 compute
+/// and 8 memory slices, as on an A100/H100), by NVML profile id.
+fn gpu_instance_profile(h: &Handle, profile: u32) -> NvmlResult<nvmlGpuInstanceProfileInfo_v2_t> {
+    if profile >= NVML_GPU_INSTANCE_PROFILE_COUNT {
+        return Err(NVML_ERROR_INVALID_ARGUMENT);
+    }
+    // Engine template order: 1g (1 memory slice), 1g (2), 2g, 3g, 4g, 7g.
+    const IDS: [u32; 6] = [
+        NVML_GPU_INSTANCE_PROFILE_1_SLICE,
+        NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV2,
+        NVML_GPU_INSTANCE_PROFILE_2_SLICE,
+        NVML_GPU_INSTANCE_PROFILE_3_SLICE,
+        NVML_GPU_INSTANCE_PROFILE_4_SLICE,
+        NVML_GPU_INSTANCE_PROFILE_7_SLICE,
+    ];
+    const SLICES: [u32; 6] = [1, 1, 2, 3, 4, 7];
+    let pos = IDS
+        .iter()
+        .position(|&id| id == profile)
+        .ok_or(NVML_ERROR_NOT_SUPPORTED)?;
+    let templates = h.dev.partition_templates();
+    let t = templates.get(pos).ok_or(NVML_ERROR_NOT_SUPPORTED)?;
+    let slices = SLICES[pos];
+    Ok(nvmlGpuInstanceProfileInfo_v2_t {
+        version: NVML_GPU_INSTANCE_PROFILE_INFO_V2,
+        id: profile,
+        isP2pSupported: 0,
+        sliceCount: slices,
+        instanceCount: t.max_instances,
+        multiprocessorCount: t.compute_units,
+        copyEngineCount: slices,
+        decoderCount: slices,
+        encoderCount: 0,
+        jpegCount: slices,
+        ofaCount: (slices == 7) as u32,
+        memorySizeMB: t.memory_bytes >> 20,
+        name: fill_chars(&format!("MIG {}", t.name)),
+    })
+}
+
+/// `nvmlDeviceGetGpuInstanceProfileInfo`: the profiles exist whether or not MIG mode is on (it
+/// is always off on the simulated GPU).
+pub fn gpu_instance_profile_info(d: *mut c_void, profile: u32, p: *mut c_void) -> NvmlResult {
+    let i = gpu_instance_profile(dev(d)?, profile)?;
+    out(
+        p as *mut nvmlGpuInstanceProfileInfo_t,
+        nvmlGpuInstanceProfileInfo_t {
+            id: i.id,
+            isP2pSupported: i.isP2pSupported,
+            sliceCount: i.sliceCount,
+            instanceCount: i.instanceCount,
+            multiprocessorCount: i.multiprocessorCount,
+            copyEngineCount: i.copyEngineCount,
+            decoderCount: i.decoderCount,
+            encoderCount: i.encoderCount,
+            jpegCount: i.jpegCount,
+            ofaCount: i.ofaCount,
+            memorySizeMB: i.memorySizeMB,
+        },
+    )
+}
+
+/// `nvmlDeviceGetGpuInstanceProfileInfoV` (versioned: v2 or v3, with the profile's name).
+pub fn gpu_instance_profile_info_v(d: *mut c_void, profile: u32, p: *mut c_void) -> NvmlResult {
+    let h = dev(d)?;
+    let version = read(p as *const u32)?;
+    let i = gpu_instance_profile(h, profile)?;
+    match version {
+        NVML_GPU_INSTANCE_PROFILE_INFO_V2 => out(p as *mut nvmlGpuInstanceProfileInfo_v2_t, i),
+        NVML_GPU_INSTANCE_PROFILE_INFO_V3 => out(
+            p as *mut nvmlGpuInstanceProfileInfo_v3_t,
+            nvmlGpuInstanceProfileInfo_v3_t {
+                version,
+                id: i.id,
+                sliceCount: i.sliceCount,
+                instanceCount: i.instanceCount,
+                multiprocessorCount: i.multiprocessorCount,
+                copyEngineCount: i.copyEngineCount,
+                decoderCount: i.decoderCount,
+                encoderCount: i.encoderCount,
+                jpegCount: i.jpegCount,
+                ofaCount: i.ofaCount,
+                memorySizeMB: i.memorySizeMB,
+                name: i.name,
+                capabilities: 0,
+            },
+        ),
+        _ => Err(NVML_ERROR_ARGUMENT_VERSION_MISMATCH),
+    }
+}
+
 /// `nvmlDeviceGetVirtualizationMode`: bare metal.
 pub fn virtualization_mode(d: *mut c_void, p: *mut u32) -> NvmlResult {
     dev(d)?;

@@ -144,5 +144,7 @@ implement! {
     unsafe fn nvmlDeviceGetMigMode(dev: *mut c_void, cur: *mut u32, pending: *mut u32) -> u32 { ret(d::mig_mode(dev, cur, pending)) }
     unsafe fn nvmlDeviceGetVirtualizationMode(dev: *mut c_void, p: *mut u32) -> u32 { ret(d::virtualization_mode(dev, p)) }
     unsafe fn nvmlDeviceIsMigDeviceHandle(dev: *mut c_void, p: *mut u32) -> u32 { ret(d::is_mig_device_handle(dev, p)) }
+    unsafe fn nvmlDeviceGetGpuInstanceProfileInfo(dev: *mut c_void, profile: u32, p: *mut c_void) -> u32 { ret(d::gpu_instance_profile_info(dev, profile, p)) }
+    unsafe fn nvmlDeviceGetGpuInstanceProfileInfoV(dev: *mut c_void, profile: u32, p: *mut c_void) -> u32 { ret(d::gpu_instance_profile_info_v(dev, profile, p)) }
     unsafe fn nvmlDeviceGetMaxMigDeviceCount(dev: *mut c_void, p: *mut u32) -> u32 { ret(d::max_mig_device_count(dev, p)) }
 }

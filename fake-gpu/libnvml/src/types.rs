@@ -34,6 +34,17 @@ pub const NVML_CLOCKS_EVENT_REASON_GPU_IDLE: u64 = 0x1;
 /// `nvmlClocksEventReasonNone`.
 pub const NVML_CLOCKS_EVENT_REASON_NONE: u64 = 0x0;
 
+/// `NVML_DEVICE_NAME_V2_BUFFER_SIZE`.
+pub const NVML_DEVICE_NAME_V2_BUFFER_SIZE: usize = 96;
+/// `NVML_GPU_INSTANCE_PROFILE_*` (the ones the simulated GPU offers) and `_COUNT`.
+pub const NVML_GPU_INSTANCE_PROFILE_1_SLICE: u32 = 0x0;
+pub const NVML_GPU_INSTANCE_PROFILE_2_SLICE: u32 = 0x1;
+pub const NVML_GPU_INSTANCE_PROFILE_3_SLICE: u32 = 0x2;
+pub const NVML_GPU_INSTANCE_PROFILE_4_SLICE: u32 = 0x3;
+pub const NVML_GPU_INSTANCE_PROFILE_7_SLICE: u32 = 0x4;
+pub const NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV2: u32 = 0x9;
+pub const NVML_GPU_INSTANCE_PROFILE_COUNT: u32 = 0x11;
+
 /// `NVML_STRUCT_VERSION(data, ver)`: the struct's size with the version in the top byte.
 pub const fn struct_version(size: usize, ver: u32) -> u32 {
     size as u32 | (ver << 24)
@@ -41,6 +52,12 @@ pub const fn struct_version(size: usize, ver: u32) -> u32 {
 
 /// `nvmlMemory_v2` (the version `nvmlDeviceGetMemoryInfo_v2` expects).
 pub const NVML_MEMORY_V2: u32 = struct_version(std::mem::size_of::<nvmlMemory_v2_t>(), 2);
+/// `nvmlGpuInstanceProfileInfo_v2`.
+pub const NVML_GPU_INSTANCE_PROFILE_INFO_V2: u32 =
+    struct_version(std::mem::size_of::<nvmlGpuInstanceProfileInfo_v2_t>(), 2);
+/// `nvmlGpuInstanceProfileInfo_v3`.
+pub const NVML_GPU_INSTANCE_PROFILE_INFO_V3: u32 =
+    struct_version(std::mem::size_of::<nvmlGpuInstanceProfileInfo_v3_t>(), 3);
 /// `nvmlPciInfoExt_v1`.
 pub const NVML_PCI_INFO_EXT_V1: u32 = struct_version(std::mem::size_of::<nvmlPciInfoExt_v1_t>(), 1);
 
@@ -154,4 +171,59 @@ pub struct nvmlProcessUtilizationSample_t {
     pub memUtil: u32,
     pub encUtil: u32,
     pub decUtil: u32,
+}
+
+/// `nvmlGpuInstanceProfileInfo_t` (`nvmlDeviceGetGpuInstanceProfileInfo`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct nvmlGpuInstanceProfileInfo_t {
+    pub id: u32,
+    pub isP2pSupported: u32,
+    pub sliceCount: u32,
+    pub instanceCount: u32,
+    pub multiprocessorCount: u32,
+    pub copyEngineCount: u32,
+    pub decoderCount: u32,
+    pub encoderCount: u32,
+    pub jpegCount: u32,
+    pub ofaCount: u32,
+    pub memorySizeMB: u64,
+}
+
+/// `nvmlGpuInstanceProfileInfo_v2_t` (`nvmlDeviceGetGpuInstanceProfileInfoV`, version 2).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct nvmlGpuInstanceProfileInfo_v2_t {
+    pub version: u32,
+    pub id: u32,
+    pub isP2pSupported: u32,
+    pub sliceCount: u32,
+    pub instanceCount: u32,
+    pub multiprocessorCount: u32,
+    pub copyEngineCount: u32,
+    pub decoderCount: u32,
+    pub encoderCount: u32,
+    pub jpegCount: u32,
+    pub ofaCount: u32,
+    pub memorySizeMB: u64,
+    pub name: [c_char; NVML_DEVICE_NAME_V2_BUFFER_SIZE],
+}
+
+/// `nvmlGpuInstanceProfileInfo_v3_t` (`nvmlDeviceGetGpuInstanceProfileInfoV`, version 3).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct nvmlGpuInstanceProfileInfo_v3_t {
+    pub version: u32,
+    pub id: u32,
+    pub sliceCount: u32,
+    pub instanceCount: u32,
+    pub multiprocessorCount: u32,
+    pub copyEngineCount: u32,
+    pub decoderCount: u32,
+    pub encoderCount: u32,
+    pub jpegCount: u32,
+    pub ofaCount: u32,
+    pub memorySizeMB: u64,
+    pub name: [c_char; NVML_DEVICE_NAME_V2_BUFFER_SIZE],
+    pub capabilities: u32,
 }

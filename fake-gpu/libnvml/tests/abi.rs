@@ -788,6 +788,59 @@ fn api_checks() {
         assert_eq!(a, want);
     }
 
+    // MIG GPU-instance profiles (MIG is off, the profiles are listed as on an H100).
+    let mut gip = nvmlGpuInstanceProfileInfo_v3_t {
+        version: NVML_GPU_INSTANCE_PROFILE_INFO_V3,
+        id: 0,
+        sliceCount: 0,
+        instanceCount: 0,
+        multiprocessorCount: 0,
+        copyEngineCount: 0,
+        decoderCount: 0,
+        encoderCount: 0,
+        jpegCount: 0,
+        ofaCount: 0,
+        memorySizeMB: 0,
+        name: [0; 96],
+        capabilities: 0,
+    };
+    let profile_v: unsafe extern "C" fn(Dev, u32, *mut c_void) -> u32 =
+        sym(&lib, "nvmlDeviceGetGpuInstanceProfileInfoV");
+    let gip_ptr = &mut gip as *mut _ as *mut c_void;
+    // SAFETY: the nvml.h signature with a versioned v3 struct.
+    let r = unsafe { profile_v(d0, NVML_GPU_INSTANCE_PROFILE_7_SLICE, gip_ptr) };
+    assert_code!(r, NVML_SUCCESS);
+    // SAFETY: the library NUL-terminated the name.
+    let gip_name = unsafe { CStr::from_ptr(gip.name.as_ptr()) }
+        .to_str()
+        .unwrap();
+    assert_eq!(
+        (gip_name, gip.sliceCount, gip.instanceCount),
+        ("MIG 7g.80gb", 7, 1)
+    );
+    // SAFETY: as above.
+    let r = unsafe { profile_v(d0, NVML_GPU_INSTANCE_PROFILE_1_SLICE, gip_ptr) };
+    assert_code!(r, NVML_SUCCESS);
+    // SAFETY: as above.
+    let gip_name = unsafe { CStr::from_ptr(gip.name.as_ptr()) }
+        .to_str()
+        .unwrap();
+    assert_eq!(
+        (gip_name, gip.instanceCount, gip.memorySizeMB),
+        ("MIG 1g.10gb", 7, 81559 / 8)
+    );
+    // SAFETY: as above; profile 6 (6 slices) is not offered, 0x11 is past the last profile.
+    let r = unsafe { profile_v(d0, 6, gip_ptr) };
+    assert_code!(r, NVML_ERROR_NOT_SUPPORTED);
+    // SAFETY: as above.
+    let r = unsafe { profile_v(d0, NVML_GPU_INSTANCE_PROFILE_COUNT, gip_ptr) };
+    assert_code!(r, NVML_ERROR_INVALID_ARGUMENT);
+    gip.version = 1;
+    let gip_ptr = &mut gip as *mut _ as *mut c_void;
+    // SAFETY: as above, with a wrong version that must be rejected.
+    let r = unsafe { profile_v(d0, NVML_GPU_INSTANCE_PROFILE_1_SLICE, gip_ptr) };
+    assert_code!(r, NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
+
     // A function the simulated GPU does not implement.
     let (mut kind, mut samples_n) = (0u32, 0u32);
     for _ in 0..3 {

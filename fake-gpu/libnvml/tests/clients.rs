@@ -206,6 +206,25 @@ fn nvml_wrapper_reads_the_simulated_machine() {
     assert_eq!(devices[1]["used"], 512 * MIB);
     assert!(devices[1]["gpu_util"].as_u64().unwrap() >= 90, "{r}");
     assert_eq!(devices[0]["gpu_util"], 0);
+    // The MIG profiles are the engine's partition templates.
+    let mut want: Vec<Value> = dev1
+        .partition_templates()
+        .iter()
+        .map(|t| {
+            let slices: u32 = t.name.split('g').next().unwrap().parse().unwrap();
+            serde_json::json!([
+                slices,
+                t.memory_bytes >> 20,
+                t.compute_units,
+                t.max_instances
+            ])
+        })
+        .collect();
+    let mut got = devices[1]["mig_profiles"].as_array().unwrap().clone();
+    let key = |v: &Value| v.to_string();
+    want.sort_by_key(key);
+    got.sort_by_key(key);
+    assert_eq!(got, want);
     dev1.free(ptr).unwrap();
 }
 
@@ -260,6 +279,11 @@ fn nvml_wrapper_child() {
             "power_limit_mw": d.enforced_power_limit().unwrap(),
             "sm_clock": d.clock_info(Clock::SM).unwrap(),
             "processes": processes,
+            // MIG is off, but the GPU-instance profiles are there, as on an H100.
+            "mig_profiles": (0..nvml_wrapper_sys::bindings::NVML_GPU_INSTANCE_PROFILE_COUNT)
+                .filter_map(|p| d.profile_info(p).ok())
+                .map(|i| (i.slice_count, i.memory_size_mb, i.multiprocessor_count, i.instance_count))
+                .collect::<Vec<_>>(),
         });
         println!(
             "nvml-wrapper GPU {i}: {} {} {} MiB used of {} MiB, util {}%, {} C, {} mW, processes {:?}",

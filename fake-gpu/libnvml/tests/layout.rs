@@ -76,6 +76,18 @@ fn checks() -> Checks {
     layout!(c, "nvmlProcessUtilizationSample_t" => nvmlProcessUtilizationSample_t {
         pid, timeStamp, smUtil, memUtil, encUtil, decUtil
     });
+    layout!(c, "nvmlGpuInstanceProfileInfo_t" => nvmlGpuInstanceProfileInfo_t {
+        id, isP2pSupported, sliceCount, instanceCount, multiprocessorCount, copyEngineCount,
+        decoderCount, encoderCount, jpegCount, ofaCount, memorySizeMB
+    });
+    layout!(c, "nvmlGpuInstanceProfileInfo_v2_t" => nvmlGpuInstanceProfileInfo_v2_t {
+        version, id, isP2pSupported, sliceCount, instanceCount, multiprocessorCount,
+        copyEngineCount, decoderCount, encoderCount, jpegCount, ofaCount, memorySizeMB, name
+    });
+    layout!(c, "nvmlGpuInstanceProfileInfo_v3_t" => nvmlGpuInstanceProfileInfo_v3_t {
+        version, id, sliceCount, instanceCount, multiprocessorCount, copyEngineCount,
+        decoderCount, encoderCount, jpegCount, ofaCount, memorySizeMB, name, capabilities
+    });
     // The prefix of the first nvmlPciInfo_t must fit the original struct, which ended with four
     // reserved words where the current one has busId[32].
     assert!(size_of::<nvmlPciInfoLegacyPrefix>() <= 16 + 9 * 4);
@@ -100,6 +112,16 @@ fn checks() -> Checks {
         "(unsigned int)NVML_VALUE_NOT_AVAILABLE" = NVML_VALUE_NOT_AVAILABLE_U32,
         "nvmlClocksEventReasonGpuIdle" = NVML_CLOCKS_EVENT_REASON_GPU_IDLE,
         "nvmlClocksEventReasonNone" = NVML_CLOCKS_EVENT_REASON_NONE,
+        "NVML_DEVICE_NAME_V2_BUFFER_SIZE" = NVML_DEVICE_NAME_V2_BUFFER_SIZE,
+        "NVML_GPU_INSTANCE_PROFILE_1_SLICE" = NVML_GPU_INSTANCE_PROFILE_1_SLICE,
+        "NVML_GPU_INSTANCE_PROFILE_2_SLICE" = NVML_GPU_INSTANCE_PROFILE_2_SLICE,
+        "NVML_GPU_INSTANCE_PROFILE_3_SLICE" = NVML_GPU_INSTANCE_PROFILE_3_SLICE,
+        "NVML_GPU_INSTANCE_PROFILE_4_SLICE" = NVML_GPU_INSTANCE_PROFILE_4_SLICE,
+        "NVML_GPU_INSTANCE_PROFILE_7_SLICE" = NVML_GPU_INSTANCE_PROFILE_7_SLICE,
+        "NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV2" = NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV2,
+        "NVML_GPU_INSTANCE_PROFILE_COUNT" = NVML_GPU_INSTANCE_PROFILE_COUNT,
+        "nvmlGpuInstanceProfileInfo_v2" = NVML_GPU_INSTANCE_PROFILE_INFO_V2,
+        "nvmlGpuInstanceProfileInfo_v3" = NVML_GPU_INSTANCE_PROFILE_INFO_V3,
         "nvmlMemory_v2" = NVML_MEMORY_V2,
         "nvmlPciInfoExt_v1" = NVML_PCI_INFO_EXT_V1,
     );
