@@ -1,5 +1,5 @@
 //! The NVML functions the simulated GPU implements: the `impl Nvml for FakeNvml` block, written
-//! through [`implement!`] so that the list of names ([`IMPLEMENTED`]) comes from the same source.
+//! through `implement!` so that the list of names ([`IMPLEMENTED`]) comes from the same source.
 //! Each body is one call into [`crate::system`] or [`crate::device`]; the compiler checks every
 //! signature against the header's (through the trait).
 #![allow(non_snake_case)]
