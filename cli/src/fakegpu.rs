@@ -19,6 +19,35 @@ pub enum FakeGpuCommand {
     },
     /// Show the simulated machine's configuration: where profiles and shared memory live.
     Info,
+    /// Write the simulated GPU's drop-in driver libraries (libcuda.so.1, libnvidia-ml.so.1 and
+    /// their .so names) into DIR; then run programs with LD_LIBRARY_PATH=DIR.
+    Install {
+        /// Directory to write the libraries into (created if needed).
+        dir: std::path::PathBuf,
+    },
+}
+
+/// A per-user directory holding the simulated driver libraries, refreshed when the build
+/// changed (used by `run` on the simulated GPU).
+pub fn installed_driver_dir() -> Result<std::path::PathBuf> {
+    let uid = std::fs::metadata("/proc/self").map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.uid()
+    })?;
+    let dir = std::env::temp_dir().join(format!("tensor-fusion-fake-driver-{uid}"));
+    let stamp = dir.join(".built-from");
+    let mut sources = Vec::new();
+    for (file, _) in tf_fake_gpu::install::DRIVER_LIBS {
+        let p = tf_fake_gpu::install::find_built(file)?;
+        let m = std::fs::metadata(&p)?;
+        sources.push(format!("{} {} {:?}", p.display(), m.len(), m.modified()?));
+    }
+    let want = sources.join("\n");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(want.as_str()) {
+        tf_fake_gpu::install::install(&dir)?;
+        std::fs::write(&stamp, want)?;
+    }
+    Ok(dir)
 }
 
 pub fn run(args: FakeGpuArgs) -> Result<()> {
@@ -28,6 +57,16 @@ pub fn run(args: FakeGpuArgs) -> Result<()> {
             let gpu = tf_fake_gpu::FakeGpu::global()?;
             let report = tf_fake_gpu::load::run(&gpu, &spec)?;
             println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        FakeGpuCommand::Install { dir } => {
+            for f in tf_fake_gpu::install::install(&dir)? {
+                println!("{}", f.display());
+            }
+            eprintln!(
+                "run programs on the simulated GPU with: LD_LIBRARY_PATH={}",
+                dir.display()
+            );
             Ok(())
         }
         FakeGpuCommand::Info => {

@@ -4,6 +4,7 @@ mod backends;
 mod demo;
 mod devices;
 mod fakegpu;
+mod run;
 mod sim;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +31,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Tools for the simulated GPU.
     FakeGpu(fakegpu::FakeGpuArgs),
+    /// Run a command on a fraction of one GPU (VRAM quota and compute share), no daemon needed.
+    Run(run::RunArgs),
     /// Scheduler trace simulator and throughput bench.
     Sim(sim::SimArgs),
 }
@@ -47,6 +50,10 @@ fn main() -> std::process::ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::FakeGpu(args) => fakegpu::run(args),
         Command::Sim(args) => sim::run(args),
+        Command::Run(args) => match run::run(args) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -17,6 +17,7 @@
 //! With the `conformance` feature, [`conformance`] holds the generic test suite every backend
 //! runs from its own tests through [`hal_conformance_tests!`].
 
+pub mod artifacts;
 pub mod config;
 mod error;
 mod traits;

@@ -17,6 +17,26 @@
 pub mod driver;
 pub mod nvml;
 
+macro_rules! fn_types {
+    ($(fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+        $(
+            #[doc = concat!("Pointer type of `", stringify!($name), "`.")]
+            pub type $name = unsafe extern "C" fn($($ty),*) -> $ret;
+        )*
+    };
+}
+
+/// One function-pointer type per CUDA driver function, named like the function: an
+/// implementation can assert `const _: driver_fn::cuMemAlloc_v2 = my_cuMemAlloc_v2;`.
+pub mod driver_fn {
+    crate::cuda_driver_functions!(fn_types);
+}
+
+/// One function-pointer type per NVML function.
+pub mod nvml_fn {
+    crate::nvml_functions!(fn_types);
+}
+
 use core::ffi::c_void;
 
 /// `CUresult`.
@@ -185,15 +205,30 @@ mod tests {
     fn every_driver_function_is_listed() {
         let names = cuda_driver_functions!(count);
         for must in [
-            "cuInit", "cuMemAlloc", "cuMemAlloc_v2", "cuLaunchKernel", "cuLaunchKernel_ptsz",
-            "cuMemcpyHtoD_v2_ptds", "cuGetProcAddress", "cuGetProcAddress_v2", "cuMemCreate",
-            "cuGraphLaunch", "cuLaunchKernelEx", "cuMemAllocAsync",
+            "cuInit",
+            "cuMemAlloc",
+            "cuMemAlloc_v2",
+            "cuLaunchKernel",
+            "cuLaunchKernel_ptsz",
+            "cuMemcpyHtoD_v2_ptds",
+            "cuGetProcAddress",
+            "cuGetProcAddress_v2",
+            "cuMemCreate",
+            "cuGraphLaunch",
+            "cuLaunchKernelEx",
+            "cuMemAllocAsync",
         ] {
             assert!(names.contains(&must), "{must} missing");
         }
         assert!(names.len() > 600, "{}", names.len());
         let nvml = nvml_functions!(count);
-        for must in ["nvmlInit_v2", "nvmlInit", "nvmlDeviceGetCount_v2", "nvmlDeviceGetMemoryInfo", "nvmlErrorString"] {
+        for must in [
+            "nvmlInit_v2",
+            "nvmlInit",
+            "nvmlDeviceGetCount_v2",
+            "nvmlDeviceGetMemoryInfo",
+            "nvmlErrorString",
+        ] {
             assert!(nvml.contains(&must), "{must} missing");
         }
     }
@@ -201,16 +236,43 @@ mod tests {
     #[test]
     fn proc_address_follows_versions_and_stream_flavour() {
         let none = |_: &str| None;
-        assert_eq!(proc_address_symbol("cuMemAlloc", 12000, false, none), ProcLookup::Found("cuMemAlloc_v2"));
-        assert_eq!(proc_address_symbol("cuMemAlloc", 2000, false, none), ProcLookup::Found("cuMemAlloc"));
-        assert_eq!(proc_address_symbol("cuCtxCreate", 11040, false, none), ProcLookup::Found("cuCtxCreate_v3"));
-        assert_eq!(proc_address_symbol("cuCtxCreate", 12090, false, none), ProcLookup::Found("cuCtxCreate_v4"));
-        assert_eq!(proc_address_symbol("cuMemcpyHtoD", 12000, true, none), ProcLookup::Found("cuMemcpyHtoD_v2_ptds"));
-        assert_eq!(proc_address_symbol("cuLaunchKernel", 12000, true, none), ProcLookup::Found("cuLaunchKernel_ptsz"));
+        assert_eq!(
+            proc_address_symbol("cuMemAlloc", 12000, false, none),
+            ProcLookup::Found("cuMemAlloc_v2")
+        );
+        assert_eq!(
+            proc_address_symbol("cuMemAlloc", 2000, false, none),
+            ProcLookup::Found("cuMemAlloc")
+        );
+        assert_eq!(
+            proc_address_symbol("cuCtxCreate", 11040, false, none),
+            ProcLookup::Found("cuCtxCreate_v3")
+        );
+        assert_eq!(
+            proc_address_symbol("cuCtxCreate", 12090, false, none),
+            ProcLookup::Found("cuCtxCreate_v4")
+        );
+        assert_eq!(
+            proc_address_symbol("cuMemcpyHtoD", 12000, true, none),
+            ProcLookup::Found("cuMemcpyHtoD_v2_ptds")
+        );
+        assert_eq!(
+            proc_address_symbol("cuLaunchKernel", 12000, true, none),
+            ProcLookup::Found("cuLaunchKernel_ptsz")
+        );
         // No per-thread flavour: the plain one.
-        assert_eq!(proc_address_symbol("cuMemAlloc", 12000, true, none), ProcLookup::Found("cuMemAlloc_v2"));
-        assert_eq!(proc_address_symbol("cuMemCreate", 10000, false, none), ProcLookup::VersionNotSufficient);
-        assert_eq!(proc_address_symbol("cuNoSuchThing", 12000, false, none), ProcLookup::NotFound);
+        assert_eq!(
+            proc_address_symbol("cuMemAlloc", 12000, true, none),
+            ProcLookup::Found("cuMemAlloc_v2")
+        );
+        assert_eq!(
+            proc_address_symbol("cuMemCreate", 10000, false, none),
+            ProcLookup::VersionNotSufficient
+        );
+        assert_eq!(
+            proc_address_symbol("cuNoSuchThing", 12000, false, none),
+            ProcLookup::NotFound
+        );
         assert_eq!(cu_error_name(2), Some("CUDA_ERROR_OUT_OF_MEMORY"));
         assert_eq!(describe("CUDA_ERROR_OUT_OF_MEMORY"), "out of memory");
     }

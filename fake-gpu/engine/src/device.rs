@@ -322,9 +322,16 @@ impl FakeDevice {
         }
     }
 
-    /// Hold the device for a kernel of `duration_ns`: returns its `[start, end)`.
+    /// Hold the device for a kernel of `duration_ns` that is ready now: returns its
+    /// `[start, end)`.
     pub fn reserve(&self, duration_ns: u64) -> Result<(u64, u64)> {
-        Ok(self.seg.reserve(self.slot()?, duration_ns))
+        self.reserve_ready(duration_ns, sys::now_ns())
+    }
+
+    /// Hold the device for a kernel of `duration_ns` that became ready at `ready_ns` (see
+    /// [`DeviceSegment::reserve`]).
+    pub fn reserve_ready(&self, duration_ns: u64, ready_ns: u64) -> Result<(u64, u64)> {
+        Ok(self.seg.reserve(self.slot()?, duration_ns, ready_ns))
     }
 
     /// MIG-like profiles: 7 compute slices and 8 memory slices, as on an A100/H100.

@@ -195,6 +195,7 @@ enum Op {
         job: Job,
         duration_ns: u64,
         regions: Vec<Region>,
+        enqueued_at: u64,
     },
     Copy {
         dst: usize,
@@ -310,6 +311,7 @@ impl Stream {
                 job,
                 duration_ns,
                 regions,
+                enqueued_at: sys::now_ns(),
             }),
             Err(e) => {
                 // Like a GPU, a bad address is found when the kernel runs: the error is sticky
@@ -448,7 +450,8 @@ fn run_stream(
                 job,
                 duration_ns,
                 regions,
-            } => match device.reserve(duration_ns) {
+                enqueued_at,
+            } => match device.reserve_ready(duration_ns, stream_time.max(enqueued_at)) {
                 Ok((start, end)) => {
                     sys::sleep_until(start);
                     // SAFETY: every region of the job was resolved against a live allocation

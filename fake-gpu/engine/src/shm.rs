@@ -28,6 +28,9 @@ pub const HISTORY: usize = 8192;
 
 const PID_RECLAIMING: u32 = u32::MAX;
 
+/// How far in the past a queued kernel may be started (covers the worker's wake-up latency).
+pub const MAX_BACKDATE_NS: u64 = 2_000_000;
+
 #[repr(C)]
 pub struct ProcSlot {
     pid: AtomicU32,
@@ -361,11 +364,17 @@ impl DeviceSegment {
 
     /// Reserve the device for a kernel of `duration_ns` for the process in `slot`. Returns the
     /// `[start, end)` interval (monotonic ns) during which the kernel holds the device.
-    pub fn reserve(&self, slot: usize, duration_ns: u64) -> (u64, u64) {
+    ///
+    /// `ready_ns` is when the kernel became ready in its stream's order (its predecessor's end,
+    /// or when it was queued): a GPU starts a queued kernel as soon as the previous one ends,
+    /// so a kernel may start slightly in the past (up to [`MAX_BACKDATE_NS`]), but never before
+    /// the device is free.
+    pub fn reserve(&self, slot: usize, duration_ns: u64, ready_ns: u64) -> (u64, u64) {
         let (start, end) = {
             let _g = self.lock();
             let now = sys::now_ns();
-            let start = now.max(self.busy_until_ns.load(Ordering::Relaxed));
+            let ready = ready_ns.clamp(now.saturating_sub(MAX_BACKDATE_NS), now);
+            let start = ready.max(self.busy_until_ns.load(Ordering::Relaxed));
             let end = start + duration_ns;
             self.busy_until_ns.store(end, Ordering::Relaxed);
             let total = self.reserved_total_ns.load(Ordering::Relaxed) + duration_ns;

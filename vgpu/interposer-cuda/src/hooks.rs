@@ -1,0 +1,506 @@
+//! The interposed functions. Each is exported under the driver's own name with the signature of
+//! NVIDIA's header (checked at compile time against `tf_cuda_abi::{driver_fn, nvml_fn}`), and
+//! reaches the real function through the real `dlsym` on the real library.
+
+use std::collections::HashMap;
+use std::ffi::{CStr, c_char, c_void};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use tf_cuda_abi::driver::*;
+use tf_cuda_abi::nvml::{NVML_ERROR_UNINITIALIZED, NVML_ERROR_UNKNOWN, NVML_SUCCESS};
+
+use crate::dl;
+use crate::state::{self, client};
+
+/// Which library a hooked function belongs to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Lib {
+    Cuda,
+    Nvml,
+}
+
+/// Resolve the real function `name` in `lib`, caching it in `slot`.
+pub fn resolve(slot: &AtomicUsize, lib: Lib, name: &CStr) -> usize {
+    let p = slot.load(Ordering::Relaxed);
+    if p != 0 {
+        return p;
+    }
+    let handle = match lib {
+        Lib::Cuda => dl::libcuda(),
+        Lib::Nvml => dl::libnvml(),
+    };
+    let p = dl::lookup(handle, name);
+    slot.store(p, Ordering::Relaxed);
+    p
+}
+
+/// Run a hook, turning a panic into the library's "unknown error".
+fn guard(name: &str, lib: Lib, f: impl FnOnce() -> u32) -> u32 {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(_) => {
+            eprintln!("tensor-fusion interposer: internal error in {name}");
+            match lib {
+                Lib::Cuda => CUDA_ERROR_UNKNOWN,
+                Lib::Nvml => NVML_ERROR_UNKNOWN,
+            }
+        }
+    }
+}
+
+macro_rules! hooks {
+    ($( $lib:ident $abi:ident fn $name:ident($($arg:ident: $ty:ty),*) $body:block )*) => {
+        $(
+            /// Interposed; see the module documentation.
+            ///
+            /// # Safety
+            /// The driver API's contract for this function.
+            #[unsafe(no_mangle)]
+            #[allow(non_snake_case, clippy::too_many_arguments)]
+            pub unsafe extern "C" fn $name($($arg: $ty),*) -> u32 {
+                #[allow(dead_code)]
+                fn real() -> Option<tf_cuda_abi::$abi::$name> {
+                    static SLOT: AtomicUsize = AtomicUsize::new(0);
+                    let name = concat!(stringify!($name), "\0");
+                    let name = CStr::from_bytes_with_nul(name.as_bytes()).ok()?;
+                    let p = resolve(&SLOT, Lib::$lib, name);
+                    // SAFETY: `p` is the address of the real library's function of this name,
+                    // whose type is the header's, which `$abi::$name` is.
+                    (p != 0).then(|| unsafe { std::mem::transmute::<usize, tf_cuda_abi::$abi::$name>(p) })
+                }
+                guard(stringify!($name), Lib::$lib, || $body)
+            }
+            // The signature is the header's.
+            const _: tf_cuda_abi::$abi::$name = $name;
+        )*
+
+        /// (name, library, our wrapper) of every interposed function.
+        pub fn wrappers() -> &'static [(&'static str, Lib, usize)] {
+            static W: OnceLock<Vec<(&'static str, Lib, usize)>> = OnceLock::new();
+            W.get_or_init(|| vec![$( (stringify!($name), Lib::$lib, $name as *const () as usize) ),*])
+        }
+    };
+}
+
+fn not_loaded(lib: Lib) -> u32 {
+    match lib {
+        Lib::Cuda => CUDA_ERROR_NOT_INITIALIZED,
+        Lib::Nvml => NVML_ERROR_UNINITIALIZED,
+    }
+}
+
+/// Call the real function, or report the library missing.
+macro_rules! call {
+    ($lib:ident, $($arg:expr),*) => {
+        match real() {
+            // SAFETY: forwarding the caller's own arguments to the real function.
+            Some(f) => unsafe { f($($arg),*) },
+            None => not_loaded(Lib::$lib),
+        }
+    };
+}
+
+// ---------- shared bodies ----------
+
+/// Allocate through `alloc` after charging `bytes` to the vGPU; returns OOM past the quota.
+fn charged(bytes: u64, alloc: impl FnOnce() -> u32) -> u32 {
+    let Some(c) = client() else { return alloc() };
+    if !state::current_device_limited(c) {
+        return alloc();
+    }
+    if !c.charge(bytes) {
+        tracing::debug!(bytes, "allocation refused: over the vGPU's VRAM quota");
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    let rc = alloc();
+    if rc != CUDA_SUCCESS {
+        c.uncharge(bytes);
+    }
+    rc
+}
+
+/// Free `ptr` through `free`, giving its size back to the vGPU when the free succeeds.
+fn released(ptr: u64, free: impl FnOnce() -> u32) -> u32 {
+    let Some(c) = client() else { return free() };
+    if ptr == 0 || !state::pointer_limited(c, ptr) {
+        return free();
+    }
+    let size = state::allocation_size(ptr);
+    let rc = free();
+    if rc == CUDA_SUCCESS
+        && let Some(size) = size
+    {
+        c.uncharge(size);
+    }
+    rc
+}
+
+fn paced(launch: impl FnOnce() -> u32) -> u32 {
+    if let Some(c) = client()
+        && c.region().pacing()
+        && state::current_device_limited(c)
+    {
+        c.before_launch();
+    }
+    launch()
+}
+
+/// Handles (VMM physical allocations, arrays) whose size must be remembered until released.
+fn sizes() -> &'static Mutex<HashMap<u64, u64>> {
+    static M: OnceLock<Mutex<HashMap<u64, u64>>> = OnceLock::new();
+    M.get_or_init(Default::default)
+}
+
+fn remember(handle: u64, bytes: u64) {
+    sizes()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(handle, bytes);
+}
+
+fn forget(handle: u64) -> Option<u64> {
+    sizes()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&handle)
+}
+
+/// `CUDA_ARRAY_DESCRIPTOR`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ArrayDesc {
+    width: usize,
+    height: usize,
+    format: u32,
+    channels: u32,
+}
+
+/// `CUDA_ARRAY3D_DESCRIPTOR`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Array3dDesc {
+    width: usize,
+    height: usize,
+    depth: usize,
+    format: u32,
+    channels: u32,
+    flags: u32,
+}
+
+fn format_bytes(format: u32) -> u64 {
+    match format {
+        CU_AD_FORMAT_UNSIGNED_INT8 | CU_AD_FORMAT_SIGNED_INT8 => 1,
+        CU_AD_FORMAT_UNSIGNED_INT16 | CU_AD_FORMAT_SIGNED_INT16 | CU_AD_FORMAT_HALF => 2,
+        _ => 4,
+    }
+}
+
+fn array_bytes(w: usize, h: usize, d: usize, format: u32, channels: u32) -> u64 {
+    w.max(1) as u64
+        * h.max(1) as u64
+        * d.max(1) as u64
+        * channels.max(1) as u64
+        * format_bytes(format)
+}
+
+fn read<T: Copy>(p: *const T) -> Option<T> {
+    // SAFETY: the driver API requires the caller's descriptor pointer to be valid; null is
+    // checked (the real driver then reports the error).
+    (!p.is_null()).then(|| unsafe { p.read_unaligned() })
+}
+
+fn write<T>(p: *mut T, v: T) {
+    if !p.is_null() {
+        // SAFETY: a non-null output pointer the driver just wrote through successfully.
+        unsafe { p.write_unaligned(v) };
+    }
+}
+
+fn get<T: Copy>(p: *const T) -> Option<T> {
+    read(p)
+}
+
+hooks! {
+    // ----- allocation families -----
+    Cuda driver_fn fn cuMemAlloc_v2(dptr: *mut u64, bytesize: usize) {
+        charged(bytesize as u64, || call!(Cuda, dptr, bytesize))
+    }
+    Cuda driver_fn fn cuMemAlloc(dptr: *mut u32, bytesize: u32) {
+        charged(bytesize as u64, || call!(Cuda, dptr, bytesize))
+    }
+    Cuda driver_fn fn cuMemAllocManaged(dptr: *mut u64, bytesize: usize, flags: u32) {
+        charged(bytesize as u64, || call!(Cuda, dptr, bytesize, flags))
+    }
+    Cuda driver_fn fn cuMemAllocAsync(dptr: *mut u64, bytesize: usize, hStream: *mut c_void) {
+        charged(bytesize as u64, || call!(Cuda, dptr, bytesize, hStream))
+    }
+    Cuda driver_fn fn cuMemAllocAsync_ptsz(dptr: *mut u64, bytesize: usize, hStream: *mut c_void) {
+        charged(bytesize as u64, || call!(Cuda, dptr, bytesize, hStream))
+    }
+    Cuda driver_fn fn cuMemAllocFromPoolAsync(dptr: *mut u64, bytesize: usize, pool: *mut c_void, hStream: *mut c_void) {
+        charged(bytesize as u64, || call!(Cuda, dptr, bytesize, pool, hStream))
+    }
+    Cuda driver_fn fn cuMemAllocFromPoolAsync_ptsz(dptr: *mut u64, bytesize: usize, pool: *mut c_void, hStream: *mut c_void) {
+        charged(bytesize as u64, || call!(Cuda, dptr, bytesize, pool, hStream))
+    }
+    Cuda driver_fn fn cuMemAllocPitch_v2(dptr: *mut u64, pPitch: *mut usize, WidthInBytes: usize, Height: usize, ElementSizeBytes: u32) {
+        let asked = WidthInBytes as u64 * Height as u64;
+        let rc = charged(asked, || call!(Cuda, dptr, pPitch, WidthInBytes, Height, ElementSizeBytes));
+        // The pitch may pad each row: charge the padding too, or undo the allocation.
+        if rc == CUDA_SUCCESS
+            && let (Some(c), Some(pitch), Some(ptr)) = (client(), get(pPitch), get(dptr))
+            && state::current_device_limited(c)
+        {
+            let extra = (pitch as u64 * Height as u64).saturating_sub(asked);
+            if extra > 0 && !c.charge(extra) {
+                c.uncharge(asked);
+                state::free_raw(ptr);
+                return CUDA_ERROR_OUT_OF_MEMORY;
+            }
+        }
+        rc
+    }
+    Cuda driver_fn fn cuMemCreate(handle: *mut u64, size: usize, prop: *const c_void, flags: u64) {
+        let rc = charged(size as u64, || call!(Cuda, handle, size, prop, flags));
+        if rc == CUDA_SUCCESS
+            && let Some(h) = get(handle)
+            && client().is_some_and(state::current_device_limited)
+        {
+            remember(h, size as u64);
+        }
+        rc
+    }
+    Cuda driver_fn fn cuArrayCreate_v2(pHandle: *mut *mut c_void, pAllocateArray: *const c_void) {
+        let bytes = read(pAllocateArray as *const ArrayDesc)
+            .map_or(0, |d| array_bytes(d.width, d.height, 1, d.format, d.channels));
+        let rc = charged(bytes, || call!(Cuda, pHandle, pAllocateArray));
+        if rc == CUDA_SUCCESS && let Some(h) = get(pHandle) && client().is_some_and(state::current_device_limited) {
+            remember(h as u64, bytes);
+        }
+        rc
+    }
+    Cuda driver_fn fn cuArray3DCreate_v2(pHandle: *mut *mut c_void, pAllocateArray: *const c_void) {
+        let bytes = read(pAllocateArray as *const Array3dDesc)
+            .map_or(0, |d| array_bytes(d.width, d.height, d.depth, d.format, d.channels));
+        let rc = charged(bytes, || call!(Cuda, pHandle, pAllocateArray));
+        if rc == CUDA_SUCCESS && let Some(h) = get(pHandle) && client().is_some_and(state::current_device_limited) {
+            remember(h as u64, bytes);
+        }
+        rc
+    }
+    Cuda driver_fn fn cuMipmappedArrayCreate(pHandle: *mut *mut c_void, pMipmappedArrayDesc: *const c_void, numMipmapLevels: u32) {
+        // All levels together take at most 4/3 of the base level.
+        let bytes = read(pMipmappedArrayDesc as *const Array3dDesc)
+            .map_or(0, |d| array_bytes(d.width, d.height, d.depth, d.format, d.channels) * 4 / 3);
+        let rc = charged(bytes, || call!(Cuda, pHandle, pMipmappedArrayDesc, numMipmapLevels));
+        if rc == CUDA_SUCCESS && let Some(h) = get(pHandle) && client().is_some_and(state::current_device_limited) {
+            remember(h as u64, bytes);
+        }
+        rc
+    }
+
+    // ----- frees -----
+    Cuda driver_fn fn cuMemFree_v2(dptr: u64) {
+        released(dptr, || call!(Cuda, dptr))
+    }
+    Cuda driver_fn fn cuMemFree(dptr: u32) {
+        released(dptr as u64, || call!(Cuda, dptr))
+    }
+    Cuda driver_fn fn cuMemFreeAsync(dptr: u64, hStream: *mut c_void) {
+        released(dptr, || call!(Cuda, dptr, hStream))
+    }
+    Cuda driver_fn fn cuMemFreeAsync_ptsz(dptr: u64, hStream: *mut c_void) {
+        released(dptr, || call!(Cuda, dptr, hStream))
+    }
+    Cuda driver_fn fn cuMemRelease(handle: u64) {
+        let rc = call!(Cuda, handle);
+        if rc == CUDA_SUCCESS && let (Some(c), Some(bytes)) = (client(), forget(handle)) {
+            c.uncharge(bytes);
+        }
+        rc
+    }
+    Cuda driver_fn fn cuArrayDestroy(hArray: *mut c_void) {
+        let rc = call!(Cuda, hArray);
+        if rc == CUDA_SUCCESS && let (Some(c), Some(bytes)) = (client(), forget(hArray as u64)) {
+            c.uncharge(bytes);
+        }
+        rc
+    }
+    Cuda driver_fn fn cuMipmappedArrayDestroy(hMipmappedArray: *mut c_void) {
+        let rc = call!(Cuda, hMipmappedArray);
+        if rc == CUDA_SUCCESS && let (Some(c), Some(bytes)) = (client(), forget(hMipmappedArray as u64)) {
+            c.uncharge(bytes);
+        }
+        rc
+    }
+
+    // ----- what the application is told about memory -----
+    Cuda driver_fn fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) {
+        let rc = call!(Cuda, free, total);
+        if rc == CUDA_SUCCESS
+            && let Some(c) = client()
+            && let Some(quota) = c.vram_quota()
+            && state::current_device_limited(c)
+        {
+            let left = quota.saturating_sub(c.vram_used());
+            let real_free = get(free).unwrap_or(usize::MAX) as u64;
+            write(total, quota as usize);
+            write(free, left.min(real_free) as usize);
+        }
+        rc
+    }
+    Cuda driver_fn fn cuMemGetInfo(free: *mut u32, total: *mut u32) {
+        let rc = call!(Cuda, free, total);
+        if rc == CUDA_SUCCESS
+            && let Some(c) = client()
+            && let Some(quota) = c.vram_quota()
+            && state::current_device_limited(c)
+        {
+            let left = quota.saturating_sub(c.vram_used());
+            write(total, quota.min(u32::MAX as u64) as u32);
+            write(free, left.min(get(free).unwrap_or(u32::MAX) as u64) as u32);
+        }
+        rc
+    }
+    Cuda driver_fn fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: i32) {
+        let rc = call!(Cuda, bytes, dev);
+        if rc == CUDA_SUCCESS
+            && let Some(c) = client()
+            && let Some(quota) = c.vram_quota()
+            && state::device_limited(c, dev)
+        {
+            write(bytes, quota as usize);
+        }
+        rc
+    }
+    Cuda driver_fn fn cuDeviceTotalMem(bytes: *mut u32, dev: i32) {
+        let rc = call!(Cuda, bytes, dev);
+        if rc == CUDA_SUCCESS
+            && let Some(c) = client()
+            && let Some(quota) = c.vram_quota()
+            && state::device_limited(c, dev)
+        {
+            write(bytes, quota.min(u32::MAX as u64) as u32);
+        }
+        rc
+    }
+
+    // ----- launches -----
+    Cuda driver_fn fn cuLaunchKernel(f: *mut c_void, gridDimX: u32, gridDimY: u32, gridDimZ: u32, blockDimX: u32, blockDimY: u32, blockDimZ: u32, sharedMemBytes: u32, hStream: *mut c_void, kernelParams: *mut *mut c_void, extra: *mut *mut c_void) {
+        paced(|| call!(Cuda, f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes, hStream, kernelParams, extra))
+    }
+    Cuda driver_fn fn cuLaunchKernel_ptsz(f: *mut c_void, gridDimX: u32, gridDimY: u32, gridDimZ: u32, blockDimX: u32, blockDimY: u32, blockDimZ: u32, sharedMemBytes: u32, hStream: *mut c_void, kernelParams: *mut *mut c_void, extra: *mut *mut c_void) {
+        paced(|| call!(Cuda, f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes, hStream, kernelParams, extra))
+    }
+    Cuda driver_fn fn cuLaunchKernelEx(config: *const c_void, f: *mut c_void, kernelParams: *mut *mut c_void, extra: *mut *mut c_void) {
+        paced(|| call!(Cuda, config, f, kernelParams, extra))
+    }
+    Cuda driver_fn fn cuLaunchKernelEx_ptsz(config: *const c_void, f: *mut c_void, kernelParams: *mut *mut c_void, extra: *mut *mut c_void) {
+        paced(|| call!(Cuda, config, f, kernelParams, extra))
+    }
+    Cuda driver_fn fn cuLaunchCooperativeKernel(f: *mut c_void, gridDimX: u32, gridDimY: u32, gridDimZ: u32, blockDimX: u32, blockDimY: u32, blockDimZ: u32, sharedMemBytes: u32, hStream: *mut c_void, kernelParams: *mut *mut c_void) {
+        paced(|| call!(Cuda, f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes, hStream, kernelParams))
+    }
+    Cuda driver_fn fn cuLaunchCooperativeKernel_ptsz(f: *mut c_void, gridDimX: u32, gridDimY: u32, gridDimZ: u32, blockDimX: u32, blockDimY: u32, blockDimZ: u32, sharedMemBytes: u32, hStream: *mut c_void, kernelParams: *mut *mut c_void) {
+        paced(|| call!(Cuda, f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes, hStream, kernelParams))
+    }
+    Cuda driver_fn fn cuLaunchCooperativeKernelMultiDevice(launchParamsList: *mut c_void, numDevices: u32, flags: u32) {
+        paced(|| call!(Cuda, launchParamsList, numDevices, flags))
+    }
+    Cuda driver_fn fn cuLaunch(f: *mut c_void) {
+        paced(|| call!(Cuda, f))
+    }
+    Cuda driver_fn fn cuLaunchGrid(f: *mut c_void, grid_width: i32, grid_height: i32) {
+        paced(|| call!(Cuda, f, grid_width, grid_height))
+    }
+    Cuda driver_fn fn cuLaunchGridAsync(f: *mut c_void, grid_width: i32, grid_height: i32, hStream: *mut c_void) {
+        paced(|| call!(Cuda, f, grid_width, grid_height, hStream))
+    }
+    Cuda driver_fn fn cuGraphLaunch(hGraphExec: *mut c_void, hStream: *mut c_void) {
+        paced(|| call!(Cuda, hGraphExec, hStream))
+    }
+    Cuda driver_fn fn cuGraphLaunch_ptsz(hGraphExec: *mut c_void, hStream: *mut c_void) {
+        paced(|| call!(Cuda, hGraphExec, hStream))
+    }
+
+    // ----- entry points handed out by the driver -----
+    Cuda driver_fn fn cuGetProcAddress(symbol: *const c_char, pfn: *mut *mut c_void, cudaVersion: i32, flags: u64) {
+        let rc = call!(Cuda, symbol, pfn, cudaVersion, flags);
+        if rc == CUDA_SUCCESS {
+            state::substitute(pfn);
+        }
+        rc
+    }
+    Cuda driver_fn fn cuGetProcAddress_v2(symbol: *const c_char, pfn: *mut *mut c_void, cudaVersion: i32, flags: u64, symbolStatus: *mut u32) {
+        let rc = call!(Cuda, symbol, pfn, cudaVersion, flags, symbolStatus);
+        if rc == CUDA_SUCCESS {
+            state::substitute(pfn);
+        }
+        rc
+    }
+
+    // ----- NVML -----
+    Nvml nvml_fn fn nvmlDeviceGetMemoryInfo(device: *mut c_void, memory: *mut c_void) {
+        let rc = call!(Nvml, device, memory);
+        if rc == NVML_SUCCESS
+            && let Some(c) = client()
+            && let Some(quota) = c.vram_quota()
+            && state::nvml_device_limited(c, device)
+            && !memory.is_null()
+        {
+            let used = c.vram_used().min(quota);
+            let m = memory as *mut u64; // nvmlMemory_t { total, free, used }
+            // SAFETY: the real call just filled this nvmlMemory_t (three u64 fields).
+            unsafe {
+                m.write_unaligned(quota);
+                m.add(1).write_unaligned(quota - used);
+                m.add(2).write_unaligned(used);
+            }
+        }
+        rc
+    }
+    Nvml nvml_fn fn nvmlDeviceGetMemoryInfo_v2(device: *mut c_void, memory: *mut c_void) {
+        let rc = call!(Nvml, device, memory);
+        if rc == NVML_SUCCESS
+            && let Some(c) = client()
+            && let Some(quota) = c.vram_quota()
+            && state::nvml_device_limited(c, device)
+            && !memory.is_null()
+        {
+            let used = c.vram_used().min(quota);
+            // nvmlMemory_v2_t { u32 version; u64 total, reserved, free, used }
+            let m = memory as *mut u8;
+            // SAFETY: the real call just filled this nvmlMemory_v2_t; fields at 8, 16, 24, 32.
+            unsafe {
+                (m.add(8) as *mut u64).write_unaligned(quota);
+                (m.add(16) as *mut u64).write_unaligned(0);
+                (m.add(24) as *mut u64).write_unaligned(quota - used);
+                (m.add(32) as *mut u64).write_unaligned(used);
+            }
+        }
+        rc
+    }
+}
+
+/// Our `dlsym` for names starting with `cu` or `nv` (see [`crate::dl`]).
+///
+/// # Safety
+/// Called with the arguments of `dlsym(3)`.
+pub unsafe extern "C" fn dlsym_hook(handle: *mut c_void, symbol: *const c_char) -> *mut c_void {
+    let Some(real) = dl::real_dlsym() else {
+        return std::ptr::null_mut();
+    };
+    // SAFETY: forwarding the caller's own arguments.
+    let found = unsafe { real(handle, symbol) };
+    if found.is_null() {
+        return found;
+    }
+    // SAFETY: dlsym's symbol argument is a NUL-terminated string (non-null: checked by the
+    // trampoline before it jumps here).
+    let name = unsafe { CStr::from_ptr(symbol) }.to_bytes();
+    match wrappers().iter().find(|(n, _, _)| n.as_bytes() == name) {
+        Some((_, _, w)) => *w as *mut c_void,
+        None => found,
+    }
+}

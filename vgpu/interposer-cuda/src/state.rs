@@ -1,0 +1,247 @@
+//! The process's vGPU and what it needs to know about devices: which device ordinals (after
+//! CUDA_VISIBLE_DEVICES remapping) and NVML handles are the vGPU's device, identified by UUID.
+
+use std::collections::HashMap;
+use std::ffi::{CStr, c_char, c_void};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use tf_cuda_abi::driver::*;
+use tf_vgpu_limiter::Client;
+
+use crate::hooks::{Lib, resolve, wrappers};
+
+/// The process's vGPU, if it has one (from the environment; see `tf_vgpu_limiter::client`).
+pub fn client() -> Option<&'static Client> {
+    static C: OnceLock<Option<Client>> = OnceLock::new();
+    C.get_or_init(|| {
+        crate::logging::init();
+        let c = Client::from_env();
+        if let Some(c) = &c {
+            let l = c.region().limits();
+            tracing::info!(
+                device = c.device_uuid(),
+                vram_quota = ?l.vram_quota,
+                compute_share = ?l.compute_share,
+                "tensor-fusion vGPU limits in force"
+            );
+        }
+        c
+    })
+    .as_ref()
+}
+
+macro_rules! real {
+    ($abi:ident :: $name:ident, $lib:ident) => {{
+        static SLOT: AtomicUsize = AtomicUsize::new(0);
+        let name = concat!(stringify!($name), "\0");
+        let p = CStr::from_bytes_with_nul(name.as_bytes())
+            .map(|n| resolve(&SLOT, Lib::$lib, n))
+            .unwrap_or(0);
+        // SAFETY: the real library's function of this name has the header's type.
+        (p != 0).then(|| unsafe { std::mem::transmute::<usize, tf_cuda_abi::$abi::$name>(p) })
+    }};
+}
+
+/// Format a CUDA UUID like NVML and nvidia-smi do: GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx.
+pub fn format_uuid(b: &[u8; 16]) -> String {
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "GPU-{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+fn same_device(c: &Client, uuid: &str) -> bool {
+    let mine = c.device_uuid();
+    mine.is_empty() || mine.eq_ignore_ascii_case(uuid)
+}
+
+const UNKNOWN: u8 = 0;
+const LIMITED: u8 = 1;
+const OTHER: u8 = 2;
+const MAX_ORDINALS: usize = 64;
+
+fn ordinal_cache() -> &'static [AtomicU8; MAX_ORDINALS] {
+    static C: [AtomicU8; MAX_ORDINALS] = [const { AtomicU8::new(UNKNOWN) }; MAX_ORDINALS];
+    &C
+}
+
+/// Whether device `ordinal` (as this process numbers devices) is the vGPU's device.
+pub fn device_limited(c: &Client, ordinal: i32) -> bool {
+    let Ok(i) = usize::try_from(ordinal) else {
+        return true;
+    };
+    let cache = ordinal_cache();
+    if let Some(v) = cache.get(i) {
+        match v.load(Ordering::Relaxed) {
+            LIMITED => return true,
+            OTHER => return false,
+            _ => {}
+        }
+    }
+    let uuid = device_uuid(ordinal);
+    let limited = match &uuid {
+        Some(u) => same_device(c, u),
+        None => true, // cannot tell: enforce
+    };
+    if uuid.is_some()
+        && let Some(v) = cache.get(i)
+    {
+        v.store(if limited { LIMITED } else { OTHER }, Ordering::Relaxed);
+    }
+    limited
+}
+
+fn device_uuid(ordinal: i32) -> Option<String> {
+    let mut b = [0u8; 16];
+    let rc = if let Some(f) = real!(driver_fn::cuDeviceGetUuid_v2, Cuda) {
+        // SAFETY: a 16-byte CUuuid buffer and a device ordinal.
+        unsafe { f(b.as_mut_ptr() as *mut c_void, ordinal) }
+    } else if let Some(f) = real!(driver_fn::cuDeviceGetUuid, Cuda) {
+        // SAFETY: as above.
+        unsafe { f(b.as_mut_ptr() as *mut c_void, ordinal) }
+    } else {
+        return None;
+    };
+    (rc == CUDA_SUCCESS).then(|| format_uuid(&b))
+}
+
+/// How many devices this process sees (0 if unknown yet).
+fn visible_devices() -> i32 {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.load(Ordering::Relaxed);
+    if n != 0 {
+        return n as i32 - 1;
+    }
+    let mut count = 0i32;
+    let rc = match real!(driver_fn::cuDeviceGetCount, Cuda) {
+        // SAFETY: an i32 output.
+        Some(f) => unsafe { f(&mut count) },
+        None => CUDA_ERROR_NOT_INITIALIZED,
+    };
+    if rc != CUDA_SUCCESS {
+        return 0;
+    }
+    N.store(count as usize + 1, Ordering::Relaxed);
+    count
+}
+
+/// Whether the current context's device is the vGPU's device.
+pub fn current_device_limited(c: &Client) -> bool {
+    // The usual case (`tensor-fusion run` shows the process only its vGPU's device): decided once.
+    if visible_devices() == 1 {
+        return device_limited(c, 0);
+    }
+    let mut dev = 0i32;
+    let rc = match real!(driver_fn::cuCtxGetDevice, Cuda) {
+        // SAFETY: an i32 output.
+        Some(f) => unsafe { f(&mut dev) },
+        None => return true,
+    };
+    rc != CUDA_SUCCESS || device_limited(c, dev)
+}
+
+/// Whether the allocation `ptr` is on the vGPU's device.
+pub fn pointer_limited(c: &Client, ptr: u64) -> bool {
+    if visible_devices() == 1 {
+        return device_limited(c, 0);
+    }
+    let mut ordinal = -1i32;
+    let rc = match real!(driver_fn::cuPointerGetAttribute, Cuda) {
+        // SAFETY: DEVICE_ORDINAL writes an int.
+        Some(f) => unsafe {
+            f(
+                &mut ordinal as *mut i32 as *mut c_void,
+                CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+                ptr,
+            )
+        },
+        None => return true,
+    };
+    rc != CUDA_SUCCESS || device_limited(c, ordinal)
+}
+
+/// The size of the allocation that starts at `ptr`, from the driver.
+pub fn allocation_size(ptr: u64) -> Option<u64> {
+    let (mut base, mut size) = (0u64, 0usize);
+    let f = real!(driver_fn::cuMemGetAddressRange_v2, Cuda)?;
+    // SAFETY: two outputs of the documented types.
+    let rc = unsafe { f(&mut base, &mut size, ptr) };
+    (rc == CUDA_SUCCESS && base == ptr).then_some(size as u64)
+}
+
+/// Free an allocation with the real driver (undoing one we could not charge in full).
+pub fn free_raw(ptr: u64) {
+    if let Some(f) = real!(driver_fn::cuMemFree_v2, Cuda) {
+        // SAFETY: freeing an allocation the real driver just made.
+        unsafe { f(ptr) };
+    }
+}
+
+/// The real driver's address of each function we interpose, mapped to our wrapper.
+fn substitutes() -> &'static HashMap<usize, usize> {
+    static M: OnceLock<HashMap<usize, usize>> = OnceLock::new();
+    M.get_or_init(|| {
+        let lib = crate::dl::libcuda();
+        wrappers()
+            .iter()
+            .filter(|(_, l, _)| *l == Lib::Cuda)
+            .filter_map(|(name, _, wrapper)| {
+                let n = std::ffi::CString::new(*name).ok()?;
+                let real = crate::dl::lookup(lib, &n);
+                (real != 0).then_some((real, *wrapper))
+            })
+            .collect()
+    })
+}
+
+/// After cuGetProcAddress: if the driver handed out one of the functions we interpose, hand out
+/// our wrapper instead (matched by address, so the version the caller asked for is kept).
+pub fn substitute(pfn: *mut *mut c_void) {
+    if pfn.is_null() {
+        return;
+    }
+    // SAFETY: cuGetProcAddress just wrote a function pointer through pfn.
+    let p = unsafe { *pfn } as usize;
+    if let Some(&w) = substitutes().get(&p) {
+        // SAFETY: as above; the wrapper has the same signature as the real function.
+        unsafe { *pfn = w as *mut c_void };
+    }
+}
+
+/// Whether an NVML device handle is the vGPU's device (by UUID; cached per handle).
+pub fn nvml_device_limited(c: &Client, device: *mut c_void) -> bool {
+    static CACHE: OnceLock<Mutex<HashMap<usize, bool>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(&v) = cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&(device as usize))
+    {
+        return v;
+    }
+    let mut buf = [0 as c_char; 96];
+    let Some(f) = real!(nvml_fn::nvmlDeviceGetUUID, Nvml) else {
+        return true;
+    };
+    // SAFETY: a 96-byte buffer for NVML's UUID string.
+    let rc = unsafe { f(device, buf.as_mut_ptr(), buf.len() as u32) };
+    if rc != tf_cuda_abi::nvml::NVML_SUCCESS {
+        return true;
+    }
+    // SAFETY: NVML wrote a NUL-terminated string into buf.
+    let uuid = unsafe { CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
+    let v = same_device(c, &uuid);
+    cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(device as usize, v);
+    v
+}

@@ -1,0 +1,529 @@
+//! The vGPU region: one shared-memory file per vGPU, mapped by the process that owns the vGPU
+//! (`tensor-fusion run`, or the hypervisor) and by every application process using it (through
+//! the interposer).
+//!
+//! Layout is `#[repr(C)]` with a magic + version + size header, validated on open and never
+//! trusted blindly; every field is an atomic, so a zero-filled file is a valid (empty) region
+//! and either side may restart. It holds:
+//! - the limits: VRAM quota in bytes and compute share in parts per million of device time;
+//! - VRAM usage, exact: total and per process (a dead process's usage is reclaimed);
+//! - the launch admission state: a GCRA (generic cell rate algorithm) "theoretical arrival time"
+//!   and the wall-clock spacing per launch that the controller sets, so admitting a launch is one
+//!   atomic load when unlimited and one compare-and-swap when limited — no lock;
+//! - counters the controller and users read (launches, throttled time, peak usage, OOMs).
+
+use std::fs::OpenOptions;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::sys;
+
+pub const MAGIC: u64 = u64::from_le_bytes(*b"TFVGPU\0\x01");
+pub const VERSION: u32 = 1;
+pub const MAX_PROCS: usize = 128;
+pub const UUID_LEN: usize = 96;
+
+const PID_RECLAIMING: u32 = u32::MAX;
+
+/// Errors opening or creating a region.
+#[derive(Debug, thiserror::Error)]
+pub enum RegionError {
+    #[error("vGPU region {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("vGPU region {path} is not valid: {why}")]
+    Invalid { path: PathBuf, why: String },
+}
+
+#[repr(C)]
+struct ProcEntry {
+    pid: AtomicU32,
+    _pad: u32,
+    start_time: AtomicU64,
+    vram_used: AtomicU64,
+    launches: AtomicU64,
+}
+
+/// The shared region. Only ever seen through `&Region` pointing into a mapping.
+#[repr(C)]
+pub struct Region {
+    magic: AtomicU64,
+    version: AtomicU32,
+    size: AtomicU32,
+    owner_pid: AtomicU32,
+    device_index: AtomicU32,
+    created_ns: AtomicU64,
+    device_uuid: [AtomicU64; UUID_LEN / 8],
+    /// 0 = unlimited.
+    vram_quota: AtomicU64,
+    vram_used: AtomicU64,
+    vram_peak: AtomicU64,
+    oom_events: AtomicU64,
+    /// Target share of device time in parts per million; 0 = unlimited.
+    compute_share_ppm: AtomicU32,
+    _pad0: u32,
+    /// Wall-clock nanoseconds each admitted launch consumes (set by the controller); 0 = admit
+    /// every launch at once.
+    launch_interval_ns: AtomicU64,
+    /// How far ahead of schedule launches may run (burst tolerance), ns.
+    burst_ns: AtomicU64,
+    /// GCRA theoretical arrival time (CLOCK_MONOTONIC ns).
+    tat_ns: AtomicU64,
+    launches: AtomicU64,
+    throttled_launches: AtomicU64,
+    throttled_ns: AtomicU64,
+    /// Controller's latest estimate of device time per launch, ns (informational).
+    est_launch_ns: AtomicU64,
+    /// Controller's latest measured share, ppm (informational).
+    measured_share_ppm: AtomicU32,
+    _pad1: u32,
+    procs: [ProcEntry; MAX_PROCS],
+}
+
+/// What a vGPU is allowed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Bytes of device memory; `None` = unlimited.
+    pub vram_quota: Option<u64>,
+    /// Share of device time in (0, 1]; `None` = unlimited.
+    pub compute_share: Option<f64>,
+}
+
+/// A point-in-time reading of a region, for people and tests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegionStats {
+    pub device_uuid: String,
+    pub vram_quota: Option<u64>,
+    pub vram_used: u64,
+    pub vram_peak: u64,
+    pub oom_events: u64,
+    pub compute_share: Option<f64>,
+    pub launches: u64,
+    pub throttled_launches: u64,
+    pub throttled_ns: u64,
+    pub launch_interval_ns: u64,
+    pub est_launch_ns: u64,
+    pub measured_share: f64,
+    /// (pid, vram bytes, launches) of each live process.
+    pub processes: Vec<(u32, u64, u64)>,
+}
+
+/// The outcome of asking to charge memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverQuota {
+    pub requested: u64,
+    pub used: u64,
+    pub quota: u64,
+}
+
+impl Region {
+    /// Create (or reset) the region file at `path` for a vGPU on device `uuid`.
+    pub fn create(
+        path: &Path,
+        uuid: &str,
+        device_index: u32,
+        limits: &Limits,
+    ) -> Result<&'static Region, RegionError> {
+        let r = map(path, true)?;
+        r.init(uuid, device_index, limits);
+        Ok(r)
+    }
+
+    /// Open an existing region, validating its header.
+    pub fn open(path: &Path) -> Result<&'static Region, RegionError> {
+        let r = map(path, false)?;
+        r.validate().map_err(|why| RegionError::Invalid {
+            path: path.to_path_buf(),
+            why,
+        })?;
+        Ok(r)
+    }
+
+    /// A region that lives only in this process (used when the shared one is lost, and in
+    /// tests). Leaked: it lives as long as the process.
+    pub fn private(uuid: &str, limits: &Limits) -> &'static Region {
+        let layout = std::alloc::Layout::new::<Region>();
+        // SAFETY: Region is made only of atomics and padding, for which all-zero bytes are a
+        // valid value; the allocation has Region's layout and is never freed.
+        let r: &'static Region = unsafe {
+            let p = std::alloc::alloc_zeroed(layout) as *const Region;
+            assert!(!p.is_null(), "out of memory allocating a vGPU region");
+            &*p
+        };
+        r.init(uuid, 0, limits);
+        r
+    }
+
+    fn init(&self, uuid: &str, device_index: u32, limits: &Limits) {
+        self.magic.store(0, Ordering::Release);
+        self.version.store(VERSION, Ordering::Relaxed);
+        self.size
+            .store(std::mem::size_of::<Region>() as u32, Ordering::Relaxed);
+        self.owner_pid.store(sys::pid(), Ordering::Relaxed);
+        self.device_index.store(device_index, Ordering::Relaxed);
+        self.created_ns.store(sys::now_ns(), Ordering::Relaxed);
+        let mut bytes = [0u8; UUID_LEN];
+        let n = uuid.len().min(UUID_LEN - 1);
+        bytes[..n].copy_from_slice(&uuid.as_bytes()[..n]);
+        for (i, w) in self.device_uuid.iter().enumerate() {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[i * 8..i * 8 + 8]);
+            w.store(u64::from_le_bytes(b), Ordering::Relaxed);
+        }
+        for f in [
+            &self.vram_used,
+            &self.vram_peak,
+            &self.oom_events,
+            &self.launch_interval_ns,
+            &self.tat_ns,
+            &self.launches,
+            &self.throttled_launches,
+            &self.throttled_ns,
+            &self.est_launch_ns,
+        ] {
+            f.store(0, Ordering::Relaxed);
+        }
+        self.burst_ns.store(DEFAULT_BURST_NS, Ordering::Relaxed);
+        self.measured_share_ppm.store(0, Ordering::Relaxed);
+        for p in &self.procs {
+            p.pid.store(0, Ordering::Relaxed);
+            p.start_time.store(0, Ordering::Relaxed);
+            p.vram_used.store(0, Ordering::Relaxed);
+            p.launches.store(0, Ordering::Relaxed);
+        }
+        self.set_limits(limits);
+        self.magic.store(MAGIC, Ordering::Release);
+    }
+
+    /// Check the header: magic, version and size.
+    pub fn validate(&self) -> Result<(), String> {
+        let magic = self.magic.load(Ordering::Acquire);
+        if magic != MAGIC {
+            return Err(format!("bad magic {magic:#x}"));
+        }
+        let v = self.version.load(Ordering::Relaxed);
+        if v != VERSION {
+            return Err(format!("version {v}, this build understands {VERSION}"));
+        }
+        let s = self.size.load(Ordering::Relaxed);
+        if s as usize != std::mem::size_of::<Region>() {
+            return Err(format!(
+                "size {s}, expected {}",
+                std::mem::size_of::<Region>()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the header still looks right (cheap; one load).
+    pub fn is_valid(&self) -> bool {
+        self.magic.load(Ordering::Relaxed) == MAGIC
+    }
+
+    pub fn set_limits(&self, limits: &Limits) {
+        self.vram_quota
+            .store(limits.vram_quota.unwrap_or(0), Ordering::Relaxed);
+        let ppm = limits
+            .compute_share
+            .map(|s| (s.clamp(0.0, 1.0) * 1e6).round() as u32)
+            .filter(|&p| p > 0 && p < 1_000_000)
+            .unwrap_or(0);
+        self.compute_share_ppm.store(ppm, Ordering::Relaxed);
+        if ppm == 0 {
+            self.launch_interval_ns.store(0, Ordering::Relaxed);
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        let q = self.vram_quota.load(Ordering::Relaxed);
+        let s = self.compute_share_ppm.load(Ordering::Relaxed);
+        Limits {
+            vram_quota: (q > 0).then_some(q),
+            compute_share: (s > 0).then(|| s as f64 / 1e6),
+        }
+    }
+
+    pub fn device_uuid(&self) -> String {
+        let bytes: Vec<u8> = self
+            .device_uuid
+            .iter()
+            .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())
+            .collect();
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        String::from_utf8_lossy(&bytes[..end]).into_owned()
+    }
+
+    pub fn owner_pid(&self) -> u32 {
+        self.owner_pid.load(Ordering::Relaxed)
+    }
+
+    // ----- processes -----
+
+    /// Find or claim the entry of process `pid`.
+    pub fn register(&self, pid: u32) -> Option<usize> {
+        let start = sys::process_start_time(pid).unwrap_or(1);
+        for attempt in 0..2 {
+            for (i, p) in self.procs.iter().enumerate() {
+                if p.pid.load(Ordering::Acquire) == pid {
+                    if p.start_time.load(Ordering::Acquire) == start {
+                        return Some(i);
+                    }
+                    self.reclaim_entry(i, pid);
+                }
+            }
+            for (i, p) in self.procs.iter().enumerate() {
+                if p.pid
+                    .compare_exchange(0, pid, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    p.vram_used.store(0, Ordering::Relaxed);
+                    p.launches.store(0, Ordering::Relaxed);
+                    p.start_time.store(start, Ordering::Release);
+                    return Some(i);
+                }
+            }
+            if attempt == 0 {
+                self.reclaim_dead();
+            }
+        }
+        None
+    }
+
+    fn reclaim_entry(&self, i: usize, pid: u32) -> u64 {
+        let p = &self.procs[i];
+        if p.pid
+            .compare_exchange(pid, PID_RECLAIMING, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return 0;
+        }
+        let bytes = p.vram_used.swap(0, Ordering::AcqRel);
+        self.vram_used.fetch_sub(bytes, Ordering::AcqRel);
+        p.launches.store(0, Ordering::Relaxed);
+        p.start_time.store(0, Ordering::Relaxed);
+        p.pid.store(0, Ordering::Release);
+        bytes
+    }
+
+    /// Give back the memory of processes that have exited or were killed. Returns the bytes.
+    pub fn reclaim_dead(&self) -> u64 {
+        let mut bytes = 0;
+        for (i, p) in self.procs.iter().enumerate() {
+            let pid = p.pid.load(Ordering::Acquire);
+            let start = p.start_time.load(Ordering::Acquire);
+            if pid == 0 || pid == PID_RECLAIMING || start == 0 {
+                continue;
+            }
+            if sys::process_start_time(pid) != Some(start) {
+                bytes += self.reclaim_entry(i, pid);
+            }
+        }
+        bytes
+    }
+
+    /// Live processes: (pid, vram bytes, launches).
+    pub fn processes(&self) -> Vec<(u32, u64, u64)> {
+        self.procs
+            .iter()
+            .filter_map(|p| {
+                let pid = p.pid.load(Ordering::Acquire);
+                (pid != 0 && pid != PID_RECLAIMING).then(|| {
+                    (
+                        pid,
+                        p.vram_used.load(Ordering::Relaxed),
+                        p.launches.load(Ordering::Relaxed),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    // ----- VRAM fast path -----
+
+    /// Charge `bytes` to process entry `slot`; fails (changing nothing) past the quota.
+    pub fn charge(&self, slot: usize, bytes: u64) -> Result<(), OverQuota> {
+        let quota = self.vram_quota.load(Ordering::Relaxed);
+        let mut cur = self.vram_used.load(Ordering::Relaxed);
+        let mut reclaimed = false;
+        loop {
+            let next = cur.saturating_add(bytes);
+            if quota != 0 && next > quota {
+                if !reclaimed {
+                    reclaimed = true;
+                    if self.reclaim_dead() > 0 {
+                        cur = self.vram_used.load(Ordering::Relaxed);
+                        continue;
+                    }
+                }
+                self.oom_events.fetch_add(1, Ordering::Relaxed);
+                return Err(OverQuota {
+                    requested: bytes,
+                    used: cur,
+                    quota,
+                });
+            }
+            match self.vram_used.compare_exchange_weak(
+                cur,
+                next,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    self.vram_peak.fetch_max(next, Ordering::Relaxed);
+                    self.procs[slot]
+                        .vram_used
+                        .fetch_add(bytes, Ordering::AcqRel);
+                    return Ok(());
+                }
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Give back `bytes` charged to `slot` (never below zero).
+    pub fn uncharge(&self, slot: usize, bytes: u64) {
+        let p = &self.procs[slot].vram_used;
+        let mut mine = p.load(Ordering::Relaxed);
+        // Only return what this process holds: a double free cannot steal others' usage.
+        let take = loop {
+            let take = bytes.min(mine);
+            match p.compare_exchange_weak(mine, mine - take, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => break take,
+                Err(actual) => mine = actual,
+            }
+        };
+        self.vram_used.fetch_sub(take, Ordering::AcqRel);
+    }
+
+    pub fn vram_quota(&self) -> Option<u64> {
+        let q = self.vram_quota.load(Ordering::Relaxed);
+        (q > 0).then_some(q)
+    }
+
+    pub fn vram_used(&self) -> u64 {
+        self.vram_used.load(Ordering::Relaxed)
+    }
+
+    // ----- launch fast path -----
+
+    /// Whether launches are being paced at all (one load).
+    #[inline]
+    pub fn pacing(&self) -> bool {
+        self.launch_interval_ns.load(Ordering::Relaxed) != 0
+    }
+
+    /// Admit one launch at time `now` for process entry `slot`: returns how long the caller
+    /// must wait before launching (0 = go now). Lock-free (GCRA: one compare-and-swap).
+    #[inline]
+    pub fn admit_launch(&self, slot: usize, now: u64) -> u64 {
+        let interval = self.launch_interval_ns.load(Ordering::Relaxed);
+        if interval == 0 {
+            return 0;
+        }
+        self.launches.fetch_add(1, Ordering::Relaxed);
+        self.procs[slot].launches.fetch_add(1, Ordering::Relaxed);
+        let burst = self.burst_ns.load(Ordering::Relaxed);
+        let mut tat = self.tat_ns.load(Ordering::Relaxed);
+        loop {
+            let start = tat.max(now);
+            match self.tat_ns.compare_exchange_weak(
+                tat,
+                start + interval,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    let wait = start.saturating_sub(now + burst);
+                    if wait > 0 {
+                        self.throttled_launches.fetch_add(1, Ordering::Relaxed);
+                        self.throttled_ns.fetch_add(wait, Ordering::Relaxed);
+                    }
+                    return wait;
+                }
+                Err(actual) => tat = actual,
+            }
+        }
+    }
+
+    /// Counters the controller needs: (launches, throttled launches).
+    pub fn launch_counters(&self) -> (u64, u64) {
+        (
+            self.launches.load(Ordering::Relaxed),
+            self.throttled_launches.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Set by the controller.
+    pub fn set_pacing(&self, interval_ns: u64, burst_ns: u64, est_launch_ns: u64, measured: f64) {
+        self.burst_ns.store(burst_ns, Ordering::Relaxed);
+        self.launch_interval_ns
+            .store(interval_ns, Ordering::Relaxed);
+        self.est_launch_ns.store(est_launch_ns, Ordering::Relaxed);
+        self.measured_share_ppm
+            .store((measured.clamp(0.0, 1.0) * 1e6) as u32, Ordering::Relaxed);
+    }
+
+    pub fn compute_share(&self) -> Option<f64> {
+        let s = self.compute_share_ppm.load(Ordering::Relaxed);
+        (s > 0).then(|| s as f64 / 1e6)
+    }
+
+    pub fn stats(&self) -> RegionStats {
+        let l = self.limits();
+        RegionStats {
+            device_uuid: self.device_uuid(),
+            vram_quota: l.vram_quota,
+            vram_used: self.vram_used(),
+            vram_peak: self.vram_peak.load(Ordering::Relaxed),
+            oom_events: self.oom_events.load(Ordering::Relaxed),
+            compute_share: l.compute_share,
+            launches: self.launches.load(Ordering::Relaxed),
+            throttled_launches: self.throttled_launches.load(Ordering::Relaxed),
+            throttled_ns: self.throttled_ns.load(Ordering::Relaxed),
+            launch_interval_ns: self.launch_interval_ns.load(Ordering::Relaxed),
+            est_launch_ns: self.est_launch_ns.load(Ordering::Relaxed),
+            measured_share: self.measured_share_ppm.load(Ordering::Relaxed) as f64 / 1e6,
+            processes: self.processes(),
+        }
+    }
+}
+
+/// Default burst tolerance: launches may run up to 5 ms ahead of their schedule.
+pub const DEFAULT_BURST_NS: u64 = 5_000_000;
+
+fn map(path: &Path, create: bool) -> Result<&'static Region, RegionError> {
+    let io = |source| RegionError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let size = std::mem::size_of::<Region>();
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(create)
+        .mode(0o666)
+        .open(path)
+        .map_err(io)?;
+    if create {
+        file.set_len(size as u64).map_err(io)?;
+    } else {
+        let len = file.metadata().map_err(io)?.len();
+        if len < size as u64 {
+            return Err(RegionError::Invalid {
+                path: path.to_path_buf(),
+                why: format!("file is {len} bytes, a region is {size}"),
+            });
+        }
+    }
+    let p = sys::map_shared(file.as_raw_fd(), size).map_err(io)?;
+    // SAFETY: a shared mapping of `size` bytes, page aligned, never unmapped (leaked for the
+    // life of the process); Region is all atomics and padding, valid for any bit pattern, and
+    // is only ever accessed through atomic operations.
+    Ok(unsafe { &*(p as *const Region) })
+}
