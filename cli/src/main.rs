@@ -1,6 +1,7 @@
 //! `tensor-fusion`: the user's command line.
 
 mod backends;
+mod bench;
 mod demo;
 mod devices;
 mod fakegpu;
@@ -35,6 +36,14 @@ enum Command {
     Run(run::RunArgs),
     /// Scheduler trace simulator and throughput bench.
     Sim(sim::SimArgs),
+    /// Benchmarks that print their figures as JSON lines.
+    Bench(bench::BenchArgs),
+    /// Time driver calls in this process (used by `bench limiter`).
+    #[command(hide = true)]
+    BenchProbe {
+        /// Calls to time.
+        iterations: u32,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -50,6 +59,8 @@ fn main() -> std::process::ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::FakeGpu(args) => fakegpu::run(args),
         Command::Sim(args) => sim::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::BenchProbe { iterations } => bench::probe(iterations),
         Command::Run(args) => match run::run(args) {
             Ok(code) => std::process::exit(code),
             Err(e) => Err(e),

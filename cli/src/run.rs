@@ -251,15 +251,21 @@ fn forward_signals(child: u32) -> Result<signal_hook::iterator::Handle> {
     Ok(handle)
 }
 
-/// Cumulative device time used by the vGPU's processes.
+/// Cumulative device time used by the vGPU's processes, from the best source the backend has:
+/// per-process busy time; else the device's busy counter; else the device's utilization,
+/// integrated over time (the last two are right when the vGPU is alone on its device).
 struct BusyMeter<'a> {
     device: &'a dyn Device,
     region: &'static Region,
     warned: bool,
+    integrated: f64,
+    last: Option<u64>,
 }
 
 impl BusyMeter<'_> {
     fn busy_ns(&mut self) -> Option<u64> {
+        let now = tf_vgpu_limiter::sys::now_ns();
+        let since = self.last.replace(now);
         let pids: Vec<u32> = self.region.processes().iter().map(|p| p.0).collect();
         let procs = self.device.processes().unwrap_or_default();
         let per_process = procs.iter().any(|p| p.busy_ns.is_some());
@@ -272,15 +278,22 @@ impl BusyMeter<'_> {
                     .sum(),
             );
         }
-        // No per-process busy time: use the whole device's (right when the vGPU is alone on
-        // it).
         if !self.warned {
             self.warned = true;
             tracing::warn!(
-                "the backend has no per-process busy time; pacing on whole-device busy time"
+                "the backend has no per-process busy time; pacing on the whole device's busy time"
             );
         }
-        self.device.busy_sample().ok().flatten().map(|s| s.busy_ns)
+        if let Ok(Some(s)) = self.device.busy_sample() {
+            return Some(s.busy_ns);
+        }
+        let dt = now.saturating_sub(since?);
+        let util = self
+            .device
+            .utilization(Duration::from_nanos(dt.max(1)))
+            .ok()?;
+        self.integrated += util / 100.0 * dt as f64;
+        Some(self.integrated as u64)
     }
 }
 
@@ -295,6 +308,8 @@ fn control_loop(
         device,
         region,
         warned: false,
+        integrated: 0.0,
+        last: None,
     };
     while !done.load(Ordering::Acquire) {
         region.reclaim_dead();

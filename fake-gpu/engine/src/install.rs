@@ -23,7 +23,7 @@ pub fn install(dest: &Path) -> Result<Vec<PathBuf>> {
         for name in *names {
             let to = dest.join(name);
             // Replace atomically so a running program that has the old file mapped is unharmed.
-            let tmp = dest.join(format!(".{name}.tmp"));
+            let tmp = dest.join(format!(".{name}.{}.tmp", std::process::id()));
             std::fs::copy(&src, &tmp)
                 .map_err(|e| io(format!("copy {} to {}", src.display(), tmp.display()), e))?;
             std::fs::rename(&tmp, &to).map_err(|e| io(format!("rename to {}", to.display()), e))?;

@@ -187,18 +187,18 @@ static int churn(long iterations, unsigned int seed) {
     CUdeviceptr live[SLOTS] = {0};
     srand(seed);
     long ok = 0, oom = 0;
+    /* Each iteration allocates once (freeing the slot's previous allocation first). */
     for (long i = 0; i < iterations; i++) {
         int k = rand() % SLOTS;
         if (live[k]) {
             CHECK(api.MemFree(live[k]));
             live[k] = 0;
-        } else {
-            size_t bytes = ((size_t)(rand() % 8) + 1) << 20;
-            CUresult rc = api.MemAlloc(&live[k], bytes);
-            if (rc == CUDA_SUCCESS) ok++;
-            else if (rc == CUDA_ERROR_OUT_OF_MEMORY) { oom++; live[k] = 0; }
-            else { fprintf(stderr, "cuMemAlloc: %d\n", rc); return 1; }
         }
+        size_t bytes = ((size_t)(rand() % 8) + 1) << 20;
+        CUresult rc = api.MemAlloc(&live[k], bytes);
+        if (rc == CUDA_SUCCESS) ok++;
+        else if (rc == CUDA_ERROR_OUT_OF_MEMORY) { oom++; live[k] = 0; }
+        else { fprintf(stderr, "cuMemAlloc: %d\n", rc); return 1; }
         if (i % 1024 == 0) {
             size_t fr, tot;
             CHECK(api.MemGetInfo(&fr, &tot));

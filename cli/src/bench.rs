@@ -1,0 +1,263 @@
+//! `tensor-fusion bench limiter`: what the CUDA interposer adds to each driver call.
+//!
+//! Runs the same probe process twice — once plain, once with the interposer preloaded on an
+//! unlimited vGPU — alternating several rounds, and prints one JSON object per measured call:
+//! the median time per call with and without the interposer and the difference. The probe
+//! reaches the driver the way cudarc and the CUDA runtime do (dlopen + dlsym), so the numbers
+//! include the interposer's dispatch.
+
+use std::ffi::c_void;
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail, ensure};
+use serde::{Deserialize, Serialize};
+use tf_hal::BackendKind;
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub what: BenchWhat,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchWhat {
+    /// Overhead of the interposer per call (median ns) on a cheap query and a kernel launch.
+    Limiter {
+        /// Backend whose driver library to measure (default: $TF_BACKEND, config, or fake).
+        #[arg(long)]
+        backend: Option<String>,
+        /// Calls timed per measurement.
+        #[arg(long, default_value_t = 20_000)]
+        iterations: u32,
+        /// Alternating rounds (plain, interposed, plain, ...).
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Print JSON lines (the default output is also JSON lines; this flag is accepted for
+        /// symmetry with other commands).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// What one probe run measured.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ProbeResult {
+    pub query_median_ns: f64,
+    pub launch_median_ns: f64,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let BenchWhat::Limiter {
+        backend,
+        iterations,
+        rounds,
+        json: _,
+    } = args.what;
+    ensure!(iterations >= 100, "--iterations must be at least 100");
+    ensure!(rounds >= 1, "--rounds must be at least 1");
+    let kind = tf_hal::config::select_backend(backend.as_deref())?;
+    let be = crate::backends::open_kind(kind)?;
+    let info = be.device(0)?.info().clone();
+    let dir = std::env::temp_dir();
+    let region_path = dir.join(format!("tf-vgpu-bench-{}", std::process::id()));
+    let limits = tf_vgpu_limiter::Limits {
+        vram_quota: None,
+        compute_share: None,
+    };
+    tf_vgpu_limiter::Region::create(&region_path, &info.uuid, 0, &limits)?;
+    struct Remove(PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _remove = Remove(region_path.clone());
+    let interposer = tf_hal::artifacts::find_built("libtf_cuda_interposer.so")?;
+    let exe = std::env::current_exe()?;
+    let ld = if kind == BackendKind::Fake {
+        Some(crate::fakegpu::installed_driver_dir()?)
+    } else {
+        None
+    };
+    let probe = |interposed: bool| -> Result<ProbeResult> {
+        let mut c = Command::new(&exe);
+        c.args(["bench-probe", &iterations.to_string()]);
+        c.env_remove("LD_PRELOAD")
+            .env("CUDA_VISIBLE_DEVICES", &info.uuid);
+        if let Some(d) = &ld {
+            c.env("LD_LIBRARY_PATH", d);
+        }
+        if interposed {
+            c.env("LD_PRELOAD", &interposer)
+                .env(tf_vgpu_limiter::client::REGION_ENV, &region_path);
+        }
+        let out = c.output().context("running the probe")?;
+        if !out.status.success() {
+            bail!("probe failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let (mut plain, mut inter) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        plain.push(probe(false)?);
+        inter.push(probe(true)?);
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    for (call, pick) in [
+        (
+            "cuDeviceTotalMem_v2",
+            (|r: &ProbeResult| r.query_median_ns) as fn(&ProbeResult) -> f64,
+        ),
+        ("cuLaunchKernel", |r: &ProbeResult| r.launch_median_ns),
+    ] {
+        let base = med(&mut plain.iter().map(pick).collect());
+        let with = med(&mut inter.iter().map(pick).collect());
+        println!(
+            "{}",
+            serde_json::json!({
+                "bench": "limiter",
+                "backend": kind.as_str(),
+                "device": info.model,
+                "call": call,
+                "iterations": iterations,
+                "rounds": rounds,
+                "baseline_median_ns": (base * 10.0).round() / 10.0,
+                "interposed_median_ns": (with * 10.0).round() / 10.0,
+                "overhead_median_ns": ((with - base) * 10.0).round() / 10.0,
+            })
+        );
+    }
+    Ok(())
+}
+
+type CuInit = unsafe extern "C" fn(u32) -> u32;
+type CuDeviceGet = unsafe extern "C" fn(*mut i32, i32) -> u32;
+type CuPrimaryRetain = unsafe extern "C" fn(*mut *mut c_void, i32) -> u32;
+type CuCtxSetCurrent = unsafe extern "C" fn(*mut c_void) -> u32;
+type CuTotalMem = unsafe extern "C" fn(*mut usize, i32) -> u32;
+type CuModuleLoadData = unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> u32;
+type CuModuleGetFunction = unsafe extern "C" fn(*mut *mut c_void, *mut c_void, *const i8) -> u32;
+type CuLaunchKernel = unsafe extern "C" fn(
+    *mut c_void,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    *mut c_void,
+    *mut *mut c_void,
+    *mut *mut c_void,
+) -> u32;
+type CuCtxSynchronize = unsafe extern "C" fn() -> u32;
+
+fn now_ns() -> u64 {
+    tf_vgpu_limiter::sys::now_ns()
+}
+
+/// The probe: time `n` calls of a cheap query and `n` kernel launches; prints one JSON object.
+pub fn probe(n: u32) -> Result<()> {
+    // SAFETY: loading the system's CUDA driver library, whose initialisers are safe to run.
+    let lib =
+        unsafe { libloading::Library::new("libcuda.so.1") }.context("loading libcuda.so.1")?;
+    macro_rules! sym {
+        ($t:ty, $name:literal) => {
+            // SAFETY: the symbol has the driver API's documented signature, which $t is.
+            *unsafe { lib.get::<$t>($name) }
+                .with_context(|| format!("symbol {}", String::from_utf8_lossy($name)))?
+        };
+    }
+    let init = sym!(CuInit, b"cuInit\0");
+    let device_get = sym!(CuDeviceGet, b"cuDeviceGet\0");
+    let retain = sym!(CuPrimaryRetain, b"cuDevicePrimaryCtxRetain\0");
+    let set_current = sym!(CuCtxSetCurrent, b"cuCtxSetCurrent\0");
+    let total_mem = sym!(CuTotalMem, b"cuDeviceTotalMem_v2\0");
+    let load = sym!(CuModuleLoadData, b"cuModuleLoadData\0");
+    let get_function = sym!(CuModuleGetFunction, b"cuModuleGetFunction\0");
+    let launch = sym!(CuLaunchKernel, b"cuLaunchKernel\0");
+    let sync = sym!(CuCtxSynchronize, b"cuCtxSynchronize\0");
+    let check = |rc: u32, what: &str| -> Result<()> {
+        ensure!(rc == 0, "{what} failed: CUresult {rc}");
+        Ok(())
+    };
+    let ptx = std::ffi::CString::new(tf_hal::TEST_KERNELS_PTX)?;
+    let (mut dev, mut ctx, mut module, mut func) = (
+        0i32,
+        std::ptr::null_mut(),
+        std::ptr::null_mut(),
+        std::ptr::null_mut(),
+    );
+    // SAFETY: driver calls with valid output pointers and NUL-terminated strings.
+    unsafe {
+        check(init(0), "cuInit")?;
+        check(device_get(&mut dev, 0), "cuDeviceGet")?;
+        check(retain(&mut ctx, dev), "cuDevicePrimaryCtxRetain")?;
+        check(set_current(ctx), "cuCtxSetCurrent")?;
+        check(
+            load(&mut module, ptx.as_ptr() as *const c_void),
+            "cuModuleLoadData",
+        )?;
+        check(
+            get_function(&mut func, module, c"tf_busy".as_ptr()),
+            "cuModuleGetFunction",
+        )?;
+    }
+    let median = |mut v: Vec<u64>| {
+        v.sort_unstable();
+        v[v.len() / 2] as f64
+    };
+    let mut q = Vec::with_capacity(n as usize);
+    let mut bytes = 0usize;
+    for _ in 0..n {
+        let t0 = now_ns();
+        // SAFETY: a valid output pointer and device.
+        let rc = unsafe { total_mem(&mut bytes, dev) };
+        let t1 = now_ns();
+        check(rc, "cuDeviceTotalMem_v2")?;
+        q.push(t1 - t0);
+    }
+    let mut ns: u64 = 0;
+    let mut params = [&mut ns as *mut u64 as *mut c_void];
+    let mut l = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        if i % 256 == 0 {
+            // SAFETY: plain synchronization, outside the timed region.
+            check(unsafe { sync() }, "cuCtxSynchronize")?;
+        }
+        let t0 = now_ns();
+        // SAFETY: tf_busy(u64 ns) with one parameter, on the default stream.
+        let rc = unsafe {
+            launch(
+                func,
+                1,
+                1,
+                1,
+                1,
+                1,
+                1,
+                0,
+                std::ptr::null_mut(),
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        };
+        let t1 = now_ns();
+        check(rc, "cuLaunchKernel")?;
+        l.push(t1 - t0);
+    }
+    // SAFETY: plain synchronization.
+    check(unsafe { sync() }, "cuCtxSynchronize")?;
+    println!(
+        "{}",
+        serde_json::to_string(&ProbeResult {
+            query_median_ns: median(q),
+            launch_median_ns: median(l),
+        })?
+    );
+    Ok(())
+}
