@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use tf_hal::{BackendKind, Device};
-use tf_vgpu_limiter::{Controller, Limits, Region};
+use tf_vgpu_limiter::{Controller, Estimator, Limits, Region};
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -187,7 +187,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
         let device = device.clone();
         std::thread::Builder::new()
             .name("vgpu-controller".into())
-            .spawn(move || control_loop(region, &*device, share, &done))?
+            .spawn(move || control_loop(region, &*device, share, estimator(kind), &done))?
     };
     let status = child.wait().context("waiting for the command")?;
     done.store(true, Ordering::Release);
@@ -208,6 +208,9 @@ pub fn run(args: RunArgs) -> Result<i32> {
             "throttled_ns": s.throttled_ns,
             "est_launch_ns": s.est_launch_ns,
             "measured_share": s.measured_share,
+            "samples": s.samples,
+            "sampled_ns": s.sampled_ns,
+            "launch_interval_ns": s.launch_interval_ns,
             "exit": exit_code(status),
         });
         std::fs::write(report, serde_json::to_string_pretty(&json)? + "\n")
@@ -251,49 +254,41 @@ fn forward_signals(child: u32) -> Result<signal_hook::iterator::Handle> {
     Ok(handle)
 }
 
-/// Cumulative device time used by the vGPU's processes, from the best source the backend has:
-/// per-process busy time; else the device's busy counter; else the device's utilization,
-/// integrated over time (the last two are right when the vGPU is alone on its device).
-struct BusyMeter<'a> {
-    device: &'a dyn Device,
-    region: &'static Region,
-    warned: bool,
-    integrated: f64,
-    last: Option<u64>,
+/// Cumulative device time of the vGPU's processes, where the backend reports it per process
+/// (the simulated GPU does; NVML's per-process utilization is too coarse to pace on).
+fn process_busy_ns(device: &dyn Device, region: &Region) -> Option<u64> {
+    let pids: Vec<u32> = region.processes().iter().map(|p| p.0).collect();
+    let procs = device.processes().ok()?;
+    if !procs.is_empty() && procs.iter().all(|p| p.busy_ns.is_none()) {
+        return None;
+    }
+    Some(
+        procs
+            .iter()
+            .filter(|p| pids.contains(&p.pid))
+            .filter_map(|p| p.busy_ns)
+            .sum(),
+    )
 }
 
-impl BusyMeter<'_> {
-    fn busy_ns(&mut self) -> Option<u64> {
-        let now = tf_vgpu_limiter::sys::now_ns();
-        let since = self.last.replace(now);
-        let pids: Vec<u32> = self.region.processes().iter().map(|p| p.0).collect();
-        let procs = self.device.processes().unwrap_or_default();
-        let per_process = procs.iter().any(|p| p.busy_ns.is_some());
-        if per_process || (procs.is_empty() && !self.warned) {
-            return Some(
-                procs
-                    .iter()
-                    .filter(|p| pids.contains(&p.pid))
-                    .filter_map(|p| p.busy_ns)
-                    .sum(),
-            );
-        }
-        if !self.warned {
-            self.warned = true;
-            tracing::warn!(
-                "the backend has no per-process busy time; pacing on the whole device's busy time"
-            );
-        }
-        if let Ok(Some(s)) = self.device.busy_sample() {
-            return Some(s.busy_ns);
-        }
-        let dt = now.saturating_sub(since?);
-        let util = self
-            .device
-            .utilization(Duration::from_nanos(dt.max(1)))
-            .ok()?;
-        self.integrated += util / 100.0 * dt as f64;
-        Some(self.integrated as u64)
+/// `TF_VGPU_ESTIMATOR=busy|samples` chooses where the controller learns device time; by
+/// default per-process busy time when the backend has it, else launches timed by the
+/// interposer.
+fn estimator(kind: BackendKind) -> Estimator {
+    match std::env::var("TF_VGPU_ESTIMATOR") {
+        Ok(v) => Estimator::parse(&v).unwrap_or_else(|| {
+            tracing::warn!("TF_VGPU_ESTIMATOR={v:?} is not busy or samples; using the default");
+            default_estimator(kind)
+        }),
+        Err(_) => default_estimator(kind),
+    }
+}
+
+fn default_estimator(kind: BackendKind) -> Estimator {
+    if kind == BackendKind::Fake {
+        Estimator::Busy
+    } else {
+        Estimator::Samples
     }
 }
 
@@ -301,23 +296,26 @@ fn control_loop(
     region: &'static Region,
     device: &dyn Device,
     share: Option<f64>,
+    estimator: Estimator,
     done: &AtomicBool,
 ) {
     let mut controller = share.map(Controller::new);
-    let mut meter = BusyMeter {
-        device,
-        region,
-        warned: false,
-        integrated: 0.0,
-        last: None,
-    };
+    let mut estimator = estimator;
     while !done.load(Ordering::Acquire) {
         region.reclaim_dead();
-        if let Some(c) = controller.as_mut()
-            && let Some(busy) = meter.busy_ns()
-        {
-            let t = c.tick(region, tf_vgpu_limiter::sys::now_ns(), busy);
-            tracing::debug!(?t, "controller tick");
+        if let Some(c) = controller.as_mut() {
+            let busy = match estimator {
+                Estimator::Busy => process_busy_ns(device, region).unwrap_or_else(|| {
+                    tracing::warn!(
+                        "the backend has no per-process busy time; timing launches instead"
+                    );
+                    estimator = Estimator::Samples;
+                    0
+                }),
+                Estimator::Samples => 0,
+            };
+            let t = c.tick(region, tf_vgpu_limiter::sys::now_ns(), estimator, busy);
+            tracing::debug!(?t, ?estimator, "controller tick");
         }
         std::thread::sleep(Duration::from_millis(100));
     }

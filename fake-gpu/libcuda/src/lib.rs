@@ -994,6 +994,15 @@ impl Driver for FakeCuda {
             .map(|_| ()))
     }
 
+    // --- stream capture mode (kept per thread; the simulator needs no enforcement) ---
+    unsafe fn cuThreadExchangeStreamCaptureMode(mode: *mut u32) -> u32 {
+        r(driver().and_then(|_| {
+            let new = ffi::read(mode)?;
+            thread_local! { static MODE: std::cell::Cell<u32> = const { std::cell::Cell::new(CU_STREAM_CAPTURE_MODE_GLOBAL) }; }
+            out(mode, MODE.with(|m| m.replace(new)))
+        }))
+    }
+
     // --- events ---
     unsafe fn cuEventCreate(p: *mut *mut c_void, f: u32) -> u32 {
         r(exec::event_create(p, f))

@@ -75,7 +75,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             );
         }
         _ => {
-            return Err("usage: cudarc_probe vram BLOCK_MIB | busy SECONDS WARMUP KERNEL_US".into());
+            return Err(
+                "usage: cudarc_probe vram BLOCK_MIB | busy SECONDS WARMUP KERNEL_US".into(),
+            );
         }
     }
     Ok(())

@@ -136,12 +136,15 @@ fn released(ptr: u64, free: impl FnOnce() -> u32) -> u32 {
     rc
 }
 
-fn paced(launch: impl FnOnce() -> u32) -> u32 {
+/// Launch on `stream`, paced to the vGPU's compute share (and now and then timed, so the
+/// controller learns what a launch costs). Unlimited vGPUs pay two loads.
+fn paced(stream: *mut c_void, launch: impl FnOnce() -> u32) -> u32 {
     if let Some(c) = client()
-        && c.region().pacing()
+        && c.region().compute_share().is_some()
         && state::current_device_limited(c)
     {
         c.before_launch();
+        return crate::sampler::launch(c, stream, launch);
     }
     launch()
 }
@@ -388,40 +391,40 @@ hooks! {
 
     // ----- launches -----
     Cuda driver_fn fn cuLaunchKernel(f: *mut c_void, gridDimX: u32, gridDimY: u32, gridDimZ: u32, blockDimX: u32, blockDimY: u32, blockDimZ: u32, sharedMemBytes: u32, hStream: *mut c_void, kernelParams: *mut *mut c_void, extra: *mut *mut c_void) {
-        paced(|| call!(Cuda, f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes, hStream, kernelParams, extra))
+        paced(hStream, || call!(Cuda, f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes, hStream, kernelParams, extra))
     }
     Cuda driver_fn fn cuLaunchKernel_ptsz(f: *mut c_void, gridDimX: u32, gridDimY: u32, gridDimZ: u32, blockDimX: u32, blockDimY: u32, blockDimZ: u32, sharedMemBytes: u32, hStream: *mut c_void, kernelParams: *mut *mut c_void, extra: *mut *mut c_void) {
-        paced(|| call!(Cuda, f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes, hStream, kernelParams, extra))
+        paced(hStream, || call!(Cuda, f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes, hStream, kernelParams, extra))
     }
     Cuda driver_fn fn cuLaunchKernelEx(config: *const c_void, f: *mut c_void, kernelParams: *mut *mut c_void, extra: *mut *mut c_void) {
-        paced(|| call!(Cuda, config, f, kernelParams, extra))
+        paced(read(config as *const tf_cuda_abi::CUlaunchConfig).map_or(std::ptr::null_mut(), |c| c.hStream), || call!(Cuda, config, f, kernelParams, extra))
     }
     Cuda driver_fn fn cuLaunchKernelEx_ptsz(config: *const c_void, f: *mut c_void, kernelParams: *mut *mut c_void, extra: *mut *mut c_void) {
-        paced(|| call!(Cuda, config, f, kernelParams, extra))
+        paced(read(config as *const tf_cuda_abi::CUlaunchConfig).map_or(std::ptr::null_mut(), |c| c.hStream), || call!(Cuda, config, f, kernelParams, extra))
     }
     Cuda driver_fn fn cuLaunchCooperativeKernel(f: *mut c_void, gridDimX: u32, gridDimY: u32, gridDimZ: u32, blockDimX: u32, blockDimY: u32, blockDimZ: u32, sharedMemBytes: u32, hStream: *mut c_void, kernelParams: *mut *mut c_void) {
-        paced(|| call!(Cuda, f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes, hStream, kernelParams))
+        paced(hStream, || call!(Cuda, f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes, hStream, kernelParams))
     }
     Cuda driver_fn fn cuLaunchCooperativeKernel_ptsz(f: *mut c_void, gridDimX: u32, gridDimY: u32, gridDimZ: u32, blockDimX: u32, blockDimY: u32, blockDimZ: u32, sharedMemBytes: u32, hStream: *mut c_void, kernelParams: *mut *mut c_void) {
-        paced(|| call!(Cuda, f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes, hStream, kernelParams))
+        paced(hStream, || call!(Cuda, f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes, hStream, kernelParams))
     }
     Cuda driver_fn fn cuLaunchCooperativeKernelMultiDevice(launchParamsList: *mut c_void, numDevices: u32, flags: u32) {
-        paced(|| call!(Cuda, launchParamsList, numDevices, flags))
+        paced(std::ptr::null_mut(), || call!(Cuda, launchParamsList, numDevices, flags))
     }
     Cuda driver_fn fn cuLaunch(f: *mut c_void) {
-        paced(|| call!(Cuda, f))
+        paced(std::ptr::null_mut(), || call!(Cuda, f))
     }
     Cuda driver_fn fn cuLaunchGrid(f: *mut c_void, grid_width: i32, grid_height: i32) {
-        paced(|| call!(Cuda, f, grid_width, grid_height))
+        paced(std::ptr::null_mut(), || call!(Cuda, f, grid_width, grid_height))
     }
     Cuda driver_fn fn cuLaunchGridAsync(f: *mut c_void, grid_width: i32, grid_height: i32, hStream: *mut c_void) {
-        paced(|| call!(Cuda, f, grid_width, grid_height, hStream))
+        paced(hStream, || call!(Cuda, f, grid_width, grid_height, hStream))
     }
     Cuda driver_fn fn cuGraphLaunch(hGraphExec: *mut c_void, hStream: *mut c_void) {
-        paced(|| call!(Cuda, hGraphExec, hStream))
+        paced(hStream, || call!(Cuda, hGraphExec, hStream))
     }
     Cuda driver_fn fn cuGraphLaunch_ptsz(hGraphExec: *mut c_void, hStream: *mut c_void) {
-        paced(|| call!(Cuda, hGraphExec, hStream))
+        paced(hStream, || call!(Cuda, hGraphExec, hStream))
     }
 
     // ----- entry points handed out by the driver -----

@@ -21,6 +21,7 @@
 mod dl;
 mod hooks;
 mod logging;
+mod sampler;
 mod state;
 
 pub use state::format_uuid;

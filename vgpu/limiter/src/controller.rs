@@ -24,6 +24,28 @@ struct Sample {
     busy: u64,
     launches: u64,
     throttled: u64,
+    sampled_ns: u64,
+    samples: u64,
+}
+
+/// Where the device time of the vGPU's launches comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Estimator {
+    /// Busy time reported by the backend for the vGPU's processes (exact on the simulated GPU).
+    Busy,
+    /// Launches timed by the interposers with events (works on any driver; under contention
+    /// with other processes it also counts the wait, so it errs on the side of less).
+    Samples,
+}
+
+impl Estimator {
+    pub fn parse(s: &str) -> Option<Estimator> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "busy" => Some(Estimator::Busy),
+            "samples" => Some(Estimator::Samples),
+            _ => None,
+        }
+    }
 }
 
 /// What one tick decided.
@@ -45,6 +67,7 @@ pub struct Controller {
     /// When the pacing last changed a lot (the share window must not straddle it to be
     /// trusted for correction).
     settled_since: u64,
+    sampled_busy: f64,
 }
 
 impl Controller {
@@ -56,6 +79,7 @@ impl Controller {
             est_launch_ns: INITIAL_LAUNCH_NS,
             correction: 1.0,
             settled_since: u64::MAX,
+            sampled_busy: 0.0,
         }
     }
 
@@ -63,15 +87,29 @@ impl Controller {
         self.target
     }
 
-    /// Feed one observation: `busy_ns` is the cumulative device time of the vGPU's processes at
-    /// monotonic time `now`. Writes the new pacing into `region` and returns what it decided.
-    pub fn tick(&mut self, region: &Region, now: u64, busy_ns: u64) -> Tick {
+    /// Feed one observation at monotonic time `now`. With [`Estimator::Busy`], `busy_ns` is the
+    /// cumulative device time of the vGPU's processes; with [`Estimator::Samples`] the device
+    /// time is the launches' sampled duration (and `busy_ns` is ignored). Writes the new pacing
+    /// into `region` and returns what it decided.
+    pub fn tick(&mut self, region: &Region, now: u64, estimator: Estimator, busy_ns: u64) -> Tick {
         let (launches, throttled) = region.launch_counters();
+        let (sampled_ns, samples) = region.sample_counters();
+        if estimator == Estimator::Samples && samples > 0 {
+            // Device time used so far = launches x mean sampled duration.
+            let mean = sampled_ns as f64 / samples as f64;
+            self.sampled_busy = launches as f64 * mean;
+        }
+        let busy_ns = match estimator {
+            Estimator::Busy => busy_ns,
+            Estimator::Samples => self.sampled_busy as u64,
+        };
         let s = Sample {
             at: now,
             busy: busy_ns,
             launches,
             throttled,
+            sampled_ns,
+            samples,
         };
         let prev = self.history.back().copied();
         self.history.push_back(s);
@@ -90,9 +128,33 @@ impl Controller {
             (busy_ns.saturating_sub(first.busy) as f64 / wall as f64).clamp(0.0, 1.0)
         };
         if let Some(p) = prev {
-            let d_launch = launches.saturating_sub(p.launches);
-            let d_busy = busy_ns.saturating_sub(p.busy);
-            if d_launch >= 2 && d_busy > 0 {
+            // Samples: the mean sampled duration in the window (all samples so far if the
+            // window has none). Busy: busy time per launch over the window, or over the last
+            // tick early on.
+            let (d_launch, d_busy, min_count) = if estimator == Estimator::Samples {
+                if samples > first.samples {
+                    (
+                        samples - first.samples,
+                        sampled_ns.saturating_sub(first.sampled_ns),
+                        1,
+                    )
+                } else {
+                    (samples, sampled_ns, 1)
+                }
+            } else if launches.saturating_sub(first.launches) >= 4 {
+                (
+                    launches - first.launches,
+                    busy_ns.saturating_sub(first.busy),
+                    2,
+                )
+            } else {
+                (
+                    launches.saturating_sub(p.launches),
+                    busy_ns.saturating_sub(p.busy),
+                    2,
+                )
+            };
+            if d_launch >= min_count && d_busy > 0 {
                 let sample = d_busy as f64 / d_launch as f64;
                 let before = self.est_launch_ns;
                 self.est_launch_ns = if p.launches == 0 {

@@ -18,5 +18,5 @@ pub mod region;
 pub mod sys;
 
 pub use client::{Client, LossPolicy};
-pub use controller::{Controller, Tick};
+pub use controller::{Controller, Estimator, Tick};
 pub use region::{Limits, OverQuota, Region, RegionError, RegionStats};

@@ -79,6 +79,9 @@ pub struct Region {
     throttled_ns: AtomicU64,
     /// Controller's latest estimate of device time per launch, ns (informational).
     est_launch_ns: AtomicU64,
+    /// Device time of sampled launches, measured by the interposers (events around a launch).
+    sampled_ns: AtomicU64,
+    samples: AtomicU64,
     /// Controller's latest measured share, ppm (informational).
     measured_share_ppm: AtomicU32,
     _pad1: u32,
@@ -109,6 +112,9 @@ pub struct RegionStats {
     pub launch_interval_ns: u64,
     pub est_launch_ns: u64,
     pub measured_share: f64,
+    /// Launches timed by the interposers, and their total device time.
+    pub samples: u64,
+    pub sampled_ns: u64,
     /// (pid, vram bytes, launches) of each live process.
     pub processes: Vec<(u32, u64, u64)>,
 }
@@ -185,6 +191,8 @@ impl Region {
             &self.throttled_launches,
             &self.throttled_ns,
             &self.est_launch_ns,
+            &self.sampled_ns,
+            &self.samples,
         ] {
             f.store(0, Ordering::Relaxed);
         }
@@ -450,6 +458,20 @@ impl Region {
         }
     }
 
+    /// Record the measured device time of one sampled launch.
+    pub fn add_sample(&self, ns: u64) {
+        self.sampled_ns.fetch_add(ns, Ordering::Relaxed);
+        self.samples.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (total sampled device time, number of samples).
+    pub fn sample_counters(&self) -> (u64, u64) {
+        (
+            self.sampled_ns.load(Ordering::Relaxed),
+            self.samples.load(Ordering::Relaxed),
+        )
+    }
+
     /// Counters the controller needs: (launches, throttled launches).
     pub fn launch_counters(&self) -> (u64, u64) {
         (
@@ -488,6 +510,8 @@ impl Region {
             launch_interval_ns: self.launch_interval_ns.load(Ordering::Relaxed),
             est_launch_ns: self.est_launch_ns.load(Ordering::Relaxed),
             measured_share: self.measured_share_ppm.load(Ordering::Relaxed) as f64 / 1e6,
+            samples: self.samples.load(Ordering::Relaxed),
+            sampled_ns: self.sampled_ns.load(Ordering::Relaxed),
             processes: self.processes(),
         }
     }

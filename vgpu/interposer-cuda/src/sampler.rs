@@ -1,0 +1,156 @@
+//! Timing a few launches with events, so the controller knows how much device time a launch
+//! takes on any driver (NVML's utilization is sampled too coarsely to pace on).
+//!
+//! At most one launch is timed at a time, at most every [`INTERVAL_NS`]: an event is recorded
+//! before it and one after it on its stream, and on a later launch the elapsed time is read and
+//! added to the region. Streams being captured into a graph are never timed, and the event calls
+//! run in relaxed capture mode so they cannot disturb another thread's capture.
+
+use std::ffi::{CStr, c_void};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use tf_cuda_abi::driver::*;
+use tf_vgpu_limiter::Client;
+
+use crate::hooks::{Lib, resolve};
+
+/// How often a launch is timed.
+pub const INTERVAL_NS: u64 = 5_000_000;
+
+struct Sampler {
+    ctx: usize,
+    start: usize,
+    end: usize,
+    pending: bool,
+}
+
+static SAMPLER: Mutex<Sampler> = Mutex::new(Sampler {
+    ctx: 0,
+    start: 0,
+    end: 0,
+    pending: false,
+});
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+macro_rules! real {
+    ($name:ident) => {{
+        static SLOT: AtomicUsize = AtomicUsize::new(0);
+        let name = concat!(stringify!($name), "\0");
+        let p = CStr::from_bytes_with_nul(name.as_bytes())
+            .map(|n| resolve(&SLOT, Lib::Cuda, n))
+            .unwrap_or(0);
+        // SAFETY: the real library's function of this name has the header's type.
+        (p != 0).then(|| unsafe { std::mem::transmute::<usize, tf_cuda_abi::driver_fn::$name>(p) })
+    }};
+}
+
+/// Run `f` with this thread in relaxed stream-capture mode.
+fn relaxed<T>(f: impl FnOnce() -> T) -> T {
+    let exchange = real!(cuThreadExchangeStreamCaptureMode);
+    let mut mode = CU_STREAM_CAPTURE_MODE_RELAXED;
+    let swapped = exchange
+        // SAFETY: exchanging this thread's capture mode through a valid pointer.
+        .is_some_and(|x| unsafe { x(&mut mode) } == CUDA_SUCCESS);
+    let r = f();
+    if swapped && let Some(x) = exchange {
+        // SAFETY: restoring the mode we swapped out.
+        unsafe { x(&mut mode) };
+    }
+    r
+}
+
+/// Read a finished sample into the region.
+fn collect(s: &mut Sampler, c: &Client) {
+    if !s.pending {
+        return;
+    }
+    let (Some(query), Some(elapsed)) = (real!(cuEventQuery), real!(cuEventElapsedTime)) else {
+        return;
+    };
+    // SAFETY: events we created, in the context that is current for the sampler.
+    match unsafe { query(s.end as *mut c_void) } {
+        CUDA_ERROR_NOT_READY => {}
+        CUDA_SUCCESS => {
+            let mut ms = 0f32;
+            // SAFETY: two recorded events of ours and a valid output.
+            if unsafe { elapsed(&mut ms, s.start as *mut c_void, s.end as *mut c_void) }
+                == CUDA_SUCCESS
+            {
+                c.region().add_sample((ms as f64 * 1e6) as u64);
+            }
+            s.pending = false;
+        }
+        _ => s.pending = false,
+    }
+}
+
+/// Launch through `launch`, timing it if a sample is due.
+pub fn launch(c: &Client, stream: *mut c_void, launch: impl FnOnce() -> u32) -> u32 {
+    let now = tf_vgpu_limiter::sys::now_ns();
+    if now < NEXT.load(Ordering::Relaxed) {
+        return launch();
+    }
+    let Ok(mut s) = SAMPLER.try_lock() else {
+        return launch();
+    };
+    NEXT.store(now + INTERVAL_NS, Ordering::Relaxed);
+    relaxed(|| collect(&mut s, c));
+    if s.pending || !prepare(&mut s, stream) {
+        return launch();
+    }
+    let record = real!(cuEventRecord);
+    // SAFETY: recording our event on the caller's stream of the current context.
+    let started = record
+        .is_some_and(|r| relaxed(|| unsafe { r(s.start as *mut c_void, stream) }) == CUDA_SUCCESS);
+    let rc = launch();
+    if started && rc == CUDA_SUCCESS {
+        // SAFETY: as above.
+        s.pending = record.is_some_and(|r| {
+            relaxed(|| unsafe { r(s.end as *mut c_void, stream) }) == CUDA_SUCCESS
+        });
+    }
+    rc
+}
+
+/// Events in the current context, and the stream not being captured.
+fn prepare(s: &mut Sampler, stream: *mut c_void) -> bool {
+    let (Some(get_ctx), Some(capturing), Some(create)) = (
+        real!(cuCtxGetCurrent),
+        real!(cuStreamIsCapturing),
+        real!(cuEventCreate),
+    ) else {
+        return false;
+    };
+    let mut status = CU_STREAM_CAPTURE_STATUS_NONE;
+    // SAFETY: a valid output; the stream is the caller's.
+    if unsafe { capturing(stream, &mut status) } != CUDA_SUCCESS
+        || status != CU_STREAM_CAPTURE_STATUS_NONE
+    {
+        return false;
+    }
+    let mut ctx: *mut c_void = std::ptr::null_mut();
+    // SAFETY: a valid output.
+    if unsafe { get_ctx(&mut ctx) } != CUDA_SUCCESS || ctx.is_null() {
+        return false;
+    }
+    if s.ctx != ctx as usize {
+        let (mut a, mut b): (*mut c_void, *mut c_void) =
+            (std::ptr::null_mut(), std::ptr::null_mut());
+        // SAFETY: creating two timing events in the current context.
+        let ok = unsafe {
+            create(&mut a, CU_EVENT_DEFAULT) == CUDA_SUCCESS
+                && create(&mut b, CU_EVENT_DEFAULT) == CUDA_SUCCESS
+        };
+        if !ok {
+            return false;
+        }
+        *s = Sampler {
+            ctx: ctx as usize,
+            start: a as usize,
+            end: b as usize,
+            pending: false,
+        };
+    }
+    true
+}
