@@ -212,6 +212,28 @@ fn compute_share_holds_for_cudarc() {
 }
 
 #[test]
+fn compute_share_holds_with_launches_timed_by_the_interposer() {
+    // The estimator used on real drivers: device time learned from events around sampled
+    // launches rather than from the backend's per-process busy time.
+    let m = Machine::new("csamples");
+    let probe = &probes().0;
+    let alone = m.busy_rate(&[], probe);
+    let p = ptx();
+    let out = m
+        .tf()
+        .env("TF_VGPU_ESTIMATOR", "samples")
+        .args(["run", "--compute-percent", "30", "--"])
+        .arg(probe)
+        .args(["busy", p.to_str().unwrap(), "4", "2", "1000"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let achieved = v["kernels_per_s"].as_f64().unwrap() / alone * 100.0;
+    assert!((achieved - 30.0).abs() <= 3.0, "samples estimator at 30%: {achieved:.2}%");
+}
+
+#[test]
 fn graph_launches_are_paced_too() {
     let m = Machine::new("cgraph");
     let p = ptx();
