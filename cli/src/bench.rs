@@ -6,7 +6,6 @@
 //! reaches the driver the way cudarc and the CUDA runtime do (dlopen + dlsym), so the numbers
 //! include the interposer's dispatch.
 
-use std::ffi::c_void;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -134,79 +133,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-type CuInit = unsafe extern "C" fn(u32) -> u32;
-type CuDeviceGet = unsafe extern "C" fn(*mut i32, i32) -> u32;
-type CuPrimaryRetain = unsafe extern "C" fn(*mut *mut c_void, i32) -> u32;
-type CuCtxSetCurrent = unsafe extern "C" fn(*mut c_void) -> u32;
-type CuTotalMem = unsafe extern "C" fn(*mut usize, i32) -> u32;
-type CuModuleLoadData = unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> u32;
-type CuModuleGetFunction = unsafe extern "C" fn(*mut *mut c_void, *mut c_void, *const i8) -> u32;
-type CuLaunchKernel = unsafe extern "C" fn(
-    *mut c_void,
-    u32,
-    u32,
-    u32,
-    u32,
-    u32,
-    u32,
-    u32,
-    *mut c_void,
-    *mut *mut c_void,
-    *mut *mut c_void,
-) -> u32;
-type CuCtxSynchronize = unsafe extern "C" fn() -> u32;
-
 fn now_ns() -> u64 {
     tf_vgpu_limiter::sys::now_ns()
 }
 
 /// The probe: time `n` calls of a cheap query and `n` kernel launches; prints one JSON object.
 pub fn probe(n: u32) -> Result<()> {
-    // SAFETY: loading the system's CUDA driver library, whose initialisers are safe to run.
-    let lib =
-        unsafe { libloading::Library::new("libcuda.so.1") }.context("loading libcuda.so.1")?;
-    macro_rules! sym {
-        ($t:ty, $name:literal) => {
-            // SAFETY: the symbol has the driver API's documented signature, which $t is.
-            *unsafe { lib.get::<$t>($name) }
-                .with_context(|| format!("symbol {}", String::from_utf8_lossy($name)))?
-        };
-    }
-    let init = sym!(CuInit, b"cuInit\0");
-    let device_get = sym!(CuDeviceGet, b"cuDeviceGet\0");
-    let retain = sym!(CuPrimaryRetain, b"cuDevicePrimaryCtxRetain\0");
-    let set_current = sym!(CuCtxSetCurrent, b"cuCtxSetCurrent\0");
-    let total_mem = sym!(CuTotalMem, b"cuDeviceTotalMem_v2\0");
-    let load = sym!(CuModuleLoadData, b"cuModuleLoadData\0");
-    let get_function = sym!(CuModuleGetFunction, b"cuModuleGetFunction\0");
-    let launch = sym!(CuLaunchKernel, b"cuLaunchKernel\0");
-    let sync = sym!(CuCtxSynchronize, b"cuCtxSynchronize\0");
-    let check = |rc: u32, what: &str| -> Result<()> {
-        ensure!(rc == 0, "{what} failed: CUresult {rc}");
-        Ok(())
-    };
-    let ptx = std::ffi::CString::new(tf_hal::TEST_KERNELS_PTX)?;
-    let (mut dev, mut ctx, mut module, mut func) = (
-        0i32,
-        std::ptr::null_mut(),
-        std::ptr::null_mut(),
-        std::ptr::null_mut(),
-    );
-    // SAFETY: driver calls with valid output pointers and NUL-terminated strings.
-    unsafe {
-        check(init(0), "cuInit")?;
-        check(device_get(&mut dev, 0), "cuDeviceGet")?;
-        check(retain(&mut ctx, dev), "cuDevicePrimaryCtxRetain")?;
-        check(set_current(ctx), "cuCtxSetCurrent")?;
-        check(
-            load(&mut module, ptx.as_ptr() as *const c_void),
-            "cuModuleLoadData",
-        )?;
-        check(
-            get_function(&mut func, module, c"tf_busy".as_ptr()),
-            "cuModuleGetFunction",
-        )?;
-    }
+    let cuda = crate::cudaprobe::Cuda::open()?;
+    let (dev, busy) = cuda.setup()?;
     let median = |mut v: Vec<u64>| {
         v.sort_unstable();
         v[v.len() / 2] as f64
@@ -216,42 +150,23 @@ pub fn probe(n: u32) -> Result<()> {
     for _ in 0..n {
         let t0 = now_ns();
         // SAFETY: a valid output pointer and device.
-        let rc = unsafe { total_mem(&mut bytes, dev) };
+        let rc = unsafe { (cuda.total_mem)(&mut bytes, dev) };
         let t1 = now_ns();
-        check(rc, "cuDeviceTotalMem_v2")?;
+        cuda.check(rc, "cuDeviceTotalMem_v2")?;
         q.push(t1 - t0);
     }
-    let mut ns: u64 = 0;
-    let mut params = [&mut ns as *mut u64 as *mut c_void];
     let mut l = Vec::with_capacity(n as usize);
     for i in 0..n {
         if i % 256 == 0 {
-            // SAFETY: plain synchronization, outside the timed region.
-            check(unsafe { sync() }, "cuCtxSynchronize")?;
+            cuda.synchronize()?;
         }
         let t0 = now_ns();
-        // SAFETY: tf_busy(u64 ns) with one parameter, on the default stream.
-        let rc = unsafe {
-            launch(
-                func,
-                1,
-                1,
-                1,
-                1,
-                1,
-                1,
-                0,
-                std::ptr::null_mut(),
-                params.as_mut_ptr(),
-                std::ptr::null_mut(),
-            )
-        };
+        let rc = cuda.launch_busy(busy, 0);
         let t1 = now_ns();
-        check(rc, "cuLaunchKernel")?;
+        cuda.check(rc, "cuLaunchKernel")?;
         l.push(t1 - t0);
     }
-    // SAFETY: plain synchronization.
-    check(unsafe { sync() }, "cuCtxSynchronize")?;
+    cuda.synchronize()?;
     println!(
         "{}",
         serde_json::to_string(&ProbeResult {

@@ -3,7 +3,9 @@
 //! 1. enumerate the simulated devices through the HAL;
 //! 2. run a real PTX vector add on device 0 and check every element;
 //! 3. start two processes that contend for device 0 and show that the time-slice arbiter splits
-//!    it between them, and that device utilization means what NVML means.
+//!    it between them, and that device utilization means what NVML means;
+//! 4. run a CUDA program on a fraction of device 0 (`tensor-fusion run --vram 1GiB
+//!    --compute-percent 30`): it sees 1 GiB and gets 30 % of the device.
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -40,10 +42,22 @@ struct Contention {
 }
 
 #[derive(Debug, Serialize)]
+struct Fraction {
+    vram_quota: u64,
+    vram_total_seen: u64,
+    vram_allocated: u64,
+    compute_percent: f64,
+    kernels_per_s_alone: f64,
+    kernels_per_s_limited: f64,
+    achieved_percent: f64,
+}
+
+#[derive(Debug, Serialize)]
 struct DemoReport {
     devices: Vec<tf_hal::DeviceInfo>,
     vector_add: VectorAdd,
     contention: Contention,
+    fraction: Fraction,
 }
 
 macro_rules! say {
@@ -101,19 +115,85 @@ pub fn run(args: DemoArgs) -> Result<()> {
         contention.device_utilization_pct,
         contention.arbitrated_busy_pct
     );
+    say!(
+        json,
+        "\n4. a fraction of device 0: a CUDA program under `tensor-fusion run --vram 1GiB --compute-percent 30` ..."
+    );
+    let fraction = fraction(args.seconds)?;
+    say!(
+        json,
+        "   it sees {} of memory and gets {} before CUDA_ERROR_OUT_OF_MEMORY",
+        tf_hal::units::format_bytes(fraction.vram_total_seen),
+        tf_hal::units::format_bytes(fraction.vram_allocated)
+    );
+    say!(
+        json,
+        "   its kernels run at {:.0}/s alone and {:.0}/s on 30 % of the device: {:.1} %",
+        fraction.kernels_per_s_alone,
+        fraction.kernels_per_s_limited,
+        fraction.achieved_percent
+    );
     if json {
         println!(
             "{}",
             serde_json::to_string(&DemoReport {
                 devices,
                 vector_add,
-                contention
+                contention,
+                fraction,
             })?
         );
     } else {
         println!("\nnext: `tensor-fusion devices`, `tensor-fusion --help`");
     }
     Ok(())
+}
+
+/// Run `tensor-fusion [run LIMITS --] tensor-fusion cuda-probe ARGS` and read its JSON line.
+fn probe(limits: &[&str], args: &[&str]) -> Result<serde_json::Value> {
+    let exe = std::env::current_exe().context("locating the tensor-fusion binary")?;
+    let out = Command::new(&exe)
+        .arg("run")
+        .args(limits)
+        .arg("--")
+        .arg(&exe)
+        .arg("cuda-probe")
+        .args(args)
+        .env("TF_BACKEND", "fake")
+        .output()
+        .context("running a probe on a vGPU")?;
+    ensure!(
+        out.status.success(),
+        "the probe failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).context("reading the probe's output")
+}
+
+fn fraction(seconds: f64) -> Result<Fraction> {
+    let quota = 1u64 << 30;
+    let v = probe(&["--vram", "1GiB"], &["vram", "64"])?;
+    let window = format!("{}", seconds + 1.0);
+    let alone = probe(&[], &["busy", &window, "1"])?["kernels_per_s"]
+        .as_f64()
+        .unwrap_or(0.0);
+    let limited = probe(&["--compute-percent", "30"], &["busy", &window, "1"])?["kernels_per_s"]
+        .as_f64()
+        .unwrap_or(0.0);
+    Ok(Fraction {
+        vram_quota: quota,
+        vram_total_seen: v["total"].as_u64().unwrap_or(0),
+        vram_allocated: v["allocated"].as_u64().unwrap_or(0),
+        compute_percent: 30.0,
+        kernels_per_s_alone: alone,
+        kernels_per_s_limited: limited,
+        achieved_percent: if alone > 0.0 {
+            limited / alone * 100.0
+        } else {
+            0.0
+        },
+    })
 }
 
 fn vector_add(backend: &dyn Backend) -> Result<VectorAdd> {

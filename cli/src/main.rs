@@ -2,6 +2,7 @@
 
 mod backends;
 mod bench;
+mod cudaprobe;
 mod demo;
 mod devices;
 mod fakegpu;
@@ -38,6 +39,14 @@ enum Command {
     Sim(sim::SimArgs),
     /// Benchmarks that print their figures as JSON lines.
     Bench(bench::BenchArgs),
+    /// A small CUDA program (used by the demo): `vram BLOCK_MIB` or `busy SECONDS WARMUP`.
+    #[command(hide = true)]
+    CudaProbe {
+        /// vram or busy.
+        mode: String,
+        /// Mode arguments.
+        args: Vec<f64>,
+    },
     /// Time driver calls in this process (used by `bench limiter`).
     #[command(hide = true)]
     BenchProbe {
@@ -61,6 +70,16 @@ fn main() -> std::process::ExitCode {
         Command::Sim(args) => sim::run(args),
         Command::Bench(args) => bench::run(args),
         Command::BenchProbe { iterations } => bench::probe(iterations),
+        Command::CudaProbe { mode, args } => {
+            let v = match (mode.as_str(), args.as_slice()) {
+                ("vram", [mib]) => cudaprobe::vram(*mib as u64),
+                ("busy", [seconds, warmup]) => cudaprobe::busy(*seconds, *warmup),
+                _ => Err(anyhow::anyhow!(
+                    "usage: cuda-probe vram BLOCK_MIB | busy SECONDS WARMUP"
+                )),
+            };
+            v.map(|v| println!("{v}"))
+        }
         Command::Run(args) => match run::run(args) {
             Ok(code) => std::process::exit(code),
             Err(e) => Err(e),

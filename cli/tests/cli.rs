@@ -143,6 +143,11 @@ fn demo_runs_on_the_simulated_gpu() {
         let s = s.as_f64().unwrap();
         assert!((s - 50.0).abs() < 6.0, "share {s} in {v}");
     }
+    let f = &v["fraction"];
+    assert_eq!(f["vram_total_seen"], 1u64 << 30, "{v}");
+    assert_eq!(f["vram_allocated"], 1u64 << 30, "{v}");
+    let pct = f["achieved_percent"].as_f64().unwrap();
+    assert!((pct - 30.0).abs() <= 3.0, "{v}");
     let util = v["contention"]["device_utilization_pct"].as_f64().unwrap();
     let busy = v["contention"]["arbitrated_busy_pct"].as_f64().unwrap();
     assert!((util - busy).abs() <= 2.0, "{v}");

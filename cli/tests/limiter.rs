@@ -230,7 +230,10 @@ fn compute_share_holds_with_launches_timed_by_the_interposer() {
     assert!(out.status.success(), "{}", show(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let achieved = v["kernels_per_s"].as_f64().unwrap() / alone * 100.0;
-    assert!((achieved - 30.0).abs() <= 3.0, "samples estimator at 30%: {achieved:.2}%");
+    assert!(
+        (achieved - 30.0).abs() <= 3.0,
+        "samples estimator at 30%: {achieved:.2}%"
+    );
 }
 
 #[test]

@@ -1,0 +1,191 @@
+//! A minimal CUDA driver client used by the demo and the limiter bench: it reaches
+//! `libcuda.so.1` the way cudarc and the CUDA runtime do (dlopen + dlsym), so the interposer
+//! sees it like any application.
+
+use std::ffi::c_void;
+
+use anyhow::{Context as _, Result, ensure};
+
+type CuInit = unsafe extern "C" fn(u32) -> u32;
+type CuDeviceGet = unsafe extern "C" fn(*mut i32, i32) -> u32;
+type CuPrimaryRetain = unsafe extern "C" fn(*mut *mut c_void, i32) -> u32;
+type CuCtxSetCurrent = unsafe extern "C" fn(*mut c_void) -> u32;
+type CuTotalMem = unsafe extern "C" fn(*mut usize, i32) -> u32;
+type CuMemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> u32;
+type CuMemAlloc = unsafe extern "C" fn(*mut u64, usize) -> u32;
+type CuMemFree = unsafe extern "C" fn(u64) -> u32;
+type CuModuleLoadData = unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> u32;
+type CuModuleGetFunction = unsafe extern "C" fn(*mut *mut c_void, *mut c_void, *const i8) -> u32;
+type CuLaunchKernel = unsafe extern "C" fn(
+    *mut c_void,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    *mut c_void,
+    *mut *mut c_void,
+    *mut *mut c_void,
+) -> u32;
+type CuCtxSynchronize = unsafe extern "C" fn() -> u32;
+
+/// The driver entry points the probes use.
+pub struct Cuda {
+    _lib: libloading::Library,
+    init: CuInit,
+    device_get: CuDeviceGet,
+    retain: CuPrimaryRetain,
+    set_current: CuCtxSetCurrent,
+    pub total_mem: CuTotalMem,
+    mem_get_info: CuMemGetInfo,
+    mem_alloc: CuMemAlloc,
+    mem_free: CuMemFree,
+    load: CuModuleLoadData,
+    get_function: CuModuleGetFunction,
+    launch: CuLaunchKernel,
+    sync: CuCtxSynchronize,
+}
+
+impl Cuda {
+    pub fn open() -> Result<Cuda> {
+        // SAFETY: loading the system's CUDA driver library, whose initialisers are safe to run.
+        let lib =
+            unsafe { libloading::Library::new("libcuda.so.1") }.context("loading libcuda.so.1")?;
+        macro_rules! sym {
+            ($name:literal) => {
+                // SAFETY: the symbol has the driver API's documented signature, which is the
+                // field's type.
+                *unsafe { lib.get($name) }
+                    .with_context(|| format!("symbol {}", String::from_utf8_lossy($name)))?
+            };
+        }
+        Ok(Cuda {
+            init: sym!(b"cuInit\0"),
+            device_get: sym!(b"cuDeviceGet\0"),
+            retain: sym!(b"cuDevicePrimaryCtxRetain\0"),
+            set_current: sym!(b"cuCtxSetCurrent\0"),
+            total_mem: sym!(b"cuDeviceTotalMem_v2\0"),
+            mem_get_info: sym!(b"cuMemGetInfo_v2\0"),
+            mem_alloc: sym!(b"cuMemAlloc_v2\0"),
+            mem_free: sym!(b"cuMemFree_v2\0"),
+            load: sym!(b"cuModuleLoadData\0"),
+            get_function: sym!(b"cuModuleGetFunction\0"),
+            launch: sym!(b"cuLaunchKernel\0"),
+            sync: sym!(b"cuCtxSynchronize\0"),
+            _lib: lib,
+        })
+    }
+
+    pub fn check(&self, rc: u32, what: &str) -> Result<()> {
+        ensure!(rc == 0, "{what} failed: CUresult {rc}");
+        Ok(())
+    }
+
+    /// Initialise, make device 0's primary context current, load the test kernels: returns the
+    /// device and the `tf_busy` function.
+    pub fn setup(&self) -> Result<(i32, *mut c_void)> {
+        let ptx = std::ffi::CString::new(tf_hal::TEST_KERNELS_PTX)?;
+        let (mut dev, mut ctx, mut module, mut func) = (
+            0i32,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        );
+        // SAFETY: driver calls with valid output pointers and NUL-terminated strings.
+        unsafe {
+            self.check((self.init)(0), "cuInit")?;
+            self.check((self.device_get)(&mut dev, 0), "cuDeviceGet")?;
+            self.check((self.retain)(&mut ctx, dev), "cuDevicePrimaryCtxRetain")?;
+            self.check((self.set_current)(ctx), "cuCtxSetCurrent")?;
+            self.check(
+                (self.load)(&mut module, ptx.as_ptr() as *const c_void),
+                "cuModuleLoadData",
+            )?;
+            self.check(
+                (self.get_function)(&mut func, module, c"tf_busy".as_ptr()),
+                "cuModuleGetFunction",
+            )?;
+        }
+        Ok((dev, func))
+    }
+
+    /// Launch `tf_busy(ns)` on the default stream.
+    pub fn launch_busy(&self, busy: *mut c_void, ns: u64) -> u32 {
+        let mut ns = ns;
+        let mut params = [&mut ns as *mut u64 as *mut c_void];
+        // SAFETY: tf_busy(u64 ns) with one parameter, on the default stream; the parameter
+        // array lives across the call (the driver copies it).
+        unsafe {
+            (self.launch)(
+                busy,
+                1,
+                1,
+                1,
+                1,
+                1,
+                1,
+                0,
+                std::ptr::null_mut(),
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+    }
+
+    pub fn synchronize(&self) -> Result<()> {
+        // SAFETY: plain synchronization of the current context.
+        self.check(unsafe { (self.sync)() }, "cuCtxSynchronize")
+    }
+}
+
+/// `tensor-fusion cuda-probe vram BLOCK_MIB`: allocate blocks until the driver refuses.
+pub fn vram(block_mib: u64) -> Result<serde_json::Value> {
+    let cuda = Cuda::open()?;
+    cuda.setup()?;
+    let (mut free, mut total) = (0usize, 0usize);
+    // SAFETY: valid outputs.
+    cuda.check(
+        unsafe { (cuda.mem_get_info)(&mut free, &mut total) },
+        "cuMemGetInfo",
+    )?;
+    let block = (block_mib << 20) as usize;
+    let mut held = Vec::new();
+    loop {
+        let mut p = 0u64;
+        // SAFETY: a valid output.
+        if unsafe { (cuda.mem_alloc)(&mut p, block) } != 0 || held.len() > 1_000_000 {
+            break;
+        }
+        held.push(p);
+    }
+    let allocated = held.len() * block;
+    for p in held {
+        // SAFETY: freeing what we allocated.
+        cuda.check(unsafe { (cuda.mem_free)(p) }, "cuMemFree")?;
+    }
+    Ok(serde_json::json!({"total": total, "free": free, "allocated": allocated}))
+}
+
+/// `tensor-fusion cuda-probe busy SECONDS WARMUP`: back-to-back 1 ms kernels (in batches of 8,
+/// so the device rarely waits for the host); kernels per second over [warmup, seconds].
+pub fn busy(seconds: f64, warmup: f64) -> Result<serde_json::Value> {
+    let cuda = Cuda::open()?;
+    let (_, f) = cuda.setup()?;
+    let start = std::time::Instant::now();
+    let (mut counted, mut launched) = (0u64, 0u64);
+    while start.elapsed().as_secs_f64() < seconds {
+        for _ in 0..8 {
+            cuda.check(cuda.launch_busy(f, 1_000_000), "cuLaunchKernel")?;
+        }
+        cuda.synchronize()?;
+        launched += 8;
+        if start.elapsed().as_secs_f64() >= warmup {
+            counted += 8;
+        }
+    }
+    Ok(
+        serde_json::json!({"kernels": launched, "kernels_per_s": counted as f64 / (seconds - warmup)}),
+    )
+}
