@@ -152,3 +152,40 @@ fn demo_runs_on_the_simulated_gpu() {
     let busy = v["contention"]["arbitrated_busy_pct"].as_f64().unwrap();
     assert!((util - busy).abs() <= 2.0, "{v}");
 }
+
+#[test]
+fn fake_gpu_install_lays_out_the_driver_libraries() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("libs");
+    let o = tf(
+        &["fake-gpu", "install", dest.to_str().unwrap()],
+        &isolated(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    for name in [
+        "libcuda.so.1",
+        "libcuda.so",
+        "libnvidia-ml.so.1",
+        "libnvidia-ml.so",
+    ] {
+        let p = dest.join(name);
+        let head = std::fs::read(&p).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(&head[..4], b"\x7fELF", "{name} is not a shared library");
+    }
+    assert!(stderr(&o).contains("LD_LIBRARY_PATH="), "{}", stderr(&o));
+    // The installed libraries serve the CUDA backend.
+    let o = Command::new(BIN)
+        .args(["devices", "--backend", "cuda", "--json"])
+        .env("LD_LIBRARY_PATH", &dest)
+        .env("TF_FAKE_GPU_CONFIG", {
+            let p = dir.path().join("gpu.toml");
+            std::fs::write(&p, isolated()).unwrap();
+            p
+        })
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    assert_eq!(v[0]["backend"], "cuda");
+}
