@@ -11,6 +11,14 @@ use tf_fake_gpu::testing::{isolated_config, to_toml};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tensor-fusion");
 
+/// Tests that measure rates share the machine with each other; the CPU-heavy memory churn
+/// runs alone, so that it cannot starve the programs whose speed is being measured.
+static CPU: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn timing() -> std::sync::RwLockReadGuard<'static, ()> {
+    CPU.read().unwrap_or_else(|p| p.into_inner())
+}
+
 fn show(o: &Output) -> String {
     format!(
         "status {}\nstdout:\n{}\nstderr:\n{}",
@@ -170,6 +178,7 @@ fn vram_quota_holds_for_cudarc() {
 }
 
 fn assert_share(program: &Path, percent: f64, tag: &str) {
+    let _cpu = timing();
     let m = Machine::new(tag);
     let alone = m.busy_rate(&[], program);
     let limited = m.busy_rate(&["--compute-percent", &percent.to_string()], program);
@@ -215,6 +224,7 @@ fn compute_share_holds_for_cudarc() {
 fn compute_share_holds_with_launches_timed_by_the_interposer() {
     // The estimator used on real drivers: device time learned from events around sampled
     // launches rather than from the backend's per-process busy time.
+    let _cpu = timing();
     let m = Machine::new("csamples");
     let probe = &probes().0;
     let alone = m.busy_rate(&[], probe);
@@ -238,6 +248,7 @@ fn compute_share_holds_with_launches_timed_by_the_interposer() {
 
 #[test]
 fn graph_launches_are_paced_too() {
+    let _cpu = timing();
     let m = Machine::new("cgraph");
     let p = ptx();
     let args = ["graph", p.to_str().unwrap(), "4", "2", "1000"];
@@ -256,6 +267,7 @@ fn graph_launches_are_paced_too() {
 
 #[test]
 fn two_programs_at_30_and_60_percent_share_one_device() {
+    let _cpu = timing();
     let m = Machine::new("c3060");
     let probe = &probes().0;
     let alone = m.busy_rate(&[], probe);
@@ -285,6 +297,7 @@ fn two_programs_at_30_and_60_percent_share_one_device() {
 
 #[test]
 fn four_processes_churning_memory_stay_under_the_quota_and_end_at_zero() {
+    let _alone = CPU.write().unwrap_or_else(|p| p.into_inner());
     let m = Machine::new("churn");
     let report = m.dir.path().join("report.json");
     let probe = probes().0.to_str().unwrap().to_string();

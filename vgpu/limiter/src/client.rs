@@ -8,8 +8,8 @@
 //!   (default: keep enforcing the last known limits, per process), `open` (stop enforcing),
 //!   `closed` (refuse every new allocation).
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use crate::region::{Limits, Region};
 use crate::sys;
@@ -42,14 +42,66 @@ impl LossPolicy {
 /// A process's handle on its vGPU.
 pub struct Client {
     shared: &'static Region,
-    /// Replaces `shared` if it is lost (policy `keep`).
+    /// Replaces `shared` once it is lost.
     fallback: OnceLock<&'static Region>,
     lost: AtomicBool,
     policy: LossPolicy,
-    limits: Limits,
+    /// The last limits and pacing seen in the shared region (what `keep` keeps enforcing).
+    last: LastKnown,
+    /// What this process holds (what `keep` still counts after a loss).
+    held: AtomicU64,
     uuid: String,
     slot: AtomicUsize,
     slot_pid: AtomicU32,
+    register_lock: Mutex<()>,
+}
+
+/// Limits and pacing as last seen in the shared region; refreshed on use (loads, and a store
+/// only when something changed).
+struct LastKnown {
+    quota: AtomicU64,
+    share_ppm: AtomicU64,
+    interval_ns: AtomicU64,
+    burst_ns: AtomicU64,
+}
+
+impl LastKnown {
+    fn new(limits: &Limits) -> Self {
+        LastKnown {
+            quota: AtomicU64::new(limits.vram_quota.unwrap_or(0)),
+            share_ppm: AtomicU64::new(
+                limits
+                    .compute_share
+                    .map_or(0, |s| (s.clamp(0.0, 1.0) * 1e6).round() as u64),
+            ),
+            interval_ns: AtomicU64::new(0),
+            burst_ns: AtomicU64::new(crate::region::DEFAULT_BURST_NS),
+        }
+    }
+
+    #[inline]
+    fn refresh(&self, r: &Region) {
+        let (quota, share, interval, burst) = r.limit_words();
+        for (cell, v) in [
+            (&self.quota, quota),
+            (&self.share_ppm, share),
+            (&self.interval_ns, interval),
+            (&self.burst_ns, burst),
+        ] {
+            if cell.load(Ordering::Relaxed) != v {
+                cell.store(v, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        let q = self.quota.load(Ordering::Relaxed);
+        let s = self.share_ppm.load(Ordering::Relaxed);
+        Limits {
+            vram_quota: (q > 0).then_some(q),
+            compute_share: (s > 0).then(|| s as f64 / 1e6),
+        }
+    }
 }
 
 impl Client {
@@ -87,40 +139,57 @@ impl Client {
             Some(Ok(r)) => (r, false),
             Some(Err(e)) => {
                 tracing::error!("{e}; policy {policy:?}");
-                (Region::private(&env_uuid, &env_limits), true)
+                if policy == LossPolicy::Open {
+                    // Counted, never refused.
+                    let none = Limits {
+                        vram_quota: None,
+                        compute_share: None,
+                    };
+                    (Region::private(&env_uuid, &none), true)
+                } else {
+                    (Region::private(&env_uuid, &env_limits), true)
+                }
             }
             None => (Region::private(&env_uuid, &env_limits), true),
         };
-        let limits = if lost { env_limits } else { shared.limits() };
+        let limits = shared.limits();
         let uuid = if lost { env_uuid } else { shared.device_uuid() };
         let c = Client {
             shared,
             fallback: OnceLock::new(),
             lost: AtomicBool::new(lost),
             policy,
-            limits,
+            last: LastKnown::new(&limits),
+            held: AtomicU64::new(0),
             uuid,
             slot: AtomicUsize::new(usize::MAX),
             slot_pid: AtomicU32::new(0),
+            register_lock: Mutex::new(()),
         };
         if lost {
             let _ = c.fallback.set(shared);
+        } else {
+            c.last.refresh(shared);
         }
         Some(c)
     }
 
     /// A client on an explicit region (tests, tools).
     pub fn with_region(region: &'static Region, policy: LossPolicy) -> Client {
-        Client {
+        let c = Client {
             shared: region,
             fallback: OnceLock::new(),
             lost: AtomicBool::new(false),
             policy,
-            limits: region.limits(),
+            last: LastKnown::new(&region.limits()),
+            held: AtomicU64::new(0),
             uuid: region.device_uuid(),
             slot: AtomicUsize::new(usize::MAX),
             slot_pid: AtomicU32::new(0),
-        }
+            register_lock: Mutex::new(()),
+        };
+        c.last.refresh(region);
+        c
     }
 
     /// UUID of the device this vGPU is on.
@@ -133,11 +202,26 @@ impl Client {
     pub fn region(&self) -> &'static Region {
         if !self.lost.load(Ordering::Relaxed) {
             if self.shared.is_valid() {
+                self.last.refresh(self.shared);
                 return self.shared;
             }
             self.lose();
         }
-        self.fallback.get().copied().unwrap_or(self.shared)
+        match self.fallback.get() {
+            Some(r) => r,
+            // Another thread is installing the fallback right now.
+            None => self.wait_for_fallback(),
+        }
+    }
+
+    #[cold]
+    fn wait_for_fallback(&self) -> &'static Region {
+        loop {
+            if let Some(r) = self.fallback.get() {
+                return r;
+            }
+            std::thread::yield_now();
+        }
     }
 
     #[cold]
@@ -155,14 +239,27 @@ impl Client {
             }
         );
         let limits = match self.policy {
-            LossPolicy::Keep | LossPolicy::Closed => self.limits.clone(),
+            LossPolicy::Keep | LossPolicy::Closed => self.last.limits(),
             LossPolicy::Open => Limits {
                 vram_quota: None,
                 compute_share: None,
             },
         };
-        let _ = self.fallback.set(Region::private(&self.uuid, &limits));
-        self.slot.store(usize::MAX, Ordering::Release);
+        let r = Region::private(&self.uuid, &limits);
+        let slot = r.register(sys::pid()).unwrap_or(0);
+        if self.policy != LossPolicy::Open {
+            // What this process holds still counts, and launches stay paced as they were.
+            r.seed_usage(slot, self.held.load(Ordering::Acquire));
+            r.set_pacing(
+                self.last.interval_ns.load(Ordering::Relaxed),
+                self.last.burst_ns.load(Ordering::Relaxed),
+                0,
+                0.0,
+            );
+        }
+        self.slot_pid.store(cached_pid(), Ordering::Relaxed);
+        self.slot.store(slot, Ordering::Release);
+        let _ = self.fallback.set(r);
     }
 
     /// This process's entry in the region in force (registered on first use and after fork).
@@ -177,6 +274,11 @@ impl Client {
 
     #[cold]
     fn register(&self) -> usize {
+        let _one_at_a_time = self.register_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let s = self.slot.load(Ordering::Acquire);
+        if s != usize::MAX && self.slot_pid.load(Ordering::Relaxed) == cached_pid() {
+            return s;
+        }
         let pid = sys::pid();
         let s = self.region().register(pid).unwrap_or(0);
         self.slot_pid.store(pid, Ordering::Relaxed);
@@ -190,11 +292,24 @@ impl Client {
         if self.lost.load(Ordering::Relaxed) && self.policy == LossPolicy::Closed {
             return false;
         }
-        region.charge(self.slot(), bytes).is_ok()
+        let ok = region.charge(self.slot(), bytes).is_ok();
+        if ok {
+            self.held.fetch_add(bytes, Ordering::AcqRel);
+        }
+        ok
     }
 
     pub fn uncharge(&self, bytes: u64) {
         self.region().uncharge(self.slot(), bytes);
+        let mut cur = self.held.load(Ordering::Relaxed);
+        while let Err(actual) = self.held.compare_exchange_weak(
+            cur,
+            cur.saturating_sub(bytes),
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        ) {
+            cur = actual;
+        }
     }
 
     /// Called before every kernel launch: waits if the vGPU is over its compute share.

@@ -68,6 +68,8 @@ pub struct Controller {
     /// trusted for correction).
     settled_since: u64,
     sampled_busy: f64,
+    /// Last tick on which no launch was held back.
+    unsaturated_at: u64,
 }
 
 impl Controller {
@@ -80,6 +82,7 @@ impl Controller {
             correction: 1.0,
             settled_since: u64::MAX,
             sampled_busy: 0.0,
+            unsaturated_at: 0,
         }
     }
 
@@ -172,13 +175,24 @@ impl Controller {
             }
             // Correct only on a full window measured under the current pacing, while launches
             // were being held back throughout (the vGPU wants more than its share).
-            let saturated = throttled.saturating_sub(first.throttled) > 0
-                && throttled.saturating_sub(p.throttled) > 0;
+            // Launches were held back on every tick of the window: the vGPU wants more than
+            // its share, so a share below the target is the pacing's fault.
+            if throttled == p.throttled {
+                self.unsaturated_at = now;
+            }
+            let saturated = self.unsaturated_at < first.at;
             let settled = first.at >= self.settled_since && wall >= SHARE_WINDOW_NS * 9 / 10;
-            if saturated && settled && measured > 0.0 {
-                // Over the target: stretch the interval; under it: shrink it. Gently.
+            let over = measured > self.target * 1.02;
+            if settled && measured > 0.0 && (over || saturated) {
+                // Over the target: stretch the interval (whether or not launches wait: a
+                // program that waits for each kernel is never held back); under it, and
+                // starved: shrink it. Gently, and once per full window.
                 let ratio = (measured / self.target).clamp(0.5, 2.0);
-                self.correction = (self.correction * ratio.powf(0.25)).clamp(0.5, 2.0);
+                let before = self.correction;
+                self.correction = (self.correction * ratio.powf(0.5)).clamp(0.5, 2.0);
+                if self.correction != before {
+                    self.settled_since = now;
+                }
             }
         }
         let interval = (self.est_launch_ns * self.correction / self.target).max(1.0) as u64;

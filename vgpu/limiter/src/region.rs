@@ -247,6 +247,26 @@ impl Region {
         }
     }
 
+    /// (quota, share ppm, launch interval, burst) as stored (0 = unlimited / unpaced).
+    #[inline]
+    pub fn limit_words(&self) -> (u64, u64, u64, u64) {
+        (
+            self.vram_quota.load(Ordering::Relaxed),
+            self.compute_share_ppm.load(Ordering::Relaxed) as u64,
+            self.launch_interval_ns.load(Ordering::Relaxed),
+            self.burst_ns.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Start a (private) region with `bytes` already held by process entry `slot`.
+    pub fn seed_usage(&self, slot: usize, bytes: u64) {
+        self.procs[slot]
+            .vram_used
+            .fetch_add(bytes, Ordering::AcqRel);
+        let used = self.vram_used.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        self.vram_peak.fetch_max(used, Ordering::Relaxed);
+    }
+
     pub fn limits(&self) -> Limits {
         let q = self.vram_quota.load(Ordering::Relaxed);
         let s = self.compute_share_ppm.load(Ordering::Relaxed);
@@ -272,16 +292,44 @@ impl Region {
 
     // ----- processes -----
 
-    /// Find or claim the entry of process `pid`.
+    /// Wait for a slot being claimed right now to get its start time (the claimer stores it
+    /// just after winning the slot).
+    fn settled_start(&self, i: usize) -> u64 {
+        let p = &self.procs[i];
+        for spin in 0..10_000u32 {
+            let st = p.start_time.load(Ordering::Acquire);
+            if st != 0 || p.pid.load(Ordering::Acquire) == 0 {
+                return st;
+            }
+            if spin > 64 {
+                std::thread::yield_now();
+            }
+        }
+        p.start_time.load(Ordering::Acquire)
+    }
+
+    /// The lowest slot that holds process `pid` started at `start`.
+    fn find(&self, pid: u32, start: u64) -> Option<usize> {
+        (0..MAX_PROCS).find(|&i| {
+            self.procs[i].pid.load(Ordering::Acquire) == pid && self.settled_start(i) == start
+        })
+    }
+
+    /// Find or claim the entry of process `pid`. Several threads of one process may call this at
+    /// once: they all end up with the same entry.
     pub fn register(&self, pid: u32) -> Option<usize> {
         let start = sys::process_start_time(pid).unwrap_or(1);
         for attempt in 0..2 {
-            for (i, p) in self.procs.iter().enumerate() {
-                if p.pid.load(Ordering::Acquire) == pid {
-                    if p.start_time.load(Ordering::Acquire) == start {
-                        return Some(i);
+            if let Some(i) = self.find(pid, start) {
+                return Some(i);
+            }
+            // An entry of an earlier process with the same pid: its memory is gone.
+            for i in 0..MAX_PROCS {
+                if self.procs[i].pid.load(Ordering::Acquire) == pid {
+                    let st = self.settled_start(i);
+                    if st != 0 && st != start {
+                        self.reclaim_entry(i, pid);
                     }
-                    self.reclaim_entry(i, pid);
                 }
             }
             for (i, p) in self.procs.iter().enumerate() {
@@ -292,7 +340,16 @@ impl Region {
                     p.vram_used.store(0, Ordering::Relaxed);
                     p.launches.store(0, Ordering::Relaxed);
                     p.start_time.store(start, Ordering::Release);
-                    return Some(i);
+                    // Another thread of this process may have claimed a slot at the same time:
+                    // everyone keeps the lowest one.
+                    match self.find(pid, start) {
+                        Some(j) if j < i => {
+                            p.start_time.store(0, Ordering::Relaxed);
+                            p.pid.store(0, Ordering::Release);
+                            return Some(j);
+                        }
+                        _ => return Some(i),
+                    }
                 }
             }
             if attempt == 0 {
