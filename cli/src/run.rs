@@ -74,8 +74,9 @@ fn remove_stale_regions(dir: &Path) {
         if !name.to_string_lossy().starts_with("tf-vgpu-") {
             continue;
         }
+        // Only regions nobody uses any more: the owner and every registered process are gone.
         if let Ok(r) = Region::open(&e.path())
-            && tf_vgpu_limiter::sys::process_start_time(r.owner_pid()).is_none()
+            && !r.in_use()
         {
             tracing::info!(path = %e.path().display(), "removing a stale vGPU region");
             let _ = std::fs::remove_file(e.path());
@@ -123,10 +124,14 @@ pub fn run(args: RunArgs) -> Result<i32> {
     std::fs::create_dir_all(&args.region_dir)
         .with_context(|| format!("creating {}", args.region_dir.display()))?;
     remove_stale_regions(&args.region_dir);
+    // A fresh, unique name: pid and start time tell runs apart across pid reuse.
+    let me = std::process::id();
+    let started = tf_vgpu_limiter::sys::process_start_time(me).unwrap_or(0);
     let path = args
         .region_dir
-        .join(format!("tf-vgpu-{}-{}", std::process::id(), info.index));
-    let region = Region::create(&path, &info.uuid, info.index, &limits)?;
+        .join(format!("tf-vgpu-{me}-{started}-{}", info.index));
+    let region = Region::create(&path, &info.uuid, info.index, &limits)
+        .with_context(|| format!("creating the vGPU region {}", path.display()))?;
     let _file = RegionFile(path.clone());
 
     let interposer = tf_hal::artifacts::find_built("libtf_cuda_interposer.so")
@@ -163,6 +168,8 @@ pub fn run(args: RunArgs) -> Result<i32> {
     }
     tracing::info!(region = %path.display(), ?limits, device = %info.uuid, "starting the command on its vGPU");
 
+    // Signals first, so that none can end us between spawning the command and watching it.
+    let forwarder = SignalForwarder::install()?;
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -178,8 +185,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
             return Ok(code);
         }
     };
-    let child_pid = child.id();
-    let _signals = forward_signals(child_pid)?;
+    forwarder.forward_to(child.id());
 
     let done = Arc::new(AtomicBool::new(false));
     let monitor = {
@@ -187,11 +193,19 @@ pub fn run(args: RunArgs) -> Result<i32> {
         let device = device.clone();
         std::thread::Builder::new()
             .name("vgpu-controller".into())
-            .spawn(move || control_loop(region, &*device, share, estimator(kind), &done))?
+            .spawn(move || control_loop(region, &*device, share, estimator(kind), &done))
     };
-    let status = child.wait().context("waiting for the command")?;
+    let status = child.wait();
+    forwarder.stop();
     done.store(true, Ordering::Release);
-    let _ = monitor.join();
+    if let Ok(m) = monitor {
+        let _ = m.join();
+    } else {
+        tracing::error!(
+            "could not start the controller thread: the command ran without compute pacing"
+        );
+    }
+    let status = status.context("waiting for the command")?;
 
     region.reclaim_dead();
     if let Some(report) = &args.report {
@@ -228,30 +242,50 @@ fn exit_code(status: ExitStatus) -> i32 {
     }
 }
 
-/// Forward termination signals sent to us (by `kill`, a supervisor) to the command. Signals
+/// Forwards termination signals sent to us (by `kill`, a supervisor) to the command. Signals
 /// from the terminal reach the command directly (it is in our process group), so they are not
-/// sent twice.
-fn forward_signals(child: u32) -> Result<signal_hook::iterator::Handle> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
-    use signal_hook::iterator::SignalsInfo;
-    use signal_hook::iterator::exfiltrator::WithRawSiginfo;
-    let mut signals = SignalsInfo::<WithRawSiginfo>::new([SIGHUP, SIGINT, SIGQUIT, SIGTERM])?;
-    let handle = signals.handle();
-    std::thread::Builder::new()
-        .name("signal-forwarder".into())
-        .spawn(move || {
-            for info in signals.forever() {
-                // si_code <= 0: sent by a process (kill, sigqueue, tkill); the terminal's
-                // signals come from the kernel and already reached the command.
-                // SAFETY: si_pid is valid for signals sent by a process, which we checked.
-                let sender = (info.si_code <= 0).then(|| unsafe { info.si_pid() });
-                if sender.is_some_and(|p| p as u32 != child) {
-                    // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
-                    unsafe { libc::kill(child as i32, info.si_signo) };
+/// sent twice. Installed before the command starts and stopped as soon as it has been reaped.
+struct SignalForwarder {
+    child: Arc<std::sync::atomic::AtomicU32>,
+    handle: signal_hook::iterator::Handle,
+}
+
+impl SignalForwarder {
+    fn install() -> Result<SignalForwarder> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+        use signal_hook::iterator::SignalsInfo;
+        use signal_hook::iterator::exfiltrator::WithRawSiginfo;
+        let mut signals = SignalsInfo::<WithRawSiginfo>::new([SIGHUP, SIGINT, SIGQUIT, SIGTERM])?;
+        let handle = signals.handle();
+        let child = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let target = child.clone();
+        std::thread::Builder::new()
+            .name("signal-forwarder".into())
+            .spawn(move || {
+                for info in signals.forever() {
+                    let pid = target.load(Ordering::Acquire);
+                    // si_code <= 0: sent by a process (kill, sigqueue, tkill); the terminal's
+                    // signals come from the kernel and already reached the command.
+                    // SAFETY: si_pid is valid for signals sent by a process, which we checked.
+                    let sender = (info.si_code <= 0).then(|| unsafe { info.si_pid() });
+                    if pid != 0 && sender.is_some_and(|p| p as u32 != pid) {
+                        // SAFETY: kill(2) on our own child's pid; it is cleared as soon as the
+                        // child has been reaped, so only that instant could see a reused pid.
+                        unsafe { libc::kill(pid as i32, info.si_signo) };
+                    }
                 }
-            }
-        })?;
-    Ok(handle)
+            })?;
+        Ok(SignalForwarder { child, handle })
+    }
+
+    fn forward_to(&self, pid: u32) {
+        self.child.store(pid, Ordering::Release);
+    }
+
+    fn stop(&self) {
+        self.child.store(0, Ordering::Release);
+        self.handle.close();
+    }
 }
 
 /// Cumulative device time of the vGPU's processes, where the backend reports it per process

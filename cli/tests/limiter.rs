@@ -177,6 +177,26 @@ fn vram_quota_holds_for_cudarc() {
     assert_vram_quota(&cudarc_probe(), "vcudarc");
 }
 
+#[test]
+fn vmm_allocations_count_until_their_last_mapping_goes() {
+    // Create, map, release at once: the mapping keeps the memory, so it stays charged.
+    for (program, tag) in [(&probes().0, "vmmlink"), (&probes().1, "vmmproc")] {
+        let m = Machine::new(tag);
+        let v = m.run_json(&["--vram", "1GiB"], program, &["vmm", "64"]);
+        assert_eq!(v["mapped"], 1u64 << 30, "{v}");
+        assert_eq!(
+            v["last_error"], 2,
+            "CUDA_ERROR_OUT_OF_MEMORY past the quota: {v}"
+        );
+        assert_eq!(v["mem_free_full"], 0, "{v}");
+        assert_eq!(
+            v["mem_free_after"],
+            1u64 << 30,
+            "unmapping gave it all back: {v}"
+        );
+    }
+}
+
 fn assert_share(program: &Path, percent: f64, tag: &str) {
     let _cpu = timing();
     let m = Machine::new(tag);

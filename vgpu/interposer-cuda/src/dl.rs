@@ -86,6 +86,11 @@ pub fn libnvml() -> *mut c_void {
 
 // The exported dlsym. Only the first two bytes of the name are examined before either jumping
 // to our hook (`cu…`, `nv…`) or tail-jumping to the real dlsym with the stack untouched.
+// The exported dlsym. Only the handle and the first two bytes of the name are examined before
+// either jumping to our hook (`cu…`, `nv…` looked up in a handle) or tail-jumping to the real
+// dlsym with the stack untouched. `RTLD_NEXT` lookups always go to the real dlsym: their meaning
+// depends on the caller, which only the real dlsym can see. If the real dlsym is not known yet
+// (a constructor that ran before ours), a slow path finds it first.
 #[cfg(target_arch = "x86_64")]
 #[unsafe(naked)]
 #[unsafe(no_mangle)]
@@ -93,6 +98,8 @@ pub fn libnvml() -> *mut c_void {
 /// Called by the dynamic loader's users with the arguments of `dlsym(3)`.
 pub unsafe extern "C" fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void {
     core::arch::naked_asm!(
+        "cmp rdi, -1", // RTLD_NEXT
+        "je 2f",
         "test rsi, rsi",
         "jz 2f",
         "movzx eax, byte ptr [rsi]",
@@ -109,9 +116,15 @@ pub unsafe extern "C" fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *m
         "1:",
         "jmp {hook}",
         "2:",
-        "jmp qword ptr [rip + {real}]",
+        "mov rax, qword ptr [rip + {real}]",
+        "test rax, rax",
+        "jz 4f",
+        "jmp rax",
+        "4:",
+        "jmp {slow}",
         hook = sym crate::hooks::dlsym_hook,
         real = sym TF_REAL_DLSYM,
+        slow = sym dlsym_slow,
     )
 }
 
@@ -122,6 +135,8 @@ pub unsafe extern "C" fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *m
 /// Called by the dynamic loader's users with the arguments of `dlsym(3)`.
 pub unsafe extern "C" fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void {
     core::arch::naked_asm!(
+        "cmn x0, #1", // RTLD_NEXT
+        "b.eq 2f",
         "cbz x1, 2f",
         "ldrb w9, [x1]",
         "cmp w9, #0x63",
@@ -139,10 +154,24 @@ pub unsafe extern "C" fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *m
         "1:",
         "b {hook}",
         "2:",
-        "adrp x9, {real}",
-        "ldr x9, [x9, :lo12:{real}]",
-        "br x9",
+        "adrp x16, {real}",
+        "ldr x16, [x16, :lo12:{real}]",
+        "cbz x16, 4f",
+        "br x16",
+        "4:",
+        "b {slow}",
         hook = sym crate::hooks::dlsym_hook,
         real = sym TF_REAL_DLSYM,
+        slow = sym dlsym_slow,
     )
+}
+
+/// Our `dlsym` before the constructor found the real one: find it and forward (the caller is
+/// then seen as this library, which only matters for `RTLD_NEXT` this early).
+unsafe extern "C" fn dlsym_slow(handle: *mut c_void, symbol: *const c_char) -> *mut c_void {
+    match real_dlsym() {
+        // SAFETY: forwarding the caller's own arguments to the real dlsym.
+        Some(f) => unsafe { f(handle, symbol) },
+        None => std::ptr::null_mut(),
+    }
 }

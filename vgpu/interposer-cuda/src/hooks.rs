@@ -142,6 +142,7 @@ fn paced(stream: *mut c_void, launch: impl FnOnce() -> u32) -> u32 {
     if let Some(c) = client()
         && c.region().compute_share().is_some()
         && state::current_device_limited(c)
+        && !state::capturing(stream)
     {
         c.before_launch();
         return crate::sampler::launch(c, stream, launch);
@@ -149,7 +150,16 @@ fn paced(stream: *mut c_void, launch: impl FnOnce() -> u32) -> u32 {
     launch()
 }
 
-/// Handles (VMM physical allocations, arrays) whose size must be remembered until released.
+/// The stream a `_ptsz` (per-thread default stream) entry point means by NULL.
+fn ptsz(stream: *mut c_void) -> *mut c_void {
+    if stream.is_null() {
+        0x2 as *mut c_void // CU_STREAM_PER_THREAD
+    } else {
+        stream
+    }
+}
+
+/// Arrays, whose size must be remembered until they are destroyed.
 fn sizes() -> &'static Mutex<HashMap<u64, u64>> {
     static M: OnceLock<Mutex<HashMap<u64, u64>>> = OnceLock::new();
     M.get_or_init(Default::default)
@@ -167,6 +177,51 @@ fn forget(handle: u64) -> Option<u64> {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&handle)
+}
+
+/// Physical allocations of the VMM API: charged at `cuMemCreate`, given back when the last
+/// reference goes — the handle (`cuMemRelease`), each mapping (`cuMemUnmap`), each retained
+/// handle — as the driver frees them.
+struct Vmm {
+    /// handle -> (bytes charged, references)
+    handles: HashMap<u64, (u64, u32)>,
+    /// mapped address -> handle
+    mappings: HashMap<u64, u64>,
+}
+
+fn vmm() -> std::sync::MutexGuard<'static, Vmm> {
+    static M: OnceLock<Mutex<Vmm>> = OnceLock::new();
+    M.get_or_init(|| {
+        Mutex::new(Vmm {
+            handles: HashMap::new(),
+            mappings: HashMap::new(),
+        })
+    })
+    .lock()
+    .unwrap_or_else(|p| p.into_inner())
+}
+
+/// Drop one reference to a physical allocation; uncharge it when none is left.
+fn vmm_unref(handle: u64) {
+    let freed = {
+        let mut v = vmm();
+        match v.handles.get_mut(&handle) {
+            Some((bytes, refs)) => {
+                *refs = refs.saturating_sub(1);
+                let b = *bytes;
+                if *refs == 0 {
+                    v.handles.remove(&handle);
+                    Some(b)
+                } else {
+                    None
+                }
+            }
+            None => None,
+        }
+    };
+    if let (Some(bytes), Some(c)) = (freed, client()) {
+        c.uncharge(bytes);
+    }
 }
 
 /// `CUDA_ARRAY_DESCRIPTOR`.
@@ -270,7 +325,38 @@ hooks! {
             && let Some(h) = get(handle)
             && client().is_some_and(state::current_device_limited)
         {
-            remember(h, size as u64);
+            vmm().handles.insert(h, (size as u64, 1));
+        }
+        rc
+    }
+    Cuda driver_fn fn cuMemMap(ptr: u64, size: usize, offset: usize, handle: u64, flags: u64) {
+        let rc = call!(Cuda, ptr, size, offset, handle, flags);
+        if rc == CUDA_SUCCESS {
+            let mut v = vmm();
+            if let Some((_, refs)) = v.handles.get_mut(&handle) {
+                *refs += 1;
+                v.mappings.insert(ptr, handle);
+            }
+        }
+        rc
+    }
+    Cuda driver_fn fn cuMemUnmap(ptr: u64, size: usize) {
+        let rc = call!(Cuda, ptr, size);
+        if rc == CUDA_SUCCESS {
+            let handle = vmm().mappings.remove(&ptr);
+            if let Some(h) = handle {
+                vmm_unref(h);
+            }
+        }
+        rc
+    }
+    Cuda driver_fn fn cuMemRetainAllocationHandle(handle: *mut u64, addr: *mut c_void) {
+        let rc = call!(Cuda, handle, addr);
+        if rc == CUDA_SUCCESS
+            && let Some(h) = get(handle)
+            && let Some((_, refs)) = vmm().handles.get_mut(&h)
+        {
+            *refs += 1;
         }
         rc
     }
@@ -318,8 +404,8 @@ hooks! {
     }
     Cuda driver_fn fn cuMemRelease(handle: u64) {
         let rc = call!(Cuda, handle);
-        if rc == CUDA_SUCCESS && let (Some(c), Some(bytes)) = (client(), forget(handle)) {
-            c.uncharge(bytes);
+        if rc == CUDA_SUCCESS {
+            vmm_unref(handle);
         }
         rc
     }
@@ -394,19 +480,19 @@ hooks! {
         paced(hStream, || call!(Cuda, f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes, hStream, kernelParams, extra))
     }
     Cuda driver_fn fn cuLaunchKernel_ptsz(f: *mut c_void, gridDimX: u32, gridDimY: u32, gridDimZ: u32, blockDimX: u32, blockDimY: u32, blockDimZ: u32, sharedMemBytes: u32, hStream: *mut c_void, kernelParams: *mut *mut c_void, extra: *mut *mut c_void) {
-        paced(hStream, || call!(Cuda, f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes, hStream, kernelParams, extra))
+        paced(ptsz(hStream), || call!(Cuda, f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes, hStream, kernelParams, extra))
     }
     Cuda driver_fn fn cuLaunchKernelEx(config: *const c_void, f: *mut c_void, kernelParams: *mut *mut c_void, extra: *mut *mut c_void) {
         paced(read(config as *const tf_cuda_abi::CUlaunchConfig).map_or(std::ptr::null_mut(), |c| c.hStream), || call!(Cuda, config, f, kernelParams, extra))
     }
     Cuda driver_fn fn cuLaunchKernelEx_ptsz(config: *const c_void, f: *mut c_void, kernelParams: *mut *mut c_void, extra: *mut *mut c_void) {
-        paced(read(config as *const tf_cuda_abi::CUlaunchConfig).map_or(std::ptr::null_mut(), |c| c.hStream), || call!(Cuda, config, f, kernelParams, extra))
+        paced(ptsz(read(config as *const tf_cuda_abi::CUlaunchConfig).map_or(std::ptr::null_mut(), |c| c.hStream)), || call!(Cuda, config, f, kernelParams, extra))
     }
     Cuda driver_fn fn cuLaunchCooperativeKernel(f: *mut c_void, gridDimX: u32, gridDimY: u32, gridDimZ: u32, blockDimX: u32, blockDimY: u32, blockDimZ: u32, sharedMemBytes: u32, hStream: *mut c_void, kernelParams: *mut *mut c_void) {
         paced(hStream, || call!(Cuda, f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes, hStream, kernelParams))
     }
     Cuda driver_fn fn cuLaunchCooperativeKernel_ptsz(f: *mut c_void, gridDimX: u32, gridDimY: u32, gridDimZ: u32, blockDimX: u32, blockDimY: u32, blockDimZ: u32, sharedMemBytes: u32, hStream: *mut c_void, kernelParams: *mut *mut c_void) {
-        paced(hStream, || call!(Cuda, f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes, hStream, kernelParams))
+        paced(ptsz(hStream), || call!(Cuda, f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes, hStream, kernelParams))
     }
     Cuda driver_fn fn cuLaunchCooperativeKernelMultiDevice(launchParamsList: *mut c_void, numDevices: u32, flags: u32) {
         paced(std::ptr::null_mut(), || call!(Cuda, launchParamsList, numDevices, flags))
@@ -424,7 +510,7 @@ hooks! {
         paced(hStream, || call!(Cuda, hGraphExec, hStream))
     }
     Cuda driver_fn fn cuGraphLaunch_ptsz(hGraphExec: *mut c_void, hStream: *mut c_void) {
-        paced(hStream, || call!(Cuda, hGraphExec, hStream))
+        paced(ptsz(hStream), || call!(Cuda, hGraphExec, hStream))
     }
 
     // ----- entry points handed out by the driver -----

@@ -24,4 +24,27 @@ mod logging;
 mod sampler;
 mod state;
 
-pub use state::format_uuid;
+pub use state::{format_uuid, uuid_digits};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_and_mig_spellings_of_one_uuid_match() {
+        let b = [
+            0x00, 0x35, 0xd5, 0x80, 0x93, 0xc6, 0xdd, 0x7d, 0x14, 0xd6, 0xdf, 0x43, 0x09, 0x0a,
+            0xcb, 0x4f,
+        ];
+        let formatted = format_uuid(&b);
+        assert_eq!(formatted, "GPU-0035d580-93c6-dd7d-14d6-df43090acb4f");
+        assert_eq!(
+            uuid_digits(&formatted),
+            uuid_digits("MIG-0035D580-93C6-DD7D-14D6-DF43090ACB4F")
+        );
+        assert_ne!(
+            uuid_digits(&formatted),
+            uuid_digits("GPU-0035d580-93c6-dd7d-14d6-df43090acb40")
+        );
+    }
+}

@@ -19,10 +19,14 @@ use crate::hooks::{Lib, resolve};
 pub const INTERVAL_NS: u64 = 5_000_000;
 
 struct Sampler {
-    ctx: usize,
+    /// Id of the context the current pair belongs to (`cuCtxGetId`: unique for the process's
+    /// life, unlike the handle, which a new context may reuse).
+    ctx: u64,
     start: usize,
     end: usize,
     pending: bool,
+    /// An event pair per context seen so far (never destroyed: the context may be gone).
+    pairs: Vec<(u64, usize, usize)>,
 }
 
 static SAMPLER: Mutex<Sampler> = Mutex::new(Sampler {
@@ -30,6 +34,7 @@ static SAMPLER: Mutex<Sampler> = Mutex::new(Sampler {
     start: 0,
     end: 0,
     pending: false,
+    pairs: Vec::new(),
 });
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
@@ -129,28 +134,43 @@ fn prepare(s: &mut Sampler, stream: *mut c_void) -> bool {
     {
         return false;
     }
+    let Some(get_id) = real!(cuCtxGetId) else {
+        return false;
+    };
     let mut ctx: *mut c_void = std::ptr::null_mut();
-    // SAFETY: a valid output.
-    if unsafe { get_ctx(&mut ctx) } != CUDA_SUCCESS || ctx.is_null() {
+    let mut id = 0u64;
+    // SAFETY: valid outputs; a null context asks for the current one's id.
+    if unsafe { get_ctx(&mut ctx) } != CUDA_SUCCESS
+        || ctx.is_null()
+        || unsafe { get_id(std::ptr::null_mut(), &mut id) } != CUDA_SUCCESS
+    {
         return false;
     }
-    if s.ctx != ctx as usize {
-        let (mut a, mut b): (*mut c_void, *mut c_void) =
-            (std::ptr::null_mut(), std::ptr::null_mut());
-        // SAFETY: creating two timing events in the current context.
-        let ok = unsafe {
-            create(&mut a, CU_EVENT_DEFAULT) == CUDA_SUCCESS
-                && create(&mut b, CU_EVENT_DEFAULT) == CUDA_SUCCESS
+    if s.ctx != id || s.start == 0 {
+        let pair = match s.pairs.iter().find(|p| p.0 == id) {
+            Some(&(_, a, b)) => (a, b),
+            None => {
+                if s.pairs.len() >= 64 {
+                    return false;
+                }
+                let (mut a, mut b): (*mut c_void, *mut c_void) =
+                    (std::ptr::null_mut(), std::ptr::null_mut());
+                // SAFETY: creating two timing events in the current context.
+                let ok = unsafe {
+                    create(&mut a, CU_EVENT_DEFAULT) == CUDA_SUCCESS
+                        && create(&mut b, CU_EVENT_DEFAULT) == CUDA_SUCCESS
+                };
+                if !ok {
+                    return false;
+                }
+                s.pairs.push((id, a as usize, b as usize));
+                (a as usize, b as usize)
+            }
         };
-        if !ok {
-            return false;
-        }
-        *s = Sampler {
-            ctx: ctx as usize,
-            start: a as usize,
-            end: b as usize,
-            pending: false,
-        };
+        s.ctx = id;
+        s.start = pair.0;
+        s.end = pair.1;
+        s.pending = false;
     }
     true
 }

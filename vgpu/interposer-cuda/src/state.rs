@@ -56,9 +56,23 @@ pub fn format_uuid(b: &[u8; 16]) -> String {
     )
 }
 
+/// The hex digits of a device UUID: `GPU-…` and `MIG-…` spellings of one UUID compare equal
+/// (the driver API reports a MIG instance's UUID as bytes, NVML and `run` spell it `MIG-…`).
+pub fn uuid_digits(uuid: &str) -> String {
+    let u = uuid.trim();
+    let u = u
+        .strip_prefix("GPU-")
+        .or_else(|| u.strip_prefix("MIG-"))
+        .unwrap_or(u);
+    u.chars()
+        .filter(|c| c.is_ascii_hexdigit())
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
+}
+
 fn same_device(c: &Client, uuid: &str) -> bool {
     let mine = c.device_uuid();
-    mine.is_empty() || mine.eq_ignore_ascii_case(uuid)
+    mine.is_empty() || uuid_digits(mine) == uuid_digits(uuid)
 }
 
 const UNKNOWN: u8 = 0;
@@ -244,4 +258,18 @@ pub fn nvml_device_limited(c: &Client, device: *mut c_void) -> bool {
         .unwrap_or_else(|p| p.into_inner())
         .insert(device as usize, v);
     v
+}
+
+/// Whether `stream` is capturing a graph (then launches are recorded, not run: they are not
+/// paced).
+pub fn capturing(stream: *mut c_void) -> bool {
+    let mut status = CU_STREAM_CAPTURE_STATUS_NONE;
+    match real!(driver_fn::cuStreamIsCapturing, Cuda) {
+        Some(f) => {
+            // SAFETY: a valid output; the stream is the caller's.
+            let rc = unsafe { f(stream, &mut status) };
+            rc == CUDA_SUCCESS && status != CU_STREAM_CAPTURE_STATUS_NONE
+        }
+        None => false,
+    }
 }

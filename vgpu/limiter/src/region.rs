@@ -128,7 +128,7 @@ pub struct OverQuota {
 }
 
 impl Region {
-    /// Create (or reset) the region file at `path` for a vGPU on device `uuid`.
+    /// Create the region file at `path` (which must not exist) for a vGPU on device `uuid`.
     pub fn create(
         path: &Path,
         uuid: &str,
@@ -288,6 +288,15 @@ impl Region {
 
     pub fn owner_pid(&self) -> u32 {
         self.owner_pid.load(Ordering::Relaxed)
+    }
+
+    /// Whether anyone still uses the region: its owner or any registered process is alive.
+    pub fn in_use(&self) -> bool {
+        sys::process_start_time(self.owner_pid()).is_some()
+            || self.procs.iter().any(|p| {
+                let pid = p.pid.load(Ordering::Acquire);
+                pid != 0 && pid != PID_RECLAIMING && sys::process_start_time(pid).is_some()
+            })
     }
 
     // ----- processes -----
@@ -583,12 +592,13 @@ fn map(path: &Path, create: bool) -> Result<&'static Region, RegionError> {
         source,
     };
     let size = std::mem::size_of::<Region>();
+    // A new region is a new file (never truncate one that processes may have mapped: their next
+    // access would fault), readable and writable by its owner only.
     let file = OpenOptions::new()
         .read(true)
         .write(true)
-        .create(create)
-        .truncate(create)
-        .mode(0o666)
+        .create_new(create)
+        .mode(0o600)
         .open(path)
         .map_err(io)?;
     if create {

@@ -72,15 +72,16 @@ fn create_then_open_is_a_second_mapping_of_the_same_region() {
 }
 
 #[test]
-fn create_resets_an_existing_region() {
+fn create_refuses_an_existing_region() {
+    // A region that processes may have mapped is never truncated under them.
     let f = region_file(UUID, &limits(Some(1000), None));
     f.region.charge(0, 700).unwrap();
-    let again = Region::create(&f.path, "GPU-other", 1, &limits(Some(2000), Some(0.5))).unwrap();
-    assert_eq!(again.vram_used(), 0);
-    // The first mapping sees the reset too: it is the same file.
-    assert_eq!(f.region.vram_used(), 0);
-    assert_eq!(f.region.device_uuid(), "GPU-other");
-    assert_eq!(f.region.limits(), limits(Some(2000), Some(0.5)));
+    let err = Region::create(&f.path, "GPU-other", 1, &limits(Some(2000), Some(0.5)))
+        .err()
+        .expect("creating over an existing region must fail");
+    assert!(matches!(err, RegionError::Io { .. }), "{err}");
+    assert_eq!(f.region.vram_used(), 700);
+    assert_eq!(f.region.device_uuid(), UUID);
 }
 
 #[test]

@@ -10,6 +10,7 @@
  *        vgpu_probe graph PTX SECONDS WARMUP_SECONDS KERNEL_US
  *        vgpu_probe churn ITERATIONS SEED
  *        vgpu_probe hold MIB SECONDS
+ *        vgpu_probe vmm BLOCK_MIB
  */
 #include <cuda.h>
 #include <cudaTypedefs.h>
@@ -42,6 +43,12 @@ static struct {
     PFN_cuEventCreate_v2000 EventCreate;
     PFN_cuEventRecord_v2000 EventRecord;
     PFN_cuEventSynchronize_v2000 EventSynchronize;
+    PFN_cuMemCreate_v10020 MemCreate;
+    PFN_cuMemRelease_v10020 MemRelease;
+    PFN_cuMemAddressReserve_v10020 MemAddressReserve;
+    PFN_cuMemAddressFree_v10020 MemAddressFree;
+    PFN_cuMemMap_v10020 MemMap;
+    PFN_cuMemUnmap_v10020 MemUnmap;
 } api;
 
 static int load_api(void) {
@@ -79,6 +86,12 @@ static int load_api(void) {
     GET(EventCreate, cuEventCreate, 2000);
     GET(EventRecord, cuEventRecord, 2000);
     GET(EventSynchronize, cuEventSynchronize, 2000);
+    GET(MemCreate, cuMemCreate, 10020);
+    GET(MemRelease, cuMemRelease, 10020);
+    GET(MemAddressReserve, cuMemAddressReserve, 10020);
+    GET(MemAddressFree, cuMemAddressFree, 10020);
+    GET(MemMap, cuMemMap, 10020);
+    GET(MemUnmap, cuMemUnmap, 10020);
     return 0;
 }
 
@@ -182,6 +195,41 @@ static int busy(const char *ptx_path, double seconds, double warmup, unsigned lo
     return 0;
 }
 
+/* The VMM pattern of NVIDIA's samples: create, map, and release the handle at once (the
+ * mapping keeps the memory); repeat until the driver refuses. */
+static int vmm(size_t block_mib) {
+    size_t block = block_mib << 20;
+    CUmemAllocationProp prop;
+    memset(&prop, 0, sizeof prop);
+    prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    prop.location.id = 0;
+    enum { MAX = 4096 };
+    static CUdeviceptr va[MAX];
+    size_t n = 0;
+    CUresult last = CUDA_SUCCESS;
+    while (n < MAX) {
+        CUmemGenericAllocationHandle h;
+        last = api.MemCreate(&h, block, &prop, 0);
+        if (last != CUDA_SUCCESS) break;
+        CHECK(api.MemAddressReserve(&va[n], block, 0, 0, 0));
+        CHECK(api.MemMap(va[n], block, 0, h, 0));
+        CHECK(api.MemRelease(h));
+        n++;
+    }
+    size_t free_full = 0, total = 0;
+    CHECK(api.MemGetInfo(&free_full, &total));
+    for (size_t i = 0; i < n; i++) {
+        CHECK(api.MemUnmap(va[i], block));
+        CHECK(api.MemAddressFree(va[i], block));
+    }
+    size_t free_after = 0;
+    CHECK(api.MemGetInfo(&free_after, &total));
+    printf("{\"mapped\": %zu, \"last_error\": %d, \"mem_total\": %zu, \"mem_free_full\": %zu, "
+           "\"mem_free_after\": %zu}\n", n * block, (int)last, total, free_full, free_after);
+    return 0;
+}
+
 static int churn(long iterations, unsigned int seed) {
     enum { SLOTS = 32 };
     CUdeviceptr live[SLOTS] = {0};
@@ -232,6 +280,7 @@ int main(int argc, char **argv) {
     CHECK(api.PrimaryCtxRetain(&ctx, dev));
     CHECK(api.CtxSetCurrent(ctx));
     if (!strcmp(argv[1], "vram") && argc == 3) return vram(strtoul(argv[2], NULL, 10));
+    if (!strcmp(argv[1], "vmm") && argc == 3) return vmm(strtoul(argv[2], NULL, 10));
     if ((!strcmp(argv[1], "busy") || !strcmp(argv[1], "graph")) && argc == 6)
         return busy(argv[2], atof(argv[3]), atof(argv[4]), strtoull(argv[5], NULL, 10),
                     !strcmp(argv[1], "graph"));
