@@ -217,7 +217,7 @@ impl DeviceSegment {
                 if spins.is_multiple_of(4096) {
                     // The holder may have died inside the critical section.
                     let owner = self.lock_owner.load(Ordering::Relaxed);
-                    if owner != 0 && owner != me && sys::process_state(owner).is_none() {
+                    if owner != 0 && owner != me && sys::process_start_time(owner).is_none() {
                         let _ = self.lock_owner.compare_exchange(
                             owner,
                             0,
@@ -240,7 +240,7 @@ impl DeviceSegment {
 
     /// Find or claim the slot of process `pid`.
     pub fn register(&self, pid: u32) -> Result<usize> {
-        let start = sys::process_state(pid).map(|s| s.start_time).unwrap_or(1);
+        let start = sys::process_start_time(pid).unwrap_or(1);
         for attempt in 0..2 {
             for (i, p) in self.procs.iter().enumerate() {
                 if p.pid.load(Ordering::Acquire) == pid {
@@ -302,7 +302,7 @@ impl DeviceSegment {
             if start == 0 {
                 continue; // being registered right now
             }
-            let alive = sys::process_state(pid).is_some_and(|s| s.start_time == start);
+            let alive = sys::process_start_time(pid) == Some(start);
             if !alive && self.reclaim_slot(i, pid) {
                 n += 1;
             }
@@ -317,8 +317,7 @@ impl DeviceSegment {
                 let pid = p.pid.load(Ordering::Acquire);
                 pid != 0
                     && pid != PID_RECLAIMING
-                    && sys::process_state(pid)
-                        .is_some_and(|s| s.start_time == p.start_time.load(Ordering::Acquire))
+                    && sys::process_start_time(pid) == Some(p.start_time.load(Ordering::Acquire))
             })
             .count()
     }

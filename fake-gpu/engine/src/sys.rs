@@ -7,16 +7,7 @@ pub fn pid() -> u32 {
     std::process::id()
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: one clock for every process on the machine.
-pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use tf_os::{map_shared, now_ns, process_start_time};
 
 /// Sleep until the monotonic clock reads `deadline_ns` (absolute, so no drift accumulates).
 pub fn sleep_until(deadline_ns: u64) {
@@ -47,29 +38,6 @@ pub fn precise_timers_for_this_thread() {
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
 }
 
-/// What /proc says of a live process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProcState {
-    /// Start time in clock ticks after boot (field 22 of /proc/PID/stat).
-    pub start_time: u64,
-}
-
-/// `Some` if `pid` is a live process (not a zombie), with its start time.
-pub fn process_state(pid: u32) -> Option<ProcState> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may contain anything: split after it.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // fields[0] is field 3 (state), so field 22 (starttime) is fields[19].
-    let state = fields.first()?;
-    if matches!(*state, "Z" | "X" | "x") {
-        return None;
-    }
-    Some(ProcState {
-        start_time: fields.get(19)?.parse().ok()?,
-    })
-}
-
 /// An exclusive `flock` held until dropped.
 pub struct FileLock(libc::c_int);
 
@@ -94,25 +62,6 @@ impl Drop for FileLock {
         // SAFETY: unlocking a lock this guard took on a still-open descriptor.
         unsafe { libc::flock(self.0, libc::LOCK_UN) };
     }
-}
-
-/// Map `len` bytes of a file shared between processes. The mapping is never unmapped.
-pub fn map_shared(fd: libc::c_int, len: usize) -> io::Result<*mut u8> {
-    // SAFETY: a fresh mapping chosen by the kernel; fd is open and at least `len` long.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(p as *mut u8)
 }
 
 /// Anonymous private memory that backs one simulated allocation. Pages are only committed when

@@ -1,0 +1,97 @@
+//! # tf-os
+//!
+//! Small operating-system helpers shared by crates that may not depend on each other (the
+//! simulated GPU, the vGPU limiter, the driver libraries and the interposer): the clock every
+//! process agrees on, whether a process is still alive, shared mappings, and the logging set-up
+//! of libraries loaded into someone else's program.
+
+use std::collections::HashSet;
+use std::io::{self, IsTerminal};
+use std::sync::{Mutex, Once};
+
+/// CLOCK_MONOTONIC in nanoseconds: one clock for every process on the machine.
+#[inline]
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Start time (clock ticks after boot, field 22 of /proc/PID/stat) of a live process; `None`
+/// if `pid` is gone or a zombie. Comparing start times tells a reused pid apart.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may contain anything: split after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // fields[0] is field 3 (state), so field 22 (starttime) is fields[19].
+    if matches!(fields.first().copied(), Some("Z" | "X" | "x")) {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// Map `len` bytes of an open file shared between processes. The mapping is never unmapped.
+pub fn map_shared(fd: libc::c_int, len: usize) -> io::Result<*mut u8> {
+    // SAFETY: a fresh mapping chosen by the kernel; the caller's fd is open and at least `len`
+    // bytes long.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(p as *mut u8)
+}
+
+/// Logs of a library loaded into another program: `tracing` to stderr, filtered by `TF_LOG`
+/// (default: warnings), installed once and only if the program has no subscriber of its own.
+pub fn init_logging() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_env("TF_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(io::stderr)
+            .with_ansi(io::stderr().is_terminal())
+            .try_init();
+    });
+}
+
+/// Whether this is the first time `name` is seen (for "log once per function" messages).
+pub fn first_time(name: &'static str) -> bool {
+    static SEEN: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+    SEEN.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_or_insert_with(HashSet::new)
+        .insert(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_live_process_has_a_start_time_and_a_reaped_one_does_not() {
+        assert!(process_start_time(std::process::id()).is_some());
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert_eq!(process_start_time(pid), None);
+        let t0 = now_ns();
+        assert!(now_ns() >= t0);
+        assert!(first_time("x") && !first_time("x"));
+    }
+}
