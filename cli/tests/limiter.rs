@@ -464,3 +464,38 @@ fn bad_limits_are_clear_errors() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn nvml_memory_queries_report_the_quota() {
+    // pynvml (NVIDIA's NVML bindings) through dlopen + dlsym, like monitoring tools.
+    let site = tf_test_support::python_packages(&["nvidia-ml-py==12.575.51"])
+        .expect("pip install nvidia-ml-py");
+    let m = Machine::new("nvmlq");
+    let script = "import json, pynvml as n\n\
+        n.nvmlInit()\n\
+        h = n.nvmlDeviceGetHandleByIndex(0)\n\
+        m1 = n.nvmlDeviceGetMemoryInfo(h)\n\
+        m2 = n.nvmlDeviceGetMemoryInfo(h, version=n.nvmlMemory_v2)\n\
+        print(json.dumps({'v1': [m1.total, m1.free, m1.used], 'v2': [m2.total, m2.free, m2.used]}))\n";
+    let out = m
+        .tf()
+        .args([
+            "run",
+            "--vram",
+            "3GiB",
+            "--",
+            &tf_test_support::python(),
+            "-c",
+            script,
+        ])
+        .env("PYTHONPATH", &site)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let gib3 = 3u64 << 30;
+    assert_eq!(v["v1"][0], gib3, "{v}");
+    assert_eq!(v["v1"][1], gib3, "nothing used yet: {v}");
+    assert_eq!(v["v2"][0], gib3, "{v}");
+    assert_eq!(v["v2"][2], 0, "{v}");
+}

@@ -159,6 +159,14 @@ fn ptsz(stream: *mut c_void) -> *mut c_void {
     }
 }
 
+/// (quota, used) to report for an NVML device that is the vGPU's, with an output to write.
+fn nvml_quota(device: *mut c_void, memory: *mut c_void) -> Option<(u64, u64)> {
+    let c = client()?;
+    let quota = c.vram_quota()?;
+    (!memory.is_null() && state::nvml_device_limited(c, device))
+        .then(|| (quota, c.vram_used().min(quota)))
+}
+
 /// Arrays, whose size must be remembered until they are destroyed.
 fn sizes() -> &'static Mutex<HashMap<u64, u64>> {
     static M: OnceLock<Mutex<HashMap<u64, u64>>> = OnceLock::new();
@@ -533,12 +541,8 @@ hooks! {
     Nvml nvml_fn fn nvmlDeviceGetMemoryInfo(device: *mut c_void, memory: *mut c_void) {
         let rc = call!(Nvml, device, memory);
         if rc == NVML_SUCCESS
-            && let Some(c) = client()
-            && let Some(quota) = c.vram_quota()
-            && state::nvml_device_limited(c, device)
-            && !memory.is_null()
+            && let Some((quota, used)) = nvml_quota(device, memory)
         {
-            let used = c.vram_used().min(quota);
             let m = memory as *mut u64; // nvmlMemory_t { total, free, used }
             // SAFETY: the real call just filled this nvmlMemory_t (three u64 fields).
             unsafe {
@@ -552,12 +556,8 @@ hooks! {
     Nvml nvml_fn fn nvmlDeviceGetMemoryInfo_v2(device: *mut c_void, memory: *mut c_void) {
         let rc = call!(Nvml, device, memory);
         if rc == NVML_SUCCESS
-            && let Some(c) = client()
-            && let Some(quota) = c.vram_quota()
-            && state::nvml_device_limited(c, device)
-            && !memory.is_null()
+            && let Some((quota, used)) = nvml_quota(device, memory)
         {
-            let used = c.vram_used().min(quota);
             // nvmlMemory_v2_t { u32 version; u64 total, reserved, free, used }
             let m = memory as *mut u8;
             // SAFETY: the real call just filled this nvmlMemory_v2_t; fields at 8, 16, 24, 32.
