@@ -6,7 +6,6 @@
 //! reaches the driver the way cudarc and the CUDA runtime do (dlopen + dlsym), so the numbers
 //! include the interposer's dispatch.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -65,13 +64,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         compute_share: None,
     };
     tf_vgpu_limiter::Region::create(&region_path, &info.uuid, 0, &limits)?;
-    struct Remove(PathBuf);
-    impl Drop for Remove {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
-    let _remove = Remove(region_path.clone());
+    let _remove = crate::run::RegionFile(region_path.clone());
     let interposer = tf_hal::artifacts::find_built("libtf_cuda_interposer.so")?;
     let exe = std::env::current_exe()?;
     let ld = if kind == BackendKind::Fake {

@@ -55,8 +55,8 @@ fn parse_size(s: &str) -> Result<u64, String> {
     }
 }
 
-/// Removes the region file when dropped (however `run` ends).
-struct RegionFile(PathBuf);
+/// Removes a region file when dropped (however the command that created it ends).
+pub(crate) struct RegionFile(pub(crate) PathBuf);
 
 impl Drop for RegionFile {
     fn drop(&mut self) {

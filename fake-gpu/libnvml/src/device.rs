@@ -107,15 +107,22 @@ pub fn pci_info_v1(d: *mut c_void, p: *mut c_void) -> NvmlResult {
     )
 }
 
+/// The version field a versioned NVML struct starts with, if it is `expected`.
+fn struct_version(p: *const u32, expected: u32) -> NvmlResult<u32> {
+    let version = read(p)?;
+    if version == expected {
+        Ok(version)
+    } else {
+        Err(NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
+    }
+}
+
 /// `nvmlDeviceGetPciInfoExt` (versioned: `NVML_ERROR_ARGUMENT_VERSION_MISMATCH` for another
 /// version).
 pub fn pci_info_ext(d: *mut c_void, p: *mut c_void) -> NvmlResult {
     let h = dev(d)?;
     let p = p as *mut nvmlPciInfoExt_v1_t;
-    let version = read(p as *const u32)?;
-    if version != NVML_PCI_INFO_EXT_V1 {
-        return Err(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
-    }
+    let version = struct_version(p as *const u32, NVML_PCI_INFO_EXT_V1)?;
     let v = pci_info_v2(h);
     out(
         p,
@@ -151,10 +158,7 @@ pub fn memory_info(d: *mut c_void, p: *mut c_void) -> NvmlResult {
 pub fn memory_info_v2(d: *mut c_void, p: *mut c_void) -> NvmlResult {
     let h = dev(d)?;
     let p = p as *mut nvmlMemory_v2_t;
-    let version = read(p as *const u32)?;
-    if version != NVML_MEMORY_V2 {
-        return Err(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
-    }
+    let version = struct_version(p as *const u32, NVML_MEMORY_V2)?;
     let m = h.dev.memory();
     out(
         p,
