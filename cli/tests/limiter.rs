@@ -50,6 +50,8 @@ fn probes() -> &'static (PathBuf, PathBuf) {
                 .arg(&src)
                 .arg("-I")
                 .arg(&inc)
+                .arg("-I")
+                .arg(tf_test_support::workspace_root().join("hal/kernels"))
                 .arg("-L")
                 .arg(&dir)
                 .args(extra)

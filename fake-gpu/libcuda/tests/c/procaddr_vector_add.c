@@ -7,6 +7,7 @@
  * usage: procaddr_vector_add PTX_FILE [N]
  */
 #include <cuda.h>
+#include "read_ptx.h"
 #include <cudaTypedefs.h>
 #include <dlfcn.h>
 #include <stdio.h>
@@ -34,19 +35,6 @@ static PFN_cuGetProcAddress_v12000 get_proc;
             return 1;                                                            \
         }                                                                        \
     } while (0)
-
-static char *read_file(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc(n + 1);
-    if (fread(buf, 1, n, f) != (size_t)n) { fclose(f); free(buf); return NULL; }
-    buf[n] = 0;
-    fclose(f);
-    return buf;
-}
 
 int main(int argc, char **argv) {
     if (argc < 2) {

@@ -60,6 +60,8 @@ impl FakeDriverDir {
             .arg(&src)
             .arg("-I")
             .arg(&inc)
+            .arg("-I")
+            .arg(tf_test_support::workspace_root().join("hal/kernels"))
             .arg("-L")
             .arg(self.dir())
             .args(extra)

@@ -13,6 +13,7 @@
  *        vgpu_probe vmm BLOCK_MIB
  */
 #include <cuda.h>
+#include "read_ptx.h"
 #include <cudaTypedefs.h>
 #include <dlfcn.h>
 #include <stdio.h>
@@ -108,19 +109,6 @@ static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static char *read_file(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc(n + 1);
-    if (fread(buf, 1, n, f) != (size_t)n) { fclose(f); free(buf); return NULL; }
-    buf[n] = 0;
-    fclose(f);
-    return buf;
 }
 
 static int vram(size_t block_mib) {
