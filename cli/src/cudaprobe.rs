@@ -5,79 +5,52 @@
 use std::ffi::c_void;
 
 use anyhow::{Context as _, Result, ensure};
+use tf_cuda_abi::driver_fn;
 
-type CuInit = unsafe extern "C" fn(u32) -> u32;
-type CuDeviceGet = unsafe extern "C" fn(*mut i32, i32) -> u32;
-type CuPrimaryRetain = unsafe extern "C" fn(*mut *mut c_void, i32) -> u32;
-type CuCtxSetCurrent = unsafe extern "C" fn(*mut c_void) -> u32;
-type CuTotalMem = unsafe extern "C" fn(*mut usize, i32) -> u32;
-type CuMemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> u32;
-type CuMemAlloc = unsafe extern "C" fn(*mut u64, usize) -> u32;
-type CuMemFree = unsafe extern "C" fn(u64) -> u32;
-type CuModuleLoadData = unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> u32;
-type CuModuleGetFunction = unsafe extern "C" fn(*mut *mut c_void, *mut c_void, *const i8) -> u32;
-type CuLaunchKernel = unsafe extern "C" fn(
-    *mut c_void,
-    u32,
-    u32,
-    u32,
-    u32,
-    u32,
-    u32,
-    u32,
-    *mut c_void,
-    *mut *mut c_void,
-    *mut *mut c_void,
-) -> u32;
-type CuCtxSynchronize = unsafe extern "C" fn() -> u32;
+/// The driver entry points the probes use, each typed by the header's signature.
+macro_rules! entry_points {
+    ($($field:ident: $name:ident),* $(,)?) => {
+        pub struct Cuda {
+            _lib: libloading::Library,
+            $(pub $field: driver_fn::$name,)*
+        }
 
-/// The driver entry points the probes use.
-pub struct Cuda {
-    _lib: libloading::Library,
-    init: CuInit,
-    device_get: CuDeviceGet,
-    retain: CuPrimaryRetain,
-    set_current: CuCtxSetCurrent,
-    pub total_mem: CuTotalMem,
-    mem_get_info: CuMemGetInfo,
-    mem_alloc: CuMemAlloc,
-    mem_free: CuMemFree,
-    load: CuModuleLoadData,
-    get_function: CuModuleGetFunction,
-    launch: CuLaunchKernel,
-    sync: CuCtxSynchronize,
+        impl Cuda {
+            pub fn open() -> Result<Cuda> {
+                // SAFETY: loading the system's CUDA driver library, whose initialisers are safe
+                // to run.
+                let lib = unsafe { libloading::Library::new("libcuda.so.1") }
+                    .context("loading libcuda.so.1")?;
+                $(
+                    // SAFETY: the symbol is the driver function of this name, whose type is the
+                    // header's (`driver_fn`).
+                    let $field = *unsafe {
+                        lib.get::<driver_fn::$name>(concat!(stringify!($name), "\0").as_bytes())
+                    }
+                    .context(concat!("symbol ", stringify!($name)))?;
+                )*
+                Ok(Cuda { _lib: lib, $($field,)* })
+            }
+        }
+    };
+}
+
+entry_points! {
+    init: cuInit,
+    device_get: cuDeviceGet,
+    retain: cuDevicePrimaryCtxRetain,
+    set_current: cuCtxSetCurrent,
+    total_mem: cuDeviceTotalMem_v2,
+    mem_get_info: cuMemGetInfo_v2,
+    mem_alloc: cuMemAlloc_v2,
+    mem_free: cuMemFree_v2,
+    load: cuModuleLoadData,
+    get_function: cuModuleGetFunction,
+    launch: cuLaunchKernel,
+    sync: cuCtxSynchronize,
 }
 
 impl Cuda {
-    pub fn open() -> Result<Cuda> {
-        // SAFETY: loading the system's CUDA driver library, whose initialisers are safe to run.
-        let lib =
-            unsafe { libloading::Library::new("libcuda.so.1") }.context("loading libcuda.so.1")?;
-        macro_rules! sym {
-            ($name:literal) => {
-                // SAFETY: the symbol has the driver API's documented signature, which is the
-                // field's type.
-                *unsafe { lib.get($name) }
-                    .with_context(|| format!("symbol {}", String::from_utf8_lossy($name)))?
-            };
-        }
-        Ok(Cuda {
-            init: sym!(b"cuInit\0"),
-            device_get: sym!(b"cuDeviceGet\0"),
-            retain: sym!(b"cuDevicePrimaryCtxRetain\0"),
-            set_current: sym!(b"cuCtxSetCurrent\0"),
-            total_mem: sym!(b"cuDeviceTotalMem_v2\0"),
-            mem_get_info: sym!(b"cuMemGetInfo_v2\0"),
-            mem_alloc: sym!(b"cuMemAlloc_v2\0"),
-            mem_free: sym!(b"cuMemFree_v2\0"),
-            load: sym!(b"cuModuleLoadData\0"),
-            get_function: sym!(b"cuModuleGetFunction\0"),
-            launch: sym!(b"cuLaunchKernel\0"),
-            sync: sym!(b"cuCtxSynchronize\0"),
-            _lib: lib,
-        })
-    }
-
     pub fn check(&self, rc: u32, what: &str) -> Result<()> {
         ensure!(rc == 0, "{what} failed: CUresult {rc}");
         Ok(())
@@ -146,10 +119,8 @@ pub fn vram(block_mib: u64) -> Result<serde_json::Value> {
     cuda.setup()?;
     let (mut free, mut total) = (0usize, 0usize);
     // SAFETY: valid outputs.
-    cuda.check(
-        unsafe { (cuda.mem_get_info)(&mut free, &mut total) },
-        "cuMemGetInfo",
-    )?;
+    let rc = unsafe { (cuda.mem_get_info)(&mut free, &mut total) };
+    cuda.check(rc, "cuMemGetInfo")?;
     let block = (block_mib << 20) as usize;
     let mut held = Vec::new();
     loop {

@@ -53,10 +53,7 @@ pub fn installed_driver_dir() -> Result<std::path::PathBuf> {
 pub fn run(args: FakeGpuArgs) -> Result<()> {
     match args.command {
         FakeGpuCommand::Load { spec } => {
-            let spec: tf_fake_gpu::load::LoadSpec = serde_json::from_str(&spec)?;
-            let gpu = tf_fake_gpu::FakeGpu::global()?;
-            let report = tf_fake_gpu::load::run(&gpu, &spec)?;
-            println!("{}", serde_json::to_string(&report)?);
+            println!("{}", tf_fake_gpu::load::run_json(&spec)?);
             Ok(())
         }
         FakeGpuCommand::Install { dir } => {

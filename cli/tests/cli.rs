@@ -1,4 +1,5 @@
 //! The command line as a user runs it: real processes, real exit codes.
+#![allow(unused_crate_dependencies)] // test targets share the package's dev-dependencies
 
 use std::process::{Command, Output};
 

@@ -1,6 +1,7 @@
 //! The vGPU limiter end to end: `tensor-fusion run` with real programs on the simulated GPU —
 //! a C program linked with -lcuda, the same program reaching the driver only through
 //! cuGetProcAddress, and a cudarc program (dlopen) — under VRAM quotas and compute shares.
+#![allow(unused_crate_dependencies)] // test targets share the package's dev-dependencies
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

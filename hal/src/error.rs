@@ -78,7 +78,12 @@ pub struct Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.kind, self.message)?;
+        // `Other` has no words of its own to add ("error: error: ..." helps nobody).
+        if self.kind == ErrorKind::Other {
+            f.write_str(&self.message)?;
+        } else {
+            write!(f, "{}: {}", self.kind, self.message)?;
+        }
         if let Some(v) = &self.vendor {
             write!(f, " ({} = {})", v.name, v.code)?;
         }

@@ -16,6 +16,7 @@
 //!
 //! With the `conformance` feature, [`conformance`] holds the generic test suite every backend
 //! runs from its own tests through [`hal_conformance_tests!`].
+#![cfg_attr(test, allow(unused_crate_dependencies))] // unit tests see the dev-dependencies too
 
 pub mod artifacts;
 pub mod config;

@@ -9,6 +9,7 @@
 //! - [`cuda_include_dir`]: NVIDIA's `cuda.h` and `nvml.h` from the PyPI wheels
 //!   `nvidia-cuda-runtime-cu12` and `nvidia-nvml-dev-cu12` (never committed);
 //! - [`cdylib`]: the path of a cdylib built by cargo in this workspace.
+#![cfg_attr(test, allow(unused_crate_dependencies))] // unit tests see the dev-dependencies too
 
 use std::fs::File;
 use std::os::fd::AsRawFd;

@@ -17,7 +17,7 @@
 //!
 //! Errors keep the vendor's code and name (`CUDA_ERROR_OUT_OF_MEMORY`, `NVML_ERROR_NOT_SUPPORTED`)
 //! through [`Error::with_vendor`].
-
+#![cfg_attr(test, allow(unused_crate_dependencies))] // unit tests see the dev-dependencies too
 #![warn(missing_docs)]
 pub mod context;
 pub mod error;
@@ -171,8 +171,8 @@ fn enumerate(shared: &Shared) -> Result<Vec<DeviceEntry>> {
 fn driver_pci(ordinal: i32) -> Result<String> {
     use sys::CUdevice_attribute as A;
     let dev = cu("cuDeviceGet", || result::device::get(ordinal))?;
-    // SAFETY: `dev` came from cuDeviceGet; attributes are plain integers.
     let attr = |a: A| {
+        // SAFETY: `dev` came from cuDeviceGet; attributes are plain integers.
         cu("cuDeviceGetAttribute", || unsafe {
             result::device::get_attribute(dev, a)
         })
@@ -202,8 +202,8 @@ fn describe_device(
     let total = cu("cuDeviceTotalMem", || unsafe {
         result::device::total_mem(dev)
     })?;
-    // SAFETY: `dev` came from cuDeviceGet; attributes are plain integers.
     let attr = |a: A| {
+        // SAFETY: `dev` came from cuDeviceGet; attributes are plain integers.
         cu("cuDeviceGetAttribute", || unsafe {
             result::device::get_attribute(dev, a)
         })

@@ -3,6 +3,7 @@
 //!
 //! The binary is not a dependency cargo can build for this test: `cargo test --workspace` builds
 //! it; alone, run `cargo build -p tensor-fusion` first.
+#![allow(unused_crate_dependencies)] // test targets share the package's dev-dependencies
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

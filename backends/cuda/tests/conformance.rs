@@ -12,6 +12,7 @@
 //! Output and exit status follow libtest: one `test NAME ... ok|FAILED` line per check, a
 //! summary, non-zero exit on failure. Arguments: a substring filter, `--exact`, `--list`,
 //! `--skip PATTERN`; other libtest flags are accepted and ignored.
+#![allow(unused_crate_dependencies)] // test targets share the package's dev-dependencies
 
 use std::io::Write;
 use std::panic::{AssertUnwindSafe, catch_unwind};

@@ -2,6 +2,7 @@
 //! loader. Each case runs in a child process (this test binary, re-executed) because the dynamic
 //! loader reads `LD_LIBRARY_PATH` only at process start and the backend checks the library once
 //! per process.
+#![allow(unused_crate_dependencies)] // test targets share the package's dev-dependencies
 
 use std::path::Path;
 use std::process::Command;

@@ -12,6 +12,7 @@
 //!   name, a CUDA version and a stream flavour;
 //! - a few structs the headers pass by value or that implementations must read, written by hand
 //!   with `#[repr(C)]` (their layout is checked against the real header by a C test).
+#![cfg_attr(test, allow(unused_crate_dependencies))] // unit tests see the dev-dependencies too
 #![allow(non_camel_case_types, non_snake_case)]
 
 pub mod driver;

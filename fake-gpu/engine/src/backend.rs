@@ -152,7 +152,6 @@ pub struct HalContext {
 
 fn missing(what: &str, h: u64) -> Error {
     Error::invalid_handle(format!("unknown {what} handle {h:#x}"))
-        .with_vendor(400, "CUDA_ERROR_INVALID_HANDLE")
 }
 
 impl HalContext {

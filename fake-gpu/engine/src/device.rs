@@ -139,8 +139,7 @@ impl FakeDevice {
     /// Allocate `bytes` of memory of `kind` for context `owner`, at address `fixed` if given.
     pub fn alloc(&self, bytes: u64, kind: MemKind, owner: u64, fixed: Option<u64>) -> Result<u64> {
         if bytes == 0 {
-            return Err(Error::invalid_value("cannot allocate 0 bytes")
-                .with_vendor(1, "CUDA_ERROR_INVALID_VALUE"));
+            return Err(Error::invalid_value("cannot allocate 0 bytes"));
         }
         let counted = kind.is_counted();
         let slot = self.slot()?;
@@ -159,8 +158,7 @@ impl FakeDevice {
                 return Err(Error::out_of_memory(format!(
                     "cannot back {bytes} bytes of simulated device memory with host memory{}",
                     fixed.map(|a| format!(" at {a:#x}")).unwrap_or_default()
-                ))
-                .with_vendor(2, "CUDA_ERROR_OUT_OF_MEMORY"));
+                )));
             }
         };
         let addr = map.addr() as u64;
@@ -188,7 +186,6 @@ impl FakeDevice {
         }
         .ok_or_else(|| {
             Error::invalid_value(format!("{ptr:#x} is not the start of a live allocation"))
-                .with_vendor(1, "CUDA_ERROR_INVALID_VALUE")
         })?;
         if a.kind.is_counted() {
             self.seg.uncharge(self.slot()?, a.size);
@@ -224,8 +221,7 @@ impl FakeDevice {
         if overlaps {
             return Err(Error::invalid_value(format!(
                 "{size} bytes at {addr:#x} overlap a live allocation"
-            ))
-            .with_vendor(1, "CUDA_ERROR_INVALID_VALUE"));
+            )));
         }
         allocs.insert(
             addr,
@@ -245,10 +241,9 @@ impl FakeDevice {
         let mut allocs = lock(&self.allocs);
         match allocs.get(&addr) {
             Some(a) if a.kind == MemKind::Mapped => Ok(allocs.remove(&addr).map_or(0, |a| a.size)),
-            _ => Err(
-                Error::invalid_value(format!("{addr:#x} is not a mapped range"))
-                    .with_vendor(1, "CUDA_ERROR_INVALID_VALUE"),
-            ),
+            _ => Err(Error::invalid_value(format!(
+                "{addr:#x} is not a mapped range"
+            ))),
         }
     }
 
@@ -277,8 +272,7 @@ impl FakeDevice {
                     "{len} bytes at {addr:#x} are outside every allocation on device {}",
                     self.index
                 ),
-            )
-            .with_vendor(700, "CUDA_ERROR_ILLEGAL_ADDRESS")),
+            )),
         }
     }
 

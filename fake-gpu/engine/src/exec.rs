@@ -74,8 +74,7 @@ impl Module {
             _ => Err(Error::new(
                 ErrorKind::InvalidImage,
                 "the simulated GPU loads PTX text; this image is a binary (cubin/fatbin) without PTX",
-            )
-            .with_vendor(200, "CUDA_ERROR_INVALID_IMAGE")),
+            )),
         }
     }
 
@@ -85,7 +84,6 @@ impl Module {
                 ErrorKind::NotFound,
                 format!("no kernel entry named {name:?} in this module"),
             )
-            .with_vendor(500, "CUDA_ERROR_NOT_FOUND")
         })
     }
 
@@ -151,14 +149,13 @@ impl Event {
         let read = |e: &Event| {
             let s = lock(&e.st);
             if s.recorded == 0 {
-                return Err(Error::invalid_handle("event has not been recorded")
-                    .with_vendor(400, "CUDA_ERROR_INVALID_HANDLE"));
+                return Err(Error::invalid_handle("event has not been recorded"));
             }
             if s.completed < s.recorded {
-                return Err(
-                    Error::new(ErrorKind::NotReady, "event has not completed yet")
-                        .with_vendor(600, "CUDA_ERROR_NOT_READY"),
-                );
+                return Err(Error::new(
+                    ErrorKind::NotReady,
+                    "event has not completed yet",
+                ));
             }
             Ok(s.at_ns)
         };
@@ -274,10 +271,9 @@ impl Stream {
     }
 
     fn submit(&self, op: Op) -> Result<()> {
-        let tx = lock(&self.tx).clone().ok_or_else(|| {
-            Error::invalid_handle("stream has been destroyed")
-                .with_vendor(400, "CUDA_ERROR_INVALID_HANDLE")
-        })?;
+        let tx = lock(&self.tx)
+            .clone()
+            .ok_or_else(|| Error::invalid_handle("stream has been destroyed"))?;
         lock(&self.progress.0).submitted += 1;
         if tx.send(op).is_err() {
             lock(&self.progress.0).submitted -= 1;
@@ -290,14 +286,12 @@ impl Stream {
     /// touches is checked when it runs.
     pub fn launch(&self, f: &Function, cfg: &LaunchConfig, params: &[Vec<u8>]) -> Result<()> {
         if cfg.grid.contains(&0) || cfg.block.contains(&0) {
-            return Err(
-                Error::invalid_value("grid and block dimensions must be at least 1")
-                    .with_vendor(1, "CUDA_ERROR_INVALID_VALUE"),
-            );
+            return Err(Error::invalid_value(
+                "grid and block dimensions must be at least 1",
+            ));
         }
         if cfg.block.iter().map(|&b| b as u64).product::<u64>() > 1024 {
-            return Err(Error::invalid_value("more than 1024 threads per block")
-                .with_vendor(1, "CUDA_ERROR_INVALID_VALUE"));
+            return Err(Error::invalid_value("more than 1024 threads per block"));
         }
         kernels::check_args(&f.name, &f.param_sizes, params)?;
         let job = kernels::decode(f.builtin, params, cfg);

@@ -76,8 +76,7 @@ pub fn check_args(entry: &str, param_sizes: &[usize], params: &[Vec<u8>]) -> Res
                 param_sizes.len(),
                 params.len()
             ),
-        )
-        .with_vendor(1, "CUDA_ERROR_INVALID_VALUE"));
+        ));
     }
     for (i, (want, got)) in param_sizes.iter().zip(params).enumerate() {
         if *want != got.len() {
@@ -87,8 +86,7 @@ pub fn check_args(entry: &str, param_sizes: &[usize], params: &[Vec<u8>]) -> Res
                     "kernel {entry}: argument {i} is {want} bytes, the launch passed {}",
                     got.len()
                 ),
-            )
-            .with_vendor(1, "CUDA_ERROR_INVALID_VALUE"));
+            ));
         }
     }
     Ok(())

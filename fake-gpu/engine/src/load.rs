@@ -41,6 +41,21 @@ pub struct LoadReport {
     pub share_pct: f64,
 }
 
+/// Run the load described by `spec_json` (a [`LoadSpec`] as JSON) on the machine of
+/// `TF_FAKE_GPU_CONFIG`, and return the report as one line of JSON: the command-line entry of
+/// the `tf-fake-gpu-load` tool and `tensor-fusion fake-gpu load`.
+pub fn run_json(spec_json: &str) -> Result<String> {
+    let spec: LoadSpec = serde_json::from_str(spec_json).map_err(|e| {
+        tf_hal::Error::new(
+            tf_hal::ErrorKind::InvalidValue,
+            format!("bad load specification: {e}"),
+        )
+    })?;
+    let report = run(&FakeGpu::global()?, &spec)?;
+    serde_json::to_string(&report)
+        .map_err(|e| tf_hal::Error::new(tf_hal::ErrorKind::Other, e.to_string()))
+}
+
 pub fn run(gpu: &Arc<FakeGpu>, spec: &LoadSpec) -> Result<LoadReport> {
     let dev = gpu.device(spec.device)?.clone();
     let ctx = FakeContext::new(dev)?;

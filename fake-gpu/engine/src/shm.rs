@@ -347,8 +347,7 @@ impl DeviceSegment {
                 None => {
                     return Err(Error::out_of_memory(format!(
                         "cannot allocate {bytes} bytes: {cur} of {total} bytes in use"
-                    ))
-                    .with_vendor(2, "CUDA_ERROR_OUT_OF_MEMORY"));
+                    )));
                 }
             }
         }

@@ -32,14 +32,12 @@ fn os_err(what: &str) -> Error {
         ErrorKind::OutOfMemory,
         format!("{what}: {}", std::io::Error::last_os_error()),
     )
-    .with_vendor(2, "CUDA_ERROR_OUT_OF_MEMORY")
 }
 
 impl Physical {
     pub fn create(device: &Arc<FakeDevice>, size: u64) -> Result<Arc<Physical>> {
         if size == 0 {
-            return Err(Error::invalid_value("cannot create a 0-byte allocation")
-                .with_vendor(1, "CUDA_ERROR_INVALID_VALUE"));
+            return Err(Error::invalid_value("cannot create a 0-byte allocation"));
         }
         device.charge(size)?;
         // SAFETY: memfd_create with a static NUL-terminated name; the result is checked.
@@ -81,8 +79,7 @@ impl Drop for Physical {
 pub fn reserve(size: u64, align: u64) -> Result<u64> {
     let align = if align == 0 { 2 << 20 } else { align };
     if size == 0 || !align.is_power_of_two() {
-        return Err(Error::invalid_value("bad size or alignment")
-            .with_vendor(1, "CUDA_ERROR_INVALID_VALUE"));
+        return Err(Error::invalid_value("bad size or alignment"));
     }
     let len = (size + align) as usize;
     // SAFETY: a fresh anonymous PROT_NONE mapping chosen by the kernel.
@@ -139,10 +136,9 @@ pub unsafe fn map(
     owner: u64,
 ) -> Result<()> {
     if offset.checked_add(size).is_none_or(|e| e > phys.size) {
-        return Err(
-            Error::invalid_value("mapping past the end of the physical allocation")
-                .with_vendor(1, "CUDA_ERROR_INVALID_VALUE"),
-        );
+        return Err(Error::invalid_value(
+            "mapping past the end of the physical allocation",
+        ));
     }
     // SAFETY: MAP_FIXED over a range the caller reserved (PROT_NONE, unused): this replaces our
     // own placeholder pages and nothing else.

@@ -1,4 +1,5 @@
 //! The HAL conformance suite on the simulated GPU.
+#![allow(unused_crate_dependencies)] // test targets share the package's dev-dependencies
 
 use tf_fake_gpu::{FakeBackend, testing::isolated_config};
 

@@ -1,4 +1,5 @@
 //! Behaviour of the simulated GPU beyond the HAL contract: bad input, partitions, snapshots.
+#![allow(unused_crate_dependencies)] // test targets share the package's dev-dependencies
 
 use std::sync::Arc;
 

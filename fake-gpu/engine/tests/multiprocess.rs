@@ -1,5 +1,6 @@
 //! Several real processes on one simulated device: they contend like on a GPU, utilization means
 //! what NVML means, and a killed process gives its memory back.
+#![allow(unused_crate_dependencies)] // test targets share the package's dev-dependencies
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -4,6 +4,7 @@
 //! libraries (`tensor-fusion fake-gpu install DIR`).
 //!
 //! usage: cudarc_vector_add [N]
+#![allow(unused_crate_dependencies)] // test targets share the package's dev-dependencies
 
 use cudarc::driver::{CudaContext, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;

@@ -10,7 +10,7 @@
 //! functions the simulator implements — so the compiler checks each implemented signature
 //! against the header's. No panic crosses the C boundary: each export runs inside
 //! `catch_unwind` and a panic becomes `CUDA_ERROR_UNKNOWN`.
-
+#![cfg_attr(test, allow(unused_crate_dependencies))] // unit tests see the dev-dependencies too
 #![allow(non_snake_case)]
 
 mod ctx;
@@ -424,6 +424,7 @@ impl Driver for FakeCuda {
         r(state::stream(s).and_then(|_| mem::alloc(p, n, MemKind::Device)))
     }
     unsafe fn cuMemAllocAsync_ptsz(p: *mut u64, n: usize, s: *mut c_void) -> u32 {
+        // SAFETY: the same arguments and contract as the per-thread flavour's.
         unsafe { Self::cuMemAllocAsync(p, n, s) }
     }
     unsafe fn cuMemAllocFromPoolAsync(
@@ -443,6 +444,7 @@ impl Driver for FakeCuda {
         pool: *mut c_void,
         s: *mut c_void,
     ) -> u32 {
+        // SAFETY: the same arguments and contract as the per-thread flavour's.
         unsafe { Self::cuMemAllocFromPoolAsync(p, n, pool, s) }
     }
     unsafe fn cuMemFreeAsync(p: u64, s: *mut c_void) -> u32 {

@@ -1,5 +1,6 @@
 //! Real programs on the simulated GPU's libcuda.so.1: a C program built against NVIDIA's own
 //! cuda.h and linked with -lcuda.
+#![allow(unused_crate_dependencies)] // test targets share the package's dev-dependencies
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! NVIDIA's own CUDA Python bindings (a third-party client) on the simulated GPU's libcuda.so.1.
 //! They reach every function through cuGetProcAddress_v2.
+#![allow(unused_crate_dependencies)] // test targets share the package's dev-dependencies
 
 mod common;
 

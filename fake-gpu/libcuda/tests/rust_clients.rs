@@ -1,4 +1,5 @@
 //! Rust programs that use the CUDA driver through dlopen (cudarc) run on the simulated GPU.
+#![allow(unused_crate_dependencies)] // test targets share the package's dev-dependencies
 
 mod common;
 

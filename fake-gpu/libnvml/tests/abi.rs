@@ -1,6 +1,7 @@
 //! The built library as a C program sees it: loaded with `dlopen` under the real driver's name,
 //! every function of `nvml.h` exported, the implemented ones answering like NVML (error paths
 //! included), the rest answering NOT_SUPPORTED, and nothing crashing whatever the arguments.
+#![allow(unused_crate_dependencies)] // test targets share the package's dev-dependencies
 
 mod common;
 
@@ -365,6 +366,7 @@ fn api_checks() {
     }
 
     // PCI: the current struct, and the first version writing only the common prefix.
+    // SAFETY: nvmlPciInfo_t is integers and char arrays, valid when zeroed.
     let mut pci: nvmlPciInfo_t = unsafe { std::mem::zeroed() };
     assert_code!(
         nvml!(
@@ -516,8 +518,8 @@ fn api_checks() {
     ] {
         let call: unsafe extern "C" fn(Dev, *mut u32, *mut c_void) -> u32 = sym(&lib, f);
         count = 0;
-        // SAFETY: the nvml.h signature, with a count of 0 and no buffer.
         assert_code!(
+            // SAFETY: the nvml.h signature, with a count of 0 and no buffer.
             unsafe { call(d1, &mut count, std::ptr::null_mut()) },
             NVML_SUCCESS
         );
@@ -585,8 +587,8 @@ fn api_checks() {
         let mut v = 0u32;
         // SAFETY: the nvml.h signature of these getters.
         assert_code!(unsafe { call(d, &mut v) }, NVML_SUCCESS);
-        // SAFETY: a null output must be rejected.
         assert_code!(
+            // SAFETY: a null output must be rejected.
             unsafe { call(d, std::ptr::null_mut()) },
             NVML_ERROR_INVALID_ARGUMENT
         );

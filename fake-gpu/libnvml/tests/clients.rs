@@ -3,6 +3,7 @@
 //! - NVIDIA's Python bindings (`nvidia-ml-py`, `import pynvml`) loading `libnvidia-ml.so.1` from
 //!   `LD_LIBRARY_PATH`, while a `tf-fake-gpu-load` process holds memory and keeps a device busy;
 //! - the `nvml-wrapper` crate (which the CUDA backend uses), pointed at the installed library.
+#![allow(unused_crate_dependencies)] // test targets share the package's dev-dependencies
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The structs the simulated NVML fills have the layout of NVIDIA's real `nvml.h`, and its
 //! `#define` constants the values of the header: a C program compiled against the real header
 //! prints sizes, alignments, offsets and values, and they must equal what Rust says.
+#![allow(unused_crate_dependencies)] // test targets share the package's dev-dependencies
 
 use std::mem::{align_of, offset_of, size_of};
 use std::process::Command;

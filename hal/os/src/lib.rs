@@ -4,6 +4,7 @@
 //! simulated GPU, the vGPU limiter, the driver libraries and the interposer): the clock every
 //! process agrees on, whether a process is still alive, shared mappings, and the logging set-up
 //! of libraries loaded into someone else's program.
+#![cfg_attr(test, allow(unused_crate_dependencies))] // unit tests see the dev-dependencies too
 
 use std::collections::HashSet;
 use std::io::{self, IsTerminal};

@@ -3,6 +3,7 @@
 //!
 //! usage: cudarc_probe vram BLOCK_MIB
 //!        cudarc_probe busy SECONDS WARMUP_SECONDS KERNEL_US
+#![allow(unused_crate_dependencies)] // test targets share the package's dev-dependencies
 
 use std::time::Instant;
 

@@ -17,6 +17,7 @@
 //! (`cuLaunchKernel`, `_ptsz`, `Ex`, cooperative, `cuGraphLaunch`), paced to the compute share.
 //! Everything else goes straight to the driver. A process with no vGPU in its environment sees
 //! no difference at all. No panic crosses the C boundary.
+#![cfg_attr(test, allow(unused_crate_dependencies))] // unit tests see the dev-dependencies too
 
 mod dl;
 mod hooks;

@@ -105,13 +105,14 @@ pub fn launch(c: &Client, stream: *mut c_void, launch: impl FnOnce() -> u32) -> 
         return launch();
     }
     let record = real!(cuEventRecord);
-    // SAFETY: recording our event on the caller's stream of the current context.
-    let started = record
-        .is_some_and(|r| relaxed(|| unsafe { r(s.start as *mut c_void, stream) }) == CUDA_SUCCESS);
+    let started = record.is_some_and(|r| {
+        // SAFETY: recording our event on the caller's stream of the current context.
+        relaxed(|| unsafe { r(s.start as *mut c_void, stream) }) == CUDA_SUCCESS
+    });
     let rc = launch();
     if started && rc == CUDA_SUCCESS {
-        // SAFETY: as above.
         s.pending = record.is_some_and(|r| {
+            // SAFETY: as above.
             relaxed(|| unsafe { r(s.end as *mut c_void, stream) }) == CUDA_SUCCESS
         });
     }
@@ -139,9 +140,10 @@ fn prepare(s: &mut Sampler, stream: *mut c_void) -> bool {
     };
     let mut ctx: *mut c_void = std::ptr::null_mut();
     let mut id = 0u64;
-    // SAFETY: valid outputs; a null context asks for the current one's id.
+    // SAFETY: a valid output.
     if unsafe { get_ctx(&mut ctx) } != CUDA_SUCCESS
         || ctx.is_null()
+        // SAFETY: a valid output; a null context asks for the current one's id.
         || unsafe { get_id(std::ptr::null_mut(), &mut id) } != CUDA_SUCCESS
     {
         return false;

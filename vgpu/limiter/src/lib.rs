@@ -11,6 +11,7 @@
 //!   share converges on the target.
 //!
 //! Vendor interposers (the CUDA one is `vgpu/interposer-cuda`) map driver calls onto this.
+#![cfg_attr(test, allow(unused_crate_dependencies))] // unit tests see the dev-dependencies too
 
 pub mod client;
 pub mod controller;

@@ -1,5 +1,6 @@
 //! The application side: charging through a client, pacing, and what each region-loss policy
 //! does when the shared region is corrupted under a running process.
+#![allow(unused_crate_dependencies)] // test targets share the package's dev-dependencies
 
 mod common;
 

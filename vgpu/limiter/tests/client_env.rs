@@ -1,6 +1,7 @@
 //! `Client::from_env`, which reads process-global environment variables: each case runs in a
 //! child process (this test binary again, running only `probe_from_env_in_a_child`) with its own
 //! environment, and reports what the client did on one line of its output.
+#![allow(unused_crate_dependencies)] // test targets share the package's dev-dependencies
 
 mod common;
 

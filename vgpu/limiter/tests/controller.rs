@@ -1,6 +1,7 @@
 //! The compute-share controller against a simulated device: a vGPU whose program wants the
 //! whole device runs kernels of a fixed duration, paced by the region's launch admission; the
 //! controller is fed what the device measured and must bring the achieved share to the target.
+#![allow(unused_crate_dependencies)] // test targets share the package's dev-dependencies
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The vGPU region: the file and its header, VRAM accounting, dead-process reclaim and GCRA
 //! launch admission.
+#![allow(unused_crate_dependencies)] // test targets share the package's dev-dependencies
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The region's lock-free paths under random and concurrent use: VRAM accounting never exceeds
 //! the quota and always adds up; GCRA admission loses no update.
+#![allow(unused_crate_dependencies)] // test targets share the package's dev-dependencies
 
 mod common;
 
@@ -106,17 +107,24 @@ fn stress(threads: usize, ops_per_thread: usize, quota: u64, seed: u64) {
     let r = Region::private(UUID, &limits(Some(quota), None));
     let done = Arc::new(AtomicBool::new(false));
     let refused = Arc::new(AtomicU64::new(0));
-    let start = Arc::new(Barrier::new(threads + 1));
+    let start = Arc::new(Barrier::new(threads + 2));
 
-    // A watcher checks the invariant while the others run.
+    // A watcher checks the invariant while the others run (it starts with them, and looks at
+    // least once even when a loaded machine schedules it only after they finished).
     let watcher = {
         let done = done.clone();
+        let start = start.clone();
         std::thread::spawn(move || {
             let mut looks = 0u64;
-            while !done.load(Ordering::Relaxed) {
+            start.wait();
+            loop {
+                let finished = done.load(Ordering::Relaxed);
                 let used = r.vram_used();
                 assert!(used <= quota, "used {used} > quota {quota}");
                 looks += 1;
+                if finished {
+                    break;
+                }
                 std::thread::yield_now();
             }
             looks

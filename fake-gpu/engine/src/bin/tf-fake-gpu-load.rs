@@ -3,6 +3,7 @@
 //!
 //! Usage: tf-fake-gpu-load SPEC_JSON, where SPEC_JSON is a `tf_fake_gpu::load::LoadSpec`.
 //! The device profile comes from `TF_FAKE_GPU_CONFIG` like every user of the simulated GPU.
+#![allow(unused_crate_dependencies)] // a binary target sees every dependency of its library
 
 use std::process::ExitCode;
 
@@ -11,17 +12,9 @@ fn main() -> ExitCode {
         eprintln!("usage: tf-fake-gpu-load SPEC_JSON   (see tf_fake_gpu::load::LoadSpec)");
         return ExitCode::from(2);
     };
-    let spec: tf_fake_gpu::load::LoadSpec = match serde_json::from_str(&spec) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("tf-fake-gpu-load: bad spec: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let result = tf_fake_gpu::FakeGpu::global().and_then(|gpu| tf_fake_gpu::load::run(&gpu, &spec));
-    match result {
-        Ok(r) => {
-            println!("{}", serde_json::to_string(&r).expect("report serializes"));
+    match tf_fake_gpu::load::run_json(&spec) {
+        Ok(report) => {
+            println!("{report}");
             ExitCode::SUCCESS
         }
         Err(e) => {
