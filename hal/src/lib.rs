@@ -9,7 +9,8 @@
 //!   a factory for [`Context`]s;
 //! - [`Context`]: execution — memory, copies, modules, launches with packed [`KernelArgs`],
 //!   streams, events, synchronization, and optional snapshot/restore;
-//! - [`Error`]: one error type with a vendor-neutral [`ErrorKind`] that keeps the vendor's code.
+//! - [`Error`]: one error type with a vendor-neutral [`ErrorKind`] that keeps the vendor's code;
+//! - [`DeviceUuid`]: the one parser and comparison of device UUIDs (`GPU-…`, `MIG-…`, bytes).
 //!
 //! Backends are crates of their own (`tf-fake-gpu`, `tf-backend-cuda`, …) compiled in by cargo
 //! features at the binaries and chosen at run time with [`config::select_backend`].
@@ -24,6 +25,7 @@ mod error;
 mod traits;
 mod types;
 pub mod units;
+mod uuid;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -31,6 +33,7 @@ pub mod conformance;
 pub use error::{Error, ErrorKind, Result, VendorCode};
 pub use traits::{Backend, Context, Device};
 pub use types::*;
+pub use uuid::DeviceUuid;
 
 /// The project's test kernels as PTX text: `tf_vector_add_f32`, `tf_saxpy_f32`, `tf_fill_u32`
 /// and `tf_busy`. The same text runs on a real NVIDIA GPU and on the simulated one (whose engine

@@ -26,7 +26,7 @@ pub trait Backend: Send + Sync {
         let info = self
             .devices()?
             .into_iter()
-            .find(|d| d.uuid.eq_ignore_ascii_case(uuid))
+            .find(|d| crate::DeviceUuid::parse(&d.uuid).is_ok_and(|u| u.matches(uuid)))
             .ok_or_else(|| {
                 Error::new(
                     crate::ErrorKind::InvalidDevice,

@@ -30,8 +30,9 @@ use std::time::Duration;
 
 use cudarc::driver::{result, sys};
 use tf_hal::{
-    Backend, BackendKind, BusySample, Capabilities, Context, Device, DeviceInfo, Error, ErrorKind,
-    Link, LinkKind, MemoryInfo, PartitionInfo, PartitionTemplate, ProcessUsage, Result, Vendor,
+    Backend, BackendKind, BusySample, Capabilities, Context, Device, DeviceInfo, DeviceUuid, Error,
+    ErrorKind, Link, LinkKind, MemoryInfo, PartitionInfo, PartitionTemplate, ProcessUsage, Result,
+    Vendor,
 };
 
 pub use context::CudaContext;
@@ -112,25 +113,6 @@ impl CudaBackend {
     pub fn has_nvml(&self) -> bool {
         self.shared.nvml.is_some()
     }
-}
-
-/// "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" from the driver's 16 UUID bytes, as NVML and
-/// nvidia-smi print it.
-pub fn format_uuid(bytes: &[u8; 16]) -> String {
-    format!("GPU-{}", uuid_hex(bytes))
-}
-
-/// "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" from 16 UUID bytes.
-fn uuid_hex(bytes: &[u8; 16]) -> String {
-    let h: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        h[0..4].concat(),
-        h[4..6].concat(),
-        h[6..8].concat(),
-        h[8..10].concat(),
-        h[10..16].concat()
-    )
 }
 
 fn driver_version_string(shared: &Shared) -> String {
@@ -214,14 +196,17 @@ fn describe_device(
         attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?.max(0) as u32,
     );
     let driver_pci = driver_pci(ordinal)?;
-    let hex = uuid_hex(&uuid_bytes);
     // Without NVML, a device sharing its PCI address is a MIG instance.
-    let driver_uuid = format!("{}-{hex}", if pci_shared { "MIG" } else { "GPU" });
+    let driver_uuid = if pci_shared {
+        DeviceUuid::mig_from_bytes(uuid_bytes)
+    } else {
+        DeviceUuid::from_bytes(uuid_bytes)
+    };
 
     let found = shared
         .nvml
         .as_ref()
-        .and_then(|n| n.find(&hex, &driver_pci, !pci_shared));
+        .and_then(|n| n.find(driver_uuid, &driver_pci, !pci_shared));
     let nvml_index = found.as_ref().map(|m| m.index);
     let identity = match (&shared.nvml, nvml_index) {
         (Some(n), Some(i)) => n.identity(i).ok(),
@@ -230,7 +215,7 @@ fn describe_device(
     if shared.nvml.is_some() && identity.is_none() {
         tracing::warn!(ordinal, uuid = %driver_uuid, pci = %driver_pci, "NVML does not know this CUDA device; its metrics are unavailable");
     }
-    let uuid = found.map(|m| m.uuid).unwrap_or(driver_uuid);
+    let uuid = found.map_or_else(|| driver_uuid.to_string(), |m| m.uuid);
     let pci_bus_id = identity
         .as_ref()
         .and_then(|i| i.pci_bus_id.clone())
@@ -446,19 +431,5 @@ impl Device for CudaDevice {
              CUDA backend yet (use nvidia-smi mig)",
             self.entry.info.index
         )))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn uuids_print_like_nvidia_smi() {
-        let b = [
-            0x7f, 0x0c, 0x4e, 0x11, 0x5a, 0x1e, 0x4d, 0x2b, 0x9c, 0x3a, 0x00, 0x00, 0xfa, 0x4e,
-            0x00, 0x01,
-        ];
-        assert_eq!(format_uuid(&b), "GPU-7f0c4e11-5a1e-4d2b-9c3a-0000fa4e0001");
     }
 }

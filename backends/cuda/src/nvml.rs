@@ -13,7 +13,9 @@ use nvml_wrapper::enum_wrappers::device::{
 use nvml_wrapper::enums::device::{SampleValue, UsedGpuMemory};
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::struct_wrappers::device::ProcessUtilizationSample;
-use tf_hal::{Error, ErrorKind, LinkKind, MemoryInfo, PartitionTemplate, ProcessUsage, Result};
+use tf_hal::{
+    DeviceUuid, Error, ErrorKind, LinkKind, MemoryInfo, PartitionTemplate, ProcessUsage, Result,
+};
 
 use crate::error::nvml_error;
 use crate::loader;
@@ -86,13 +88,14 @@ impl Nvml {
         })
     }
 
-    /// The NVML device a CUDA device is, from the hex digits of the driver's UUID
-    /// (`xxxxxxxx-xxxx-…`): a whole GPU (`GPU-…`), a MIG instance (`MIG-…`, whose metrics are
+    /// The NVML device a CUDA device is, from the driver's UUID: a whole GPU (`GPU-…`), a MIG instance (`MIG-…`, whose metrics are
     /// its parent GPU's), or, when `by_pci` allows it (no other CUDA device shares the PCI
     /// address), the GPU at that PCI bus id.
-    pub fn find(&self, uuid_hex: &str, pci_bus_id: &str, by_pci: bool) -> Option<NvmlMatch> {
+    pub fn find(&self, uuid: DeviceUuid, pci_bus_id: &str, by_pci: bool) -> Option<NvmlMatch> {
+        let gpu_uuid = DeviceUuid::from_bytes(uuid.bytes()).to_string();
+        let mig_uuid = DeviceUuid::mig_from_bytes(uuid.bytes()).to_string();
         let gpu = nv("nvmlDeviceGetHandleByUUID", || {
-            let d = self.nvml.device_by_uuid(format!("GPU-{uuid_hex}"))?;
+            let d = self.nvml.device_by_uuid(gpu_uuid.as_str())?;
             Ok(NvmlMatch {
                 index: d.index()?,
                 uuid: d.uuid()?,
@@ -102,10 +105,10 @@ impl Nvml {
             return Some(m);
         }
         let mig = nv("nvmlDeviceGetHandleByUUID", || {
-            let d = self.nvml.device_by_uuid(format!("MIG-{uuid_hex}"))?;
+            let d = self.nvml.device_by_uuid(mig_uuid.as_str())?;
             Ok(NvmlMatch {
                 index: d.mig_parent_device()?.index()?,
-                uuid: format!("MIG-{uuid_hex}"),
+                uuid: mig_uuid.clone(),
             })
         });
         if let Ok(m) = mig {

@@ -10,13 +10,23 @@
 //!   the error codes;
 //! - [`driver::PROC_ADDRESS_TABLE`] says which symbol `cuGetProcAddress` hands out for an API
 //!   name, a CUDA version and a stream flavour;
-//! - a few structs the headers pass by value or that implementations must read, written by hand
-//!   with `#[repr(C)]` (their layout is checked against the real header by a C test).
+//! - [`cuda_types`] and [`nvml_types`]: the structs and `#define` constants that cross the
+//!   boundary (the generator emits functions and enums, not structs), written by hand with
+//!   `#[repr(C)]` and checked against the real headers by `tests/layout.rs`, which compiles C
+//!   against them;
+//! - [`CudaDriverAbi`] and [`NvmlAbi`]: each API's codes, for the C-boundary kit (`tf-ffi`).
+//!
+//! Rule: every struct layout, constant and signature that crosses the CUDA or NVML boundary in
+//! this workspace comes from this crate; nobody types one by hand elsewhere.
 #![cfg_attr(test, allow(unused_crate_dependencies))] // unit tests see the dev-dependencies too
 #![allow(non_camel_case_types, non_snake_case)]
 
+pub mod cuda_types;
 pub mod driver;
 pub mod nvml;
+pub mod nvml_types;
+
+pub use cuda_types::*;
 
 macro_rules! fn_types {
     ($(fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
@@ -38,89 +48,32 @@ pub mod nvml_fn {
     crate::nvml_functions!(fn_types);
 }
 
-use core::ffi::c_void;
+/// The CUDA driver API's codes, for the C-boundary kit.
+pub struct CudaDriverAbi;
 
-/// `CUresult`.
-pub type CUresult = u32;
-/// `nvmlReturn_t`.
-pub type nvmlReturn_t = u32;
-
-/// `CUipcEventHandle` (passed by value).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct CUipcEventHandle {
-    pub reserved: [core::ffi::c_char; 64],
+impl tf_ffi::Abi for CudaDriverAbi {
+    const API: &'static str = "CUDA driver API";
+    const SUCCESS: u32 = driver::CUDA_SUCCESS;
+    const INVALID_VALUE: u32 = driver::CUDA_ERROR_INVALID_VALUE;
+    const INSUFFICIENT_SIZE: u32 = driver::CUDA_ERROR_INVALID_VALUE;
+    const NOT_SUPPORTED: u32 = driver::CUDA_ERROR_NOT_SUPPORTED;
+    const INTERNAL_ERROR: u32 = driver::CUDA_ERROR_UNKNOWN;
+    const NOT_SUPPORTED_NAME: &'static str = "CUDA_ERROR_NOT_SUPPORTED";
+    const QUIET: &'static [u32] = &[driver::CUDA_ERROR_NOT_READY];
 }
 
-/// `CUipcMemHandle` (passed by value).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct CUipcMemHandle {
-    pub reserved: [core::ffi::c_char; 64],
-}
+/// NVML's codes, for the C-boundary kit.
+pub struct NvmlAbi;
 
-/// `CUmemLocation` (passed by value).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CUmemLocation {
-    pub type_: u32,
-    pub id: i32,
-}
-
-/// `CUuuid`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CUuuid {
-    pub bytes: [core::ffi::c_char; 16],
-}
-
-/// `CUlaunchConfig` (cuLaunchKernelEx).
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct CUlaunchConfig {
-    pub gridDimX: u32,
-    pub gridDimY: u32,
-    pub gridDimZ: u32,
-    pub blockDimX: u32,
-    pub blockDimY: u32,
-    pub blockDimZ: u32,
-    pub sharedMemBytes: u32,
-    pub hStream: *mut c_void,
-    pub attrs: *mut c_void,
-    pub numAttrs: u32,
-}
-
-/// `CUDA_MEMCPY2D`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct CUDA_MEMCPY2D {
-    pub srcXInBytes: usize,
-    pub srcY: usize,
-    pub srcMemoryType: u32,
-    pub srcHost: *const c_void,
-    pub srcDevice: u64,
-    pub srcArray: *mut c_void,
-    pub srcPitch: usize,
-    pub dstXInBytes: usize,
-    pub dstY: usize,
-    pub dstMemoryType: u32,
-    pub dstHost: *mut c_void,
-    pub dstDevice: u64,
-    pub dstArray: *mut c_void,
-    pub dstPitch: usize,
-    pub WidthInBytes: usize,
-    pub Height: usize,
-}
-
-/// The leading fields of `CUmemAllocationProp` (the rest is reserved or Windows-only).
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct CUmemAllocationProp {
-    pub type_: u32,
-    pub requestedHandleTypes: u32,
-    pub location: CUmemLocation,
-    pub win32HandleMetaData: *mut c_void,
-    pub allocFlags: [u8; 8],
+impl tf_ffi::Abi for NvmlAbi {
+    const API: &'static str = "NVML";
+    const SUCCESS: u32 = nvml::NVML_SUCCESS;
+    const INVALID_VALUE: u32 = nvml::NVML_ERROR_INVALID_ARGUMENT;
+    const INSUFFICIENT_SIZE: u32 = nvml::NVML_ERROR_INSUFFICIENT_SIZE;
+    const NOT_SUPPORTED: u32 = nvml::NVML_ERROR_NOT_SUPPORTED;
+    const INTERNAL_ERROR: u32 = nvml::NVML_ERROR_UNKNOWN;
+    const NOT_SUPPORTED_NAME: &'static str = "NVML_ERROR_NOT_SUPPORTED";
+    const QUIET: &'static [u32] = &[nvml::NVML_ERROR_INSUFFICIENT_SIZE];
 }
 
 /// The symbolic name of a `CUresult` (e.g. `CUDA_ERROR_OUT_OF_MEMORY`).

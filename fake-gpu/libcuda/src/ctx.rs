@@ -4,7 +4,7 @@ use std::ffi::c_char;
 
 use tf_cuda_abi::driver::*;
 
-use crate::ffi::{out, write_str};
+use crate::ffi::{out, write_str_truncated};
 use crate::state::*;
 
 /// The CUDA version this driver reports (that of the header the ABI was generated from).
@@ -24,7 +24,7 @@ pub fn device_count(c: *mut i32) -> CuResult {
 }
 
 pub fn device_name(name: *mut c_char, len: i32, dev: i32) -> CuResult {
-    write_str(name, len, &device(dev)?.profile().model)
+    write_str_truncated(name, len, &device(dev)?.profile().model)
 }
 
 /// The 16 bytes of a device UUID ("GPU-xxxxxxxx-xxxx-...").
@@ -162,7 +162,7 @@ pub fn pci_bus_id(buf: *mut c_char, len: i32, dev: i32) -> CuResult {
         Some((dom, rest)) if dom.len() > 4 => format!("{}:{rest}", &dom[dom.len() - 4..]),
         _ => id.clone(),
     };
-    write_str(buf, len, &short)
+    write_str_truncated(buf, len, &short)
 }
 
 pub fn by_pci_bus_id(dev: *mut i32, id: *const c_char) -> CuResult {

@@ -221,11 +221,15 @@ fn read_params(
             // SAFETY: `extra` is a key/value array terminated by CU_LAUNCH_PARAM_END (contract).
             let key = unsafe { *extra.add(i) } as usize;
             match key {
-                0 => break, // CU_LAUNCH_PARAM_END
-                // SAFETY: BUFFER_POINTER is followed by its value in the same array.
-                1 => buf = unsafe { *extra.add(i + 1) } as *const u8,
-                // SAFETY: BUFFER_SIZE's value points at a size_t.
-                2 => len = Some(unsafe { *(*extra.add(i + 1) as *const usize) }),
+                tf_cuda_abi::CU_LAUNCH_PARAM_END => break,
+                tf_cuda_abi::CU_LAUNCH_PARAM_BUFFER_POINTER => {
+                    // SAFETY: BUFFER_POINTER is followed by its value in the same array.
+                    buf = unsafe { *extra.add(i + 1) } as *const u8
+                }
+                tf_cuda_abi::CU_LAUNCH_PARAM_BUFFER_SIZE => {
+                    // SAFETY: BUFFER_SIZE's value points at a size_t.
+                    len = Some(unsafe { *(*extra.add(i + 1) as *const usize) })
+                }
                 _ => return Err(CUDA_ERROR_INVALID_VALUE),
             }
             i += 2;

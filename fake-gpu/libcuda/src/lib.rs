@@ -8,8 +8,8 @@
 //! `tf-cuda-abi`, generated from the header). The [`Driver`] trait has one method per function;
 //! its default answers `CUDA_ERROR_NOT_SUPPORTED` and logs once, and [`FakeCuda`] overrides the
 //! functions the simulator implements — so the compiler checks each implemented signature
-//! against the header's. No panic crosses the C boundary: each export runs inside
-//! `catch_unwind` and a panic becomes `CUDA_ERROR_UNKNOWN`.
+//! against the header's. No panic crosses the C boundary: each export runs under the C-boundary
+//! kit's guard (`tf_ffi::guard`), and a panic is logged and becomes `CUDA_ERROR_UNKNOWN`.
 #![cfg_attr(test, allow(unused_crate_dependencies))] // unit tests see the dev-dependencies too
 #![allow(non_snake_case)]
 
@@ -24,39 +24,18 @@ use std::collections::HashMap;
 use std::ffi::{c_char, c_void};
 use std::sync::OnceLock;
 
+use tf_cuda_abi::CudaDriverAbi;
 use tf_cuda_abi::driver::*;
 use tf_fake_gpu::{Fill, MemKind};
 
 use crate::ffi::{cstr, out};
 use crate::state::{CuResult, driver};
 
-/// Run an exported function, turning a panic into `CUDA_ERROR_UNKNOWN`.
-fn guard(name: &'static str, f: impl FnOnce() -> u32) -> u32 {
-    tracing::trace!(function = name);
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(r) => {
-            if r != CUDA_SUCCESS && r != CUDA_ERROR_NOT_READY {
-                tracing::debug!(function = name, result = r, "call failed");
-            }
-            r
-        }
-        Err(_) => {
-            eprintln!("tensor-fusion simulated libcuda: internal error in {name}");
-            CUDA_ERROR_UNKNOWN
-        }
-    }
-}
+/// How the simulated libcuda names itself in logs.
+pub const LIBRARY: &str = "the tensor-fusion simulated GPU's libcuda";
 
 fn r(res: CuResult) -> u32 {
-    match res {
-        Ok(()) => CUDA_SUCCESS,
-        Err(e) => e,
-    }
-}
-
-fn unsupported(name: &'static str) -> u32 {
-    logging::unsupported_once(name);
-    CUDA_ERROR_NOT_SUPPORTED
+    ffi::status(res)
 }
 
 macro_rules! define_driver {
@@ -67,7 +46,7 @@ macro_rules! define_driver {
             $(
                 unsafe fn $name($($arg: $ty),*) -> $ret {
                     $(let _ = $arg;)*
-                    unsupported(stringify!($name))
+                    tf_ffi::not_supported::<CudaDriverAbi, u32>(LIBRARY, stringify!($name))
                 }
             )*
         }
@@ -81,7 +60,7 @@ macro_rules! define_driver {
             #[allow(clippy::too_many_arguments)]
             pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
                 // SAFETY: forwarded with the caller's own arguments and contract.
-                guard(stringify!($name), || unsafe { <FakeCuda as Driver>::$name($($arg),*) })
+                tf_ffi::guard::<CudaDriverAbi, u32>(LIBRARY, stringify!($name), || unsafe { <FakeCuda as Driver>::$name($($arg),*) })
             }
         )*
 

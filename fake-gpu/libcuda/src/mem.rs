@@ -327,15 +327,7 @@ pub fn pointer_attributes(n: u32, attrs: *mut u32, data: *mut *mut c_void, ptr: 
 
 pub fn pool_create(pool: *mut *mut c_void, props: *const c_void) -> CuResult {
     driver()?;
-    // CUmemPoolProps starts with allocType, handleTypes, then a CUmemLocation.
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Head {
-        alloc_type: u32,
-        handle_types: u32,
-        location: tf_cuda_abi::CUmemLocation,
-    }
-    let head = read(props as *const Head)?;
+    let head = read(props as *const tf_cuda_abi::CUmemPoolProps)?;
     device(head.location.id)?;
     let h = POOLS.insert(PoolObj {
         device: head.location.id,

@@ -327,15 +327,11 @@ pub fn new_context(device: i32, primary: bool, flags: u32) -> CuResult<usize> {
     }))
 }
 
-/// Stream handles with special meaning.
-pub const CU_STREAM_LEGACY_HANDLE: usize = 0x1;
-pub const CU_STREAM_PER_THREAD_HANDLE: usize = 0x2;
-
 /// Resolve a stream handle: NULL and the legacy/per-thread handles mean the current context's
 /// default stream.
 pub fn stream(h: *mut core::ffi::c_void) -> CuResult<(Arc<Stream>, Option<Arc<StreamObj>>)> {
     let h = h as usize;
-    if h == 0 || h == CU_STREAM_LEGACY_HANDLE || h == CU_STREAM_PER_THREAD_HANDLE {
+    if h == 0 || h == tf_cuda_abi::CU_STREAM_LEGACY || h == tf_cuda_abi::CU_STREAM_PER_THREAD {
         let (_, ctx) = current()?;
         return Ok((ctx.engine.default_stream().clone(), None));
     }

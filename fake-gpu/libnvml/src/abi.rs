@@ -1,66 +1,16 @@
 //! The exported C ABI: one `extern "C"` function per function of `nvml.h`, generated from the
-//! header's list (`tf_cuda_abi::nvml_functions!`), each calling the [`Nvml`] trait under a panic
-//! guard. The trait's default bodies answer `NVML_ERROR_NOT_SUPPORTED`; [`crate::imp`]
+//! header's list (`tf_cuda_abi::nvml_functions!`), each calling the [`Nvml`] trait under the
+//! C-boundary kit's panic guard (`tf_ffi::guard`). The trait's default bodies answer `NVML_ERROR_NOT_SUPPORTED`; [`crate::imp`]
 //! overrides the implemented ones, and the compiler checks every override against the header's
 //! signature.
 
-use std::ffi::c_char;
-use std::panic::AssertUnwindSafe;
+use tf_cuda_abi::NvmlAbi;
 
-use tf_cuda_abi::nvml::{NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_UNKNOWN};
-
-use crate::logging;
+/// How the simulated NVML names itself in logs.
+pub const LIBRARY: &str = "the tensor-fusion simulated GPU's NVML";
 
 /// The simulated GPU's NVML implementation.
 pub struct FakeNvml;
-
-/// What an NVML function returns when it is not implemented, or when it failed unexpectedly.
-pub trait Unsupported: Sized {
-    /// The answer of a function the simulated GPU does not implement (logged once per function).
-    fn unsupported(name: &'static str) -> Self;
-    /// The answer of a function that panicked (a bug): never unwinds into C.
-    fn failed() -> Self;
-}
-
-impl Unsupported for u32 {
-    fn unsupported(name: &'static str) -> u32 {
-        logging::unsupported_once(name);
-        NVML_ERROR_NOT_SUPPORTED
-    }
-
-    fn failed() -> u32 {
-        NVML_ERROR_UNKNOWN
-    }
-}
-
-impl Unsupported for *const c_char {
-    fn unsupported(name: &'static str) -> *const c_char {
-        logging::unsupported_once(name);
-        c"Not Supported".as_ptr()
-    }
-
-    fn failed() -> *const c_char {
-        c"Unknown Error".as_ptr()
-    }
-}
-
-/// Run one exported function: a panic is logged and becomes `R::failed()`
-/// (`NVML_ERROR_UNKNOWN`), so nothing unwinds across `extern "C"`.
-pub fn guard<R: Unsupported>(name: &'static str, f: impl FnOnce() -> R) -> R {
-    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
-        Ok(r) => r,
-        Err(payload) => {
-            let msg = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            logging::init();
-            tracing::error!("{name} panicked inside the simulated NVML: {msg}");
-            R::failed()
-        }
-    }
-}
 
 macro_rules! define_nvml {
     ($(fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
@@ -75,7 +25,7 @@ macro_rules! define_nvml {
             $(
                 unsafe fn $name($($arg: $ty),*) -> $ret {
                     $(let _ = $arg;)*
-                    <$ret as Unsupported>::unsupported(stringify!($name))
+                    tf_ffi::not_supported::<NvmlAbi, $ret>(LIBRARY, stringify!($name))
                 }
             )*
         }
@@ -92,7 +42,7 @@ macro_rules! define_nvml {
             pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
                 // SAFETY: the caller upholds nvml.h's contract for these arguments, which is the
                 // contract of the trait method.
-                guard(stringify!($name), || unsafe { <FakeNvml as Nvml>::$name($($arg),*) })
+                tf_ffi::guard::<NvmlAbi, $ret>(LIBRARY, stringify!($name), || unsafe { <FakeNvml as Nvml>::$name($($arg),*) })
             }
         )*
     };

@@ -10,7 +10,7 @@ use crate::ffi::{NvmlResult, fill_chars, out, read, write_list, write_str};
 use crate::metrics;
 use crate::model::{NVIDIA_VENDOR_ID, architecture, cores_per_sm};
 use crate::state::{self, Handle};
-use crate::types::*;
+use tf_cuda_abi::nvml_types::*;
 
 fn dev(handle: *mut c_void) -> NvmlResult<&'static Handle> {
     state::device(handle)

@@ -11,8 +11,8 @@
 //!   and log once. Nothing panics across the C boundary.
 //! - [`imp`]: the implemented functions ([`imp::IMPLEMENTED`]), thin wrappers over [`system`]
 //!   (init, versions, enumeration) and [`device`] (per-device queries).
-//! - [`types`]: the structs NVML fills, `#[repr(C)]` with the layout of the real header (a test
-//!   compiles C against NVIDIA's `nvml.h` and compares), and `#define` constants.
+//! - the structs NVML fills come from `tf_cuda_abi::nvml_types` (the one home of the C ABI,
+//!   checked against NVIDIA's `nvml.h`), and the C-boundary helpers from `tf-ffi`.
 //! - [`model`], [`metrics`]: per-model figures (power limits, clocks, PCI ids) and the models that
 //!   turn the engine's busy time into utilization, temperature and power.
 //!
@@ -29,7 +29,6 @@ pub mod metrics;
 pub mod model;
 pub mod state;
 pub mod system;
-pub mod types;
 
 pub use abi::{FakeNvml, Nvml};
 pub use imp::IMPLEMENTED;

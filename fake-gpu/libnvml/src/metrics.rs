@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use tf_fake_gpu::sys;
 
 use crate::state::Handle;
-use crate::types::nvmlProcessUtilizationSample_t;
+use tf_cuda_abi::nvml_types::nvmlProcessUtilizationSample_t;
 
 /// One second, in ns: NVML's sample period for utilization and power.
 pub const SECOND_NS: u64 = 1_000_000_000;

@@ -6,7 +6,7 @@
 use tf_cuda_abi::nvml::{NVML_BRAND_GEFORCE, NVML_BRAND_NVIDIA, NVML_BRAND_TESLA};
 use tf_fake_gpu::DeviceProfile;
 
-use crate::types::*;
+use tf_cuda_abi::nvml_types::*;
 
 /// NVIDIA's PCI vendor id.
 pub const NVIDIA_VENDOR_ID: u32 = 0x10de;

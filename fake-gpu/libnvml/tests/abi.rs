@@ -10,8 +10,8 @@ use std::process::Command;
 
 use common::{Machine, is_child, run_child};
 use libloading::Library;
-use nvidia_ml::types::*;
 use tf_cuda_abi::nvml::*;
+use tf_cuda_abi::nvml_types::*;
 use tf_fake_gpu::{FakeGpu, MemKind};
 
 /// Open the installed library named by the parent.

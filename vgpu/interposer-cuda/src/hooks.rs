@@ -1,52 +1,25 @@
 //! The interposed functions. Each is exported under the driver's own name with the signature of
-//! NVIDIA's header (checked at compile time against `tf_cuda_abi::{driver_fn, nvml_fn}`), and
-//! reaches the real function through the real `dlsym` on the real library.
+//! NVIDIA's header (checked at compile time against `tf_cuda_abi::{driver_fn, nvml_fn}`), runs
+//! under the C-boundary kit's panic guard, and reaches the real function through
+//! [`crate::real`].
 
 use std::collections::HashMap;
-use std::ffi::{CStr, c_char, c_void};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::ffi::{c_char, c_void};
 use std::sync::{Mutex, OnceLock};
 
 use tf_cuda_abi::driver::*;
-use tf_cuda_abi::nvml::{NVML_ERROR_UNINITIALIZED, NVML_ERROR_UNKNOWN, NVML_SUCCESS};
+use tf_cuda_abi::nvml::{NVML_ERROR_UNINITIALIZED, NVML_SUCCESS};
+use tf_cuda_abi::nvml_types::{nvmlMemory_t, nvmlMemory_v2_t};
+use tf_cuda_abi::{CUDA_ARRAY_DESCRIPTOR, CUDA_ARRAY3D_DESCRIPTOR};
 
-use crate::dl;
+use crate::ffi::{LIBRARY, read};
+use crate::real::{Lib, real};
 use crate::state::{self, client};
 
-/// Which library a hooked function belongs to.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Lib {
-    Cuda,
-    Nvml,
-}
-
-/// Resolve the real function `name` in `lib`, caching it in `slot`.
-pub fn resolve(slot: &AtomicUsize, lib: Lib, name: &CStr) -> usize {
-    let p = slot.load(Ordering::Relaxed);
-    if p != 0 {
-        return p;
-    }
-    let handle = match lib {
-        Lib::Cuda => dl::libcuda(),
-        Lib::Nvml => dl::libnvml(),
-    };
-    let p = dl::lookup(handle, name);
-    slot.store(p, Ordering::Relaxed);
-    p
-}
-
-/// Run a hook, turning a panic into the library's "unknown error".
-fn guard(name: &str, lib: Lib, f: impl FnOnce() -> u32) -> u32 {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(r) => r,
-        Err(_) => {
-            eprintln!("tensor-fusion interposer: internal error in {name}");
-            match lib {
-                Lib::Cuda => CUDA_ERROR_UNKNOWN,
-                Lib::Nvml => NVML_ERROR_UNKNOWN,
-            }
-        }
-    }
+/// The C API of each real library, for the panic guard's answer.
+mod abi {
+    pub type Cuda = tf_cuda_abi::CudaDriverAbi;
+    pub type Nvml = tf_cuda_abi::NvmlAbi;
 }
 
 macro_rules! hooks {
@@ -61,15 +34,9 @@ macro_rules! hooks {
             pub unsafe extern "C" fn $name($($arg: $ty),*) -> u32 {
                 #[allow(dead_code)]
                 fn real() -> Option<tf_cuda_abi::$abi::$name> {
-                    static SLOT: AtomicUsize = AtomicUsize::new(0);
-                    let name = concat!(stringify!($name), "\0");
-                    let name = CStr::from_bytes_with_nul(name.as_bytes()).ok()?;
-                    let p = resolve(&SLOT, Lib::$lib, name);
-                    // SAFETY: `p` is the address of the real library's function of this name,
-                    // whose type is the header's, which `$abi::$name` is.
-                    (p != 0).then(|| unsafe { std::mem::transmute::<usize, tf_cuda_abi::$abi::$name>(p) })
+                    real!($abi::$name)
                 }
-                guard(stringify!($name), Lib::$lib, || $body)
+                tf_ffi::guard::<abi::$lib, u32>(LIBRARY, stringify!($name), || $body)
             }
             // The signature is the header's.
             const _: tf_cuda_abi::$abi::$name = $name;
@@ -81,6 +48,42 @@ macro_rules! hooks {
             W.get_or_init(|| vec![$( (stringify!($name), Lib::$lib, $name as *const () as usize) ),*])
         }
     };
+}
+
+/// Our wrapper for the function `name`, if we interpose it.
+pub fn wrapper(name: &[u8]) -> Option<usize> {
+    wrappers()
+        .iter()
+        .find(|(n, _, _)| n.as_bytes() == name)
+        .map(|(_, _, w)| *w)
+}
+
+/// The real driver's address of each CUDA function we interpose, mapped to our wrapper.
+fn substitutes() -> &'static HashMap<usize, usize> {
+    static M: OnceLock<HashMap<usize, usize>> = OnceLock::new();
+    M.get_or_init(|| {
+        wrappers()
+            .iter()
+            .filter(|(_, l, _)| *l == Lib::Cuda)
+            .filter_map(|(name, _, wrapper)| {
+                let n = std::ffi::CString::new(*name).ok()?;
+                let real = crate::real::lookup(Lib::Cuda.handle(), &n);
+                (real != 0).then_some((real, *wrapper))
+            })
+            .collect()
+    })
+}
+
+/// After cuGetProcAddress: if the driver handed out one of the functions we interpose, hand out
+/// our wrapper instead (matched by address, so the version the caller asked for is kept).
+fn substitute(pfn: *mut *mut c_void) {
+    if let Ok(p) = read(pfn as *const *mut c_void)
+        && let Some(&w) = substitutes().get(&(p as usize))
+    {
+        // SAFETY: cuGetProcAddress just wrote a function pointer through pfn (non-null: read
+        // above); the wrapper has the same signature as the real function.
+        unsafe { *pfn = w as *mut c_void };
+    }
 }
 
 fn not_loaded(lib: Lib) -> u32 {
@@ -153,7 +156,7 @@ fn paced(stream: *mut c_void, launch: impl FnOnce() -> u32) -> u32 {
 /// The stream a `_ptsz` (per-thread default stream) entry point means by NULL.
 fn ptsz(stream: *mut c_void) -> *mut c_void {
     if stream.is_null() {
-        0x2 as *mut c_void // CU_STREAM_PER_THREAD
+        tf_cuda_abi::CU_STREAM_PER_THREAD as *mut c_void
     } else {
         stream
     }
@@ -232,28 +235,6 @@ fn vmm_unref(handle: u64) {
     }
 }
 
-/// `CUDA_ARRAY_DESCRIPTOR`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct ArrayDesc {
-    width: usize,
-    height: usize,
-    format: u32,
-    channels: u32,
-}
-
-/// `CUDA_ARRAY3D_DESCRIPTOR`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Array3dDesc {
-    width: usize,
-    height: usize,
-    depth: usize,
-    format: u32,
-    channels: u32,
-    flags: u32,
-}
-
 fn format_bytes(format: u32) -> u64 {
     match format {
         CU_AD_FORMAT_UNSIGNED_INT8 | CU_AD_FORMAT_SIGNED_INT8 => 1,
@@ -270,21 +251,14 @@ fn array_bytes(w: usize, h: usize, d: usize, format: u32, channels: u32) -> u64 
         * format_bytes(format)
 }
 
-fn read<T: Copy>(p: *const T) -> Option<T> {
-    // SAFETY: the driver API requires the caller's descriptor pointer to be valid; null is
-    // checked (the real driver then reports the error).
-    (!p.is_null()).then(|| unsafe { p.read_unaligned() })
+/// Write an output the real driver just filled successfully (nothing if it is null).
+fn overwrite<T>(p: *mut T, v: T) {
+    let _ = crate::ffi::out(p, v);
 }
 
-fn write<T>(p: *mut T, v: T) {
-    if !p.is_null() {
-        // SAFETY: a non-null output pointer the driver just wrote through successfully.
-        unsafe { p.write_unaligned(v) };
-    }
-}
-
+/// What the caller points at, if anything.
 fn get<T: Copy>(p: *const T) -> Option<T> {
-    read(p)
+    read(p).ok()
 }
 
 hooks! {
@@ -369,8 +343,8 @@ hooks! {
         rc
     }
     Cuda driver_fn fn cuArrayCreate_v2(pHandle: *mut *mut c_void, pAllocateArray: *const c_void) {
-        let bytes = read(pAllocateArray as *const ArrayDesc)
-            .map_or(0, |d| array_bytes(d.width, d.height, 1, d.format, d.channels));
+        let bytes = get(pAllocateArray as *const CUDA_ARRAY_DESCRIPTOR)
+            .map_or(0, |d| array_bytes(d.Width, d.Height, 1, d.Format, d.NumChannels));
         let rc = charged(bytes, || call!(Cuda, pHandle, pAllocateArray));
         if rc == CUDA_SUCCESS && let Some(h) = get(pHandle) && client().is_some_and(state::current_device_limited) {
             remember(h as u64, bytes);
@@ -378,8 +352,8 @@ hooks! {
         rc
     }
     Cuda driver_fn fn cuArray3DCreate_v2(pHandle: *mut *mut c_void, pAllocateArray: *const c_void) {
-        let bytes = read(pAllocateArray as *const Array3dDesc)
-            .map_or(0, |d| array_bytes(d.width, d.height, d.depth, d.format, d.channels));
+        let bytes = get(pAllocateArray as *const CUDA_ARRAY3D_DESCRIPTOR)
+            .map_or(0, |d| array_bytes(d.Width, d.Height, d.Depth, d.Format, d.NumChannels));
         let rc = charged(bytes, || call!(Cuda, pHandle, pAllocateArray));
         if rc == CUDA_SUCCESS && let Some(h) = get(pHandle) && client().is_some_and(state::current_device_limited) {
             remember(h as u64, bytes);
@@ -388,8 +362,8 @@ hooks! {
     }
     Cuda driver_fn fn cuMipmappedArrayCreate(pHandle: *mut *mut c_void, pMipmappedArrayDesc: *const c_void, numMipmapLevels: u32) {
         // All levels together take at most 4/3 of the base level.
-        let bytes = read(pMipmappedArrayDesc as *const Array3dDesc)
-            .map_or(0, |d| array_bytes(d.width, d.height, d.depth, d.format, d.channels) * 4 / 3);
+        let bytes = get(pMipmappedArrayDesc as *const CUDA_ARRAY3D_DESCRIPTOR)
+            .map_or(0, |d| array_bytes(d.Width, d.Height, d.Depth, d.Format, d.NumChannels) * 4 / 3);
         let rc = charged(bytes, || call!(Cuda, pHandle, pMipmappedArrayDesc, numMipmapLevels));
         if rc == CUDA_SUCCESS && let Some(h) = get(pHandle) && client().is_some_and(state::current_device_limited) {
             remember(h as u64, bytes);
@@ -442,8 +416,8 @@ hooks! {
         {
             let left = quota.saturating_sub(c.vram_used());
             let real_free = get(free).unwrap_or(usize::MAX) as u64;
-            write(total, quota as usize);
-            write(free, left.min(real_free) as usize);
+            overwrite(total, quota as usize);
+            overwrite(free, left.min(real_free) as usize);
         }
         rc
     }
@@ -455,8 +429,8 @@ hooks! {
             && state::current_device_limited(c)
         {
             let left = quota.saturating_sub(c.vram_used());
-            write(total, quota.min(u32::MAX as u64) as u32);
-            write(free, left.min(get(free).unwrap_or(u32::MAX) as u64) as u32);
+            overwrite(total, quota.min(u32::MAX as u64) as u32);
+            overwrite(free, left.min(get(free).unwrap_or(u32::MAX) as u64) as u32);
         }
         rc
     }
@@ -467,7 +441,7 @@ hooks! {
             && let Some(quota) = c.vram_quota()
             && state::device_limited(c, dev)
         {
-            write(bytes, quota as usize);
+            overwrite(bytes, quota as usize);
         }
         rc
     }
@@ -478,7 +452,7 @@ hooks! {
             && let Some(quota) = c.vram_quota()
             && state::device_limited(c, dev)
         {
-            write(bytes, quota.min(u32::MAX as u64) as u32);
+            overwrite(bytes, quota.min(u32::MAX as u64) as u32);
         }
         rc
     }
@@ -491,10 +465,10 @@ hooks! {
         paced(ptsz(hStream), || call!(Cuda, f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes, hStream, kernelParams, extra))
     }
     Cuda driver_fn fn cuLaunchKernelEx(config: *const c_void, f: *mut c_void, kernelParams: *mut *mut c_void, extra: *mut *mut c_void) {
-        paced(read(config as *const tf_cuda_abi::CUlaunchConfig).map_or(std::ptr::null_mut(), |c| c.hStream), || call!(Cuda, config, f, kernelParams, extra))
+        paced(get(config as *const tf_cuda_abi::CUlaunchConfig).map_or(std::ptr::null_mut(), |c| c.hStream), || call!(Cuda, config, f, kernelParams, extra))
     }
     Cuda driver_fn fn cuLaunchKernelEx_ptsz(config: *const c_void, f: *mut c_void, kernelParams: *mut *mut c_void, extra: *mut *mut c_void) {
-        paced(ptsz(read(config as *const tf_cuda_abi::CUlaunchConfig).map_or(std::ptr::null_mut(), |c| c.hStream)), || call!(Cuda, config, f, kernelParams, extra))
+        paced(ptsz(get(config as *const tf_cuda_abi::CUlaunchConfig).map_or(std::ptr::null_mut(), |c| c.hStream)), || call!(Cuda, config, f, kernelParams, extra))
     }
     Cuda driver_fn fn cuLaunchCooperativeKernel(f: *mut c_void, gridDimX: u32, gridDimY: u32, gridDimZ: u32, blockDimX: u32, blockDimY: u32, blockDimZ: u32, sharedMemBytes: u32, hStream: *mut c_void, kernelParams: *mut *mut c_void) {
         paced(hStream, || call!(Cuda, f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes, hStream, kernelParams))
@@ -525,14 +499,14 @@ hooks! {
     Cuda driver_fn fn cuGetProcAddress(symbol: *const c_char, pfn: *mut *mut c_void, cudaVersion: i32, flags: u64) {
         let rc = call!(Cuda, symbol, pfn, cudaVersion, flags);
         if rc == CUDA_SUCCESS {
-            state::substitute(pfn);
+            substitute(pfn);
         }
         rc
     }
     Cuda driver_fn fn cuGetProcAddress_v2(symbol: *const c_char, pfn: *mut *mut c_void, cudaVersion: i32, flags: u64, symbolStatus: *mut u32) {
         let rc = call!(Cuda, symbol, pfn, cudaVersion, flags, symbolStatus);
         if rc == CUDA_SUCCESS {
-            state::substitute(pfn);
+            substitute(pfn);
         }
         rc
     }
@@ -543,13 +517,8 @@ hooks! {
         if rc == NVML_SUCCESS
             && let Some((quota, used)) = nvml_quota(device, memory)
         {
-            let m = memory as *mut u64; // nvmlMemory_t { total, free, used }
-            // SAFETY: the real call just filled this nvmlMemory_t (three u64 fields).
-            unsafe {
-                m.write_unaligned(quota);
-                m.add(1).write_unaligned(quota - used);
-                m.add(2).write_unaligned(used);
-            }
+            let m = nvmlMemory_t { total: quota, free: quota - used, used };
+            overwrite(memory as *mut nvmlMemory_t, m);
         }
         rc
     }
@@ -558,38 +527,13 @@ hooks! {
         if rc == NVML_SUCCESS
             && let Some((quota, used)) = nvml_quota(device, memory)
         {
-            // nvmlMemory_v2_t { u32 version; u64 total, reserved, free, used }
-            let m = memory as *mut u8;
-            // SAFETY: the real call just filled this nvmlMemory_v2_t; fields at 8, 16, 24, 32.
-            unsafe {
-                (m.add(8) as *mut u64).write_unaligned(quota);
-                (m.add(16) as *mut u64).write_unaligned(0);
-                (m.add(24) as *mut u64).write_unaligned(quota - used);
-                (m.add(32) as *mut u64).write_unaligned(used);
+            let p = memory as *mut nvmlMemory_v2_t;
+            if let Some(real) = get(p) {
+                // The caller's version stays; the figures are the vGPU's.
+                let m = nvmlMemory_v2_t { total: quota, reserved: 0, free: quota - used, used, ..real };
+                overwrite(p, m);
             }
         }
         rc
-    }
-}
-
-/// Our `dlsym` for names starting with `cu` or `nv` (see [`crate::dl`]).
-///
-/// # Safety
-/// Called with the arguments of `dlsym(3)`.
-pub unsafe extern "C" fn dlsym_hook(handle: *mut c_void, symbol: *const c_char) -> *mut c_void {
-    let Some(real) = dl::real_dlsym() else {
-        return std::ptr::null_mut();
-    };
-    // SAFETY: forwarding the caller's own arguments.
-    let found = unsafe { real(handle, symbol) };
-    if found.is_null() {
-        return found;
-    }
-    // SAFETY: dlsym's symbol argument is a NUL-terminated string (non-null: checked by the
-    // trampoline before it jumps here).
-    let name = unsafe { CStr::from_ptr(symbol) }.to_bytes();
-    match wrappers().iter().find(|(n, _, _)| n.as_bytes() == name) {
-        Some((_, _, w)) => *w as *mut c_void,
-        None => found,
     }
 }

@@ -7,7 +7,8 @@
 //!
 //! - **direct linking** (`-lcuda`): our exported functions come first in symbol resolution;
 //! - **`dlopen` + `dlsym`** (cudarc, the CUDA runtime): our `dlsym` hands out our wrappers for
-//!   the functions we interpose ([`dl`] explains how every other lookup keeps its meaning);
+//!   the functions we interpose ([`trampoline`] explains how every other lookup keeps its
+//!   meaning);
 //! - **`cuGetProcAddress`/`_v2`** (the CUDA 12 runtime gets every entry point this way): the
 //!   pointer the driver returns is swapped for our wrapper when it is one we interpose.
 //!
@@ -17,35 +18,16 @@
 //! (`cuLaunchKernel`, `_ptsz`, `Ex`, cooperative, `cuGraphLaunch`), paced to the compute share.
 //! Everything else goes straight to the driver. A process with no vGPU in its environment sees
 //! no difference at all. No panic crosses the C boundary.
+//!
+//! Modules, bottom up (no cycles): [`real`] finds the real driver and its functions (the only
+//! place that does); [`ffi`] binds the C-boundary kit to CUDA's codes; [`state`] knows the
+//! process's vGPU and which devices are its; [`sampler`] times a few launches; [`hooks`] are the
+//! interposed functions; [`trampoline`] is our exported `dlsym`, which hands out the hooks.
 #![cfg_attr(test, allow(unused_crate_dependencies))] // unit tests see the dev-dependencies too
 
-mod dl;
+mod ffi;
 mod hooks;
-mod logging;
+mod real;
 mod sampler;
 mod state;
-
-pub use state::{format_uuid, uuid_digits};
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gpu_and_mig_spellings_of_one_uuid_match() {
-        let b = [
-            0x00, 0x35, 0xd5, 0x80, 0x93, 0xc6, 0xdd, 0x7d, 0x14, 0xd6, 0xdf, 0x43, 0x09, 0x0a,
-            0xcb, 0x4f,
-        ];
-        let formatted = format_uuid(&b);
-        assert_eq!(formatted, "GPU-0035d580-93c6-dd7d-14d6-df43090acb4f");
-        assert_eq!(
-            uuid_digits(&formatted),
-            uuid_digits("MIG-0035D580-93C6-DD7D-14D6-DF43090ACB4F")
-        );
-        assert_ne!(
-            uuid_digits(&formatted),
-            uuid_digits("GPU-0035d580-93c6-dd7d-14d6-df43090acb40")
-        );
-    }
-}
+mod trampoline;

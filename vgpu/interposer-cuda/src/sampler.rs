@@ -6,14 +6,14 @@
 //! added to the region. Streams being captured into a graph are never timed, and the event calls
 //! run in relaxed capture mode so they cannot disturb another thread's capture.
 
-use std::ffi::{CStr, c_void};
+use std::ffi::c_void;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tf_cuda_abi::driver::*;
 use tf_vgpu_limiter::Client;
 
-use crate::hooks::{Lib, resolve};
+use crate::real::real;
 
 /// How often a launch is timed.
 pub const INTERVAL_NS: u64 = 5_000_000;
@@ -38,21 +38,9 @@ static SAMPLER: Mutex<Sampler> = Mutex::new(Sampler {
 });
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
-macro_rules! real {
-    ($name:ident) => {{
-        static SLOT: AtomicUsize = AtomicUsize::new(0);
-        let name = concat!(stringify!($name), "\0");
-        let p = CStr::from_bytes_with_nul(name.as_bytes())
-            .map(|n| resolve(&SLOT, Lib::Cuda, n))
-            .unwrap_or(0);
-        // SAFETY: the real library's function of this name has the header's type.
-        (p != 0).then(|| unsafe { std::mem::transmute::<usize, tf_cuda_abi::driver_fn::$name>(p) })
-    }};
-}
-
 /// Run `f` with this thread in relaxed stream-capture mode.
 fn relaxed<T>(f: impl FnOnce() -> T) -> T {
-    let exchange = real!(cuThreadExchangeStreamCaptureMode);
+    let exchange = real!(driver_fn::cuThreadExchangeStreamCaptureMode);
     let mut mode = CU_STREAM_CAPTURE_MODE_RELAXED;
     let swapped = exchange
         // SAFETY: exchanging this thread's capture mode through a valid pointer.
@@ -70,7 +58,10 @@ fn collect(s: &mut Sampler, c: &Client) {
     if !s.pending {
         return;
     }
-    let (Some(query), Some(elapsed)) = (real!(cuEventQuery), real!(cuEventElapsedTime)) else {
+    let (Some(query), Some(elapsed)) = (
+        real!(driver_fn::cuEventQuery),
+        real!(driver_fn::cuEventElapsedTime),
+    ) else {
         return;
     };
     // SAFETY: events we created, in the context that is current for the sampler.
@@ -92,7 +83,7 @@ fn collect(s: &mut Sampler, c: &Client) {
 
 /// Launch through `launch`, timing it if a sample is due.
 pub fn launch(c: &Client, stream: *mut c_void, launch: impl FnOnce() -> u32) -> u32 {
-    let now = tf_vgpu_limiter::sys::now_ns();
+    let now = tf_os::now_ns();
     if now < NEXT.load(Ordering::Relaxed) {
         return launch();
     }
@@ -104,7 +95,7 @@ pub fn launch(c: &Client, stream: *mut c_void, launch: impl FnOnce() -> u32) -> 
     if s.pending || !prepare(&mut s, stream) {
         return launch();
     }
-    let record = real!(cuEventRecord);
+    let record = real!(driver_fn::cuEventRecord);
     let started = record.is_some_and(|r| {
         // SAFETY: recording our event on the caller's stream of the current context.
         relaxed(|| unsafe { r(s.start as *mut c_void, stream) }) == CUDA_SUCCESS
@@ -122,9 +113,9 @@ pub fn launch(c: &Client, stream: *mut c_void, launch: impl FnOnce() -> u32) -> 
 /// Events in the current context, and the stream not being captured.
 fn prepare(s: &mut Sampler, stream: *mut c_void) -> bool {
     let (Some(get_ctx), Some(capturing), Some(create)) = (
-        real!(cuCtxGetCurrent),
-        real!(cuStreamIsCapturing),
-        real!(cuEventCreate),
+        real!(driver_fn::cuCtxGetCurrent),
+        real!(driver_fn::cuStreamIsCapturing),
+        real!(driver_fn::cuEventCreate),
     ) else {
         return false;
     };
@@ -135,7 +126,7 @@ fn prepare(s: &mut Sampler, stream: *mut c_void) -> bool {
     {
         return false;
     }
-    let Some(get_id) = real!(cuCtxGetId) else {
+    let Some(get_id) = real!(driver_fn::cuCtxGetId) else {
         return false;
     };
     let mut ctx: *mut c_void = std::ptr::null_mut();

@@ -1,5 +1,6 @@
 //! The process's vGPU and what it needs to know about devices: which device ordinals (after
-//! CUDA_VISIBLE_DEVICES remapping) and NVML handles are the vGPU's device, identified by UUID.
+//! `CUDA_VISIBLE_DEVICES` remapping) and NVML handles are the vGPU's device, identified by UUID
+//! ([`tf_hal::DeviceUuid`]: the driver's bytes and NVML's `GPU-…`/`MIG-…` text compare by value).
 
 use std::collections::HashMap;
 use std::ffi::{CStr, c_char, c_void};
@@ -7,15 +8,16 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use tf_cuda_abi::driver::*;
+use tf_hal::DeviceUuid;
 use tf_vgpu_limiter::Client;
 
-use crate::hooks::{Lib, resolve, wrappers};
+use crate::real::real;
 
 /// The process's vGPU, if it has one (from the environment; see `tf_vgpu_limiter::client`).
 pub fn client() -> Option<&'static Client> {
     static C: OnceLock<Option<Client>> = OnceLock::new();
     C.get_or_init(|| {
-        crate::logging::init();
+        tf_os::init_logging();
         let c = Client::from_env();
         if let Some(c) = &c {
             let l = c.region().limits();
@@ -31,48 +33,10 @@ pub fn client() -> Option<&'static Client> {
     .as_ref()
 }
 
-macro_rules! real {
-    ($abi:ident :: $name:ident, $lib:ident) => {{
-        static SLOT: AtomicUsize = AtomicUsize::new(0);
-        let name = concat!(stringify!($name), "\0");
-        let p = CStr::from_bytes_with_nul(name.as_bytes())
-            .map(|n| resolve(&SLOT, Lib::$lib, n))
-            .unwrap_or(0);
-        // SAFETY: the real library's function of this name has the header's type.
-        (p != 0).then(|| unsafe { std::mem::transmute::<usize, tf_cuda_abi::$abi::$name>(p) })
-    }};
-}
-
-/// Format a CUDA UUID like NVML and nvidia-smi do: GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx.
-pub fn format_uuid(b: &[u8; 16]) -> String {
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "GPU-{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
-/// The hex digits of a device UUID: `GPU-…` and `MIG-…` spellings of one UUID compare equal
-/// (the driver API reports a MIG instance's UUID as bytes, NVML and `run` spell it `MIG-…`).
-pub fn uuid_digits(uuid: &str) -> String {
-    let u = uuid.trim();
-    let u = u
-        .strip_prefix("GPU-")
-        .or_else(|| u.strip_prefix("MIG-"))
-        .unwrap_or(u);
-    u.chars()
-        .filter(|c| c.is_ascii_hexdigit())
-        .map(|c| c.to_ascii_lowercase())
-        .collect()
-}
-
-fn same_device(c: &Client, uuid: &str) -> bool {
-    let mine = c.device_uuid();
-    mine.is_empty() || uuid_digits(mine) == uuid_digits(uuid)
+/// The vGPU's device (`None`: not known, so every device counts as the vGPU's).
+fn vgpu_device(c: &Client) -> Option<DeviceUuid> {
+    static U: OnceLock<Option<DeviceUuid>> = OnceLock::new();
+    *U.get_or_init(|| DeviceUuid::parse(c.device_uuid()).ok())
 }
 
 const UNKNOWN: u8 = 0;
@@ -99,9 +63,9 @@ pub fn device_limited(c: &Client, ordinal: i32) -> bool {
         }
     }
     let uuid = device_uuid(ordinal);
-    let limited = match &uuid {
-        Some(u) => same_device(c, u),
-        None => true, // cannot tell: enforce
+    let limited = match (uuid, vgpu_device(c)) {
+        (Some(u), Some(mine)) => u == mine,
+        _ => true, // cannot tell: enforce
     };
     if uuid.is_some()
         && let Some(v) = cache.get(i)
@@ -111,18 +75,18 @@ pub fn device_limited(c: &Client, ordinal: i32) -> bool {
     limited
 }
 
-fn device_uuid(ordinal: i32) -> Option<String> {
+fn device_uuid(ordinal: i32) -> Option<DeviceUuid> {
     let mut b = [0u8; 16];
-    let rc = if let Some(f) = real!(driver_fn::cuDeviceGetUuid_v2, Cuda) {
+    let rc = if let Some(f) = real!(driver_fn::cuDeviceGetUuid_v2) {
         // SAFETY: a 16-byte CUuuid buffer and a device ordinal.
         unsafe { f(b.as_mut_ptr() as *mut c_void, ordinal) }
-    } else if let Some(f) = real!(driver_fn::cuDeviceGetUuid, Cuda) {
+    } else if let Some(f) = real!(driver_fn::cuDeviceGetUuid) {
         // SAFETY: as above.
         unsafe { f(b.as_mut_ptr() as *mut c_void, ordinal) }
     } else {
         return None;
     };
-    (rc == CUDA_SUCCESS).then(|| format_uuid(&b))
+    (rc == CUDA_SUCCESS).then(|| DeviceUuid::from_bytes(b))
 }
 
 /// How many devices this process sees (0 if unknown yet).
@@ -133,7 +97,7 @@ fn visible_devices() -> i32 {
         return n as i32 - 1;
     }
     let mut count = 0i32;
-    let rc = match real!(driver_fn::cuDeviceGetCount, Cuda) {
+    let rc = match real!(driver_fn::cuDeviceGetCount) {
         // SAFETY: an i32 output.
         Some(f) => unsafe { f(&mut count) },
         None => CUDA_ERROR_NOT_INITIALIZED,
@@ -152,7 +116,7 @@ pub fn current_device_limited(c: &Client) -> bool {
         return device_limited(c, 0);
     }
     let mut dev = 0i32;
-    let rc = match real!(driver_fn::cuCtxGetDevice, Cuda) {
+    let rc = match real!(driver_fn::cuCtxGetDevice) {
         // SAFETY: an i32 output.
         Some(f) => unsafe { f(&mut dev) },
         None => return true,
@@ -166,7 +130,7 @@ pub fn pointer_limited(c: &Client, ptr: u64) -> bool {
         return device_limited(c, 0);
     }
     let mut ordinal = -1i32;
-    let rc = match real!(driver_fn::cuPointerGetAttribute, Cuda) {
+    let rc = match real!(driver_fn::cuPointerGetAttribute) {
         // SAFETY: DEVICE_ORDINAL writes an int.
         Some(f) => unsafe {
             f(
@@ -183,7 +147,7 @@ pub fn pointer_limited(c: &Client, ptr: u64) -> bool {
 /// The size of the allocation that starts at `ptr`, from the driver.
 pub fn allocation_size(ptr: u64) -> Option<u64> {
     let (mut base, mut size) = (0u64, 0usize);
-    let f = real!(driver_fn::cuMemGetAddressRange_v2, Cuda)?;
+    let f = real!(driver_fn::cuMemGetAddressRange_v2)?;
     // SAFETY: two outputs of the documented types.
     let rc = unsafe { f(&mut base, &mut size, ptr) };
     (rc == CUDA_SUCCESS && base == ptr).then_some(size as u64)
@@ -191,40 +155,9 @@ pub fn allocation_size(ptr: u64) -> Option<u64> {
 
 /// Free an allocation with the real driver (undoing one we could not charge in full).
 pub fn free_raw(ptr: u64) {
-    if let Some(f) = real!(driver_fn::cuMemFree_v2, Cuda) {
+    if let Some(f) = real!(driver_fn::cuMemFree_v2) {
         // SAFETY: freeing an allocation the real driver just made.
         unsafe { f(ptr) };
-    }
-}
-
-/// The real driver's address of each function we interpose, mapped to our wrapper.
-fn substitutes() -> &'static HashMap<usize, usize> {
-    static M: OnceLock<HashMap<usize, usize>> = OnceLock::new();
-    M.get_or_init(|| {
-        let lib = crate::dl::libcuda();
-        wrappers()
-            .iter()
-            .filter(|(_, l, _)| *l == Lib::Cuda)
-            .filter_map(|(name, _, wrapper)| {
-                let n = std::ffi::CString::new(*name).ok()?;
-                let real = crate::dl::lookup(lib, &n);
-                (real != 0).then_some((real, *wrapper))
-            })
-            .collect()
-    })
-}
-
-/// After cuGetProcAddress: if the driver handed out one of the functions we interpose, hand out
-/// our wrapper instead (matched by address, so the version the caller asked for is kept).
-pub fn substitute(pfn: *mut *mut c_void) {
-    if pfn.is_null() {
-        return;
-    }
-    // SAFETY: cuGetProcAddress just wrote a function pointer through pfn.
-    let p = unsafe { *pfn } as usize;
-    if let Some(&w) = substitutes().get(&p) {
-        // SAFETY: as above; the wrapper has the same signature as the real function.
-        unsafe { *pfn = w as *mut c_void };
     }
 }
 
@@ -239,8 +172,11 @@ pub fn nvml_device_limited(c: &Client, device: *mut c_void) -> bool {
     {
         return v;
     }
+    let Some(mine) = vgpu_device(c) else {
+        return true;
+    };
     let mut buf = [0 as c_char; 96];
-    let Some(f) = real!(nvml_fn::nvmlDeviceGetUUID, Nvml) else {
+    let Some(f) = real!(nvml_fn::nvmlDeviceGetUUID) else {
         return true;
     };
     // SAFETY: a 96-byte buffer for NVML's UUID string.
@@ -249,10 +185,8 @@ pub fn nvml_device_limited(c: &Client, device: *mut c_void) -> bool {
         return true;
     }
     // SAFETY: NVML wrote a NUL-terminated string into buf.
-    let uuid = unsafe { CStr::from_ptr(buf.as_ptr()) }
-        .to_string_lossy()
-        .into_owned();
-    let v = same_device(c, &uuid);
+    let uuid = unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy();
+    let v = mine.matches(&uuid);
     cache
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -264,7 +198,7 @@ pub fn nvml_device_limited(c: &Client, device: *mut c_void) -> bool {
 /// paced).
 pub fn capturing(stream: *mut c_void) -> bool {
     let mut status = CU_STREAM_CAPTURE_STATUS_NONE;
-    match real!(driver_fn::cuStreamIsCapturing, Cuda) {
+    match real!(driver_fn::cuStreamIsCapturing) {
         Some(f) => {
             // SAFETY: a valid output; the stream is the caller's.
             let rc = unsafe { f(stream, &mut status) };

@@ -1,6 +1,6 @@
 //! The structs NVML fills, with the exact layout of NVIDIA's `nvml.h` (checked by
 //! `tests/layout.rs`, which compiles C against the real header), and the header's `#define`
-//! constants this crate uses (enum constants come from `tf_cuda_abi::nvml`).
+//! constants that cross the boundary (enum constants come from [`crate::nvml`]).
 #![allow(non_camel_case_types, non_snake_case)]
 
 use std::ffi::c_char;

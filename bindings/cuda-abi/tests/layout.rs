@@ -1,12 +1,13 @@
-//! The structs the simulated NVML fills have the layout of NVIDIA's real `nvml.h`, and its
-//! `#define` constants the values of the header: a C program compiled against the real header
-//! prints sizes, alignments, offsets and values, and they must equal what Rust says.
+//! The hand-written structs and `#define` constants of `tf-cuda-abi` have the layout and values of
+//! NVIDIA's real `cuda.h` and `nvml.h`: a C program compiled against the real headers prints
+//! sizes, alignments, offsets and values, and they must equal what Rust says.
 #![allow(unused_crate_dependencies)] // test targets share the package's dev-dependencies
 
 use std::mem::{align_of, offset_of, size_of};
 use std::process::Command;
 
-use nvidia_ml::types::*;
+use tf_cuda_abi::cuda_types::*;
+use tf_cuda_abi::nvml_types::*;
 
 /// Lines `<what> <number>` from the Rust side, and the C expressions that print the same.
 struct Checks {
@@ -26,18 +27,21 @@ impl Checks {
 /// `layout!(checks, c_type => RustType { field, ... })`: size, alignment and every field's offset;
 /// `layout!(checks, c_type => RustType prefix { field, ... })`: the offsets only (a Rust struct
 /// that is a leading part of the C one).
+///
+/// A field named differently in C (a Rust keyword) is written `rust_name: "c_name"`.
 macro_rules! layout {
-    ($checks:ident, $c:literal => $t:ident { $($f:ident),* $(,)? }) => {{
+    ($checks:ident, $c:literal => $t:ident { $($f:ident $(: $cf:literal)?),* $(,)? }) => {{
         $checks.line(format!("{} size", $c), size_of::<$t>() as u64, format!("sizeof({})", $c));
         $checks.line(format!("{} align", $c), align_of::<$t>() as u64, format!("_Alignof({})", $c));
-        layout!($checks, $c => $t prefix { $($f),* });
+        layout!($checks, $c => $t prefix { $($f $(: $cf)?),* });
     }};
-    ($checks:ident, $c:literal => $t:ident prefix { $($f:ident),* $(,)? }) => {{
+    ($checks:ident, $c:literal => $t:ident prefix { $($f:ident $(: $cf:literal)?),* $(,)? }) => {{
         $(
+            let c_field = [$($cf,)? stringify!($f)][0];
             $checks.line(
-                format!("{}.{}", $c, stringify!($f)),
+                format!("{}.{}", $c, c_field),
                 offset_of!($t, $f) as u64,
-                format!("offsetof({}, {})", $c, stringify!($f)),
+                format!("offsetof({}, {})", $c, c_field),
             );
         )*
     }};
@@ -54,6 +58,39 @@ fn checks() -> Checks {
         rust: Vec::new(),
         c: Vec::new(),
     };
+    // cuda.h
+    layout!(c, "CUuuid" => CUuuid { bytes });
+    layout!(c, "CUipcEventHandle" => CUipcEventHandle { reserved });
+    layout!(c, "CUipcMemHandle" => CUipcMemHandle { reserved });
+    layout!(c, "CUmemLocation" => CUmemLocation { type_: "type" });
+    layout!(c, "CUlaunchConfig" => CUlaunchConfig {
+        gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes, hStream,
+        attrs, numAttrs
+    });
+    layout!(c, "CUDA_MEMCPY2D" => CUDA_MEMCPY2D {
+        srcXInBytes, srcY, srcMemoryType, srcHost, srcDevice, srcArray, srcPitch, dstXInBytes,
+        dstY, dstMemoryType, dstHost, dstDevice, dstArray, dstPitch, WidthInBytes, Height
+    });
+    layout!(c, "CUDA_ARRAY_DESCRIPTOR" => CUDA_ARRAY_DESCRIPTOR { Width, Height, Format, NumChannels });
+    layout!(c, "CUDA_ARRAY3D_DESCRIPTOR" => CUDA_ARRAY3D_DESCRIPTOR {
+        Width, Height, Depth, Format, NumChannels, Flags
+    });
+    layout!(c, "CUmemPoolProps" => CUmemPoolProps {
+        allocType, handleTypes, location, win32SecurityAttributes, maxSize, usage, reserved
+    });
+    layout!(c, "CUmemAllocationProp" => CUmemAllocationProp prefix {
+        type_: "type", requestedHandleTypes, location, win32HandleMetaData, allocFlags
+    });
+    constants!(
+        c,
+        "(size_t)CU_STREAM_LEGACY" = CU_STREAM_LEGACY,
+        "(size_t)CU_STREAM_PER_THREAD" = CU_STREAM_PER_THREAD,
+        "(size_t)CU_LAUNCH_PARAM_END" = CU_LAUNCH_PARAM_END,
+        "(size_t)CU_LAUNCH_PARAM_BUFFER_POINTER" = CU_LAUNCH_PARAM_BUFFER_POINTER,
+        "(size_t)CU_LAUNCH_PARAM_BUFFER_SIZE" = CU_LAUNCH_PARAM_BUFFER_SIZE,
+    );
+
+    // nvml.h
     layout!(c, "nvmlMemory_t" => nvmlMemory_t { total, free, used });
     layout!(c, "nvmlMemory_v2_t" => nvmlMemory_v2_t { version, total, reserved, free, used });
     layout!(c, "nvmlUtilization_t" => nvmlUtilization_t { gpu, memory });
@@ -130,14 +167,14 @@ fn checks() -> Checks {
 }
 
 #[test]
-fn structs_and_constants_match_the_real_nvml_h() {
-    let inc = tf_test_support::cuda_include_dir().expect("fetch NVIDIA's nvml.h");
+fn structs_and_constants_match_the_real_cuda_h_and_nvml_h() {
+    let inc = tf_test_support::cuda_include_dir().expect("fetch NVIDIA's cuda.h and nvml.h");
     let checks = checks();
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("layout.c");
     let exe = dir.path().join("layout");
     let program = format!(
-        "#include <stddef.h>\n#include <stdio.h>\n#include <nvml.h>\nint main(void) {{\n{}\nreturn 0;\n}}\n",
+        "#include <stddef.h>\n#include <stdio.h>\n#include <cuda.h>\n#include <nvml.h>\nint main(void) {{\n{}\nreturn 0;\n}}\n",
         checks.c.join("\n")
     );
     std::fs::write(&src, program).unwrap();
@@ -168,15 +205,15 @@ fn structs_and_constants_match_the_real_nvml_h() {
         .iter()
         .zip(&c_lines)
         .filter(|(r, c)| r != c)
-        .map(|(r, c)| format!("rust `{r}` vs nvml.h `{c}`"))
+        .map(|(r, c)| format!("rust `{r}` vs the header `{c}`"))
         .collect();
     assert!(
         diffs.is_empty(),
-        "layouts differ from nvml.h:\n{}",
+        "layouts differ from the headers:\n{}",
         diffs.join("\n")
     );
     eprintln!(
-        "{} sizes, offsets and constants match nvml.h",
+        "{} sizes, offsets and constants match cuda.h and nvml.h",
         c_lines.len()
     );
 }

@@ -1,3 +1,0 @@
-//! Logs of the interposer: `tracing` to stderr, filtered by `TF_LOG` (default: warnings).
-
-pub use tf_os::init_logging as init;

@@ -1,0 +1,120 @@
+//! Our exported `dlsym`: a few instructions that look at the handle and the first two characters
+//! of the name. Names starting with `cu` or `nv` looked up in a handle go to [`dlsym_hook`], which
+//! hands out our wrappers for the functions we interpose; every other lookup *jumps* to the real
+//! `dlsym` with the caller's own stack frame, so lookups whose meaning depends on who calls
+//! (`RTLD_NEXT`) keep their exact meaning for the rest of the program.
+
+use std::ffi::{CStr, c_char, c_void};
+
+// The exported dlsym. Only the handle and the first two bytes of the name are examined before
+// either jumping to our hook (`cu…`, `nv…` looked up in a handle) or tail-jumping to the real
+// dlsym with the stack untouched. `RTLD_NEXT` lookups always go to the real dlsym: their meaning
+// depends on the caller, which only the real dlsym can see. If the real dlsym is not known yet
+// (a constructor that ran before ours), a slow path finds it first.
+#[cfg(target_arch = "x86_64")]
+#[unsafe(naked)]
+#[unsafe(no_mangle)]
+/// # Safety
+/// Called by the dynamic loader's users with the arguments of `dlsym(3)`.
+pub unsafe extern "C" fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void {
+    core::arch::naked_asm!(
+        "cmp rdi, -1", // RTLD_NEXT
+        "je 2f",
+        "test rsi, rsi",
+        "jz 2f",
+        "movzx eax, byte ptr [rsi]",
+        "cmp al, 0x63", // 'c'
+        "jne 3f",
+        "cmp byte ptr [rsi + 1], 0x75", // 'u'
+        "je 1f",
+        "jmp 2f",
+        "3:",
+        "cmp al, 0x6e", // 'n'
+        "jne 2f",
+        "cmp byte ptr [rsi + 1], 0x76", // 'v'
+        "jne 2f",
+        "1:",
+        "jmp {hook}",
+        "2:",
+        "mov rax, qword ptr [rip + {real}]",
+        "test rax, rax",
+        "jz 4f",
+        "jmp rax",
+        "4:",
+        "jmp {slow}",
+        hook = sym dlsym_hook,
+        real = sym crate::real::TF_REAL_DLSYM,
+        slow = sym dlsym_slow,
+    )
+}
+
+#[cfg(target_arch = "aarch64")]
+#[unsafe(naked)]
+#[unsafe(no_mangle)]
+/// # Safety
+/// Called by the dynamic loader's users with the arguments of `dlsym(3)`.
+pub unsafe extern "C" fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void {
+    core::arch::naked_asm!(
+        "cmn x0, #1", // RTLD_NEXT
+        "b.eq 2f",
+        "cbz x1, 2f",
+        "ldrb w9, [x1]",
+        "cmp w9, #0x63",
+        "b.ne 3f",
+        "ldrb w9, [x1, #1]",
+        "cmp w9, #0x75",
+        "b.eq 1f",
+        "b 2f",
+        "3:",
+        "cmp w9, #0x6e",
+        "b.ne 2f",
+        "ldrb w9, [x1, #1]",
+        "cmp w9, #0x76",
+        "b.ne 2f",
+        "1:",
+        "b {hook}",
+        "2:",
+        "adrp x16, {real}",
+        "ldr x16, [x16, :lo12:{real}]",
+        "cbz x16, 4f",
+        "br x16",
+        "4:",
+        "b {slow}",
+        hook = sym dlsym_hook,
+        real = sym crate::real::TF_REAL_DLSYM,
+        slow = sym dlsym_slow,
+    )
+}
+
+/// Our `dlsym` before the constructor found the real one: find it and forward (the caller is
+/// then seen as this library, which only matters for `RTLD_NEXT` this early).
+unsafe extern "C" fn dlsym_slow(handle: *mut c_void, symbol: *const c_char) -> *mut c_void {
+    match crate::real::real_dlsym() {
+        // SAFETY: forwarding the caller's own arguments to the real dlsym.
+        Some(f) => unsafe { f(handle, symbol) },
+        None => std::ptr::null_mut(),
+    }
+}
+
+/// Our `dlsym` for names starting with `cu` or `nv` (see the module documentation): the real
+/// lookup, then our wrapper instead if the name is one we interpose.
+///
+/// # Safety
+/// Called with the arguments of `dlsym(3)`.
+unsafe extern "C" fn dlsym_hook(handle: *mut c_void, symbol: *const c_char) -> *mut c_void {
+    let Some(real) = crate::real::real_dlsym() else {
+        return std::ptr::null_mut();
+    };
+    // SAFETY: forwarding the caller's own arguments.
+    let found = unsafe { real(handle, symbol) };
+    if found.is_null() {
+        return found;
+    }
+    // SAFETY: dlsym's symbol argument is a NUL-terminated string (non-null: checked by the
+    // trampoline before it jumps here).
+    let name = unsafe { CStr::from_ptr(symbol) }.to_bytes();
+    match crate::hooks::wrapper(name) {
+        Some(w) => w as *mut c_void,
+        None => found,
+    }
+}
