@@ -51,7 +51,19 @@ struct PoolState {
     next_learn: u64,
     /// Live allocations per QoS level (skips hopeless preemption searches).
     live_by_qos: [u64; 4],
+    /// Free GPU capacity per interned model, in GPU-permille (model-pressure term).
+    model_free: Vec<i64>,
+    /// Models present in the pool (bit per interned id).
+    model_present: u64,
+    /// Free host CPU and memory summed over the pool's nodes.
+    cpu_free: u64,
+    mem_free: u64,
+    /// Quantised host-shortage levels (CPU, memory), 0..=HOST_LEVELS (see `host_ratios`).
+    host_level: [u32; 2],
 }
+
+/// Steps of the host-shortage level: scores are re-computed when a level changes.
+const HOST_LEVELS: f64 = 16.0;
 
 struct Record {
     pool: u32,
@@ -74,7 +86,12 @@ struct Namespace {
 struct ClassCache {
     stamps: Vec<u64>,
     scores: Vec<f64>,
+    /// Model of the GPUs the cached placement would use (model-pressure term).
+    models: Vec<u8>,
 }
+
+/// Weight of the model-pressure term of the default policy (see `model_bias`).
+const MODEL_PRESSURE_WEIGHT: f64 = 1.0;
 
 /// The pool scheduler. Not thread-safe by itself; wrap it in a lock to share it.
 pub struct Scheduler {
@@ -159,6 +176,11 @@ impl Scheduler {
             seen: 0,
             next_learn: 16,
             live_by_qos: [0; 4],
+            model_free: vec![0; MAX_MODELS],
+            model_present: 0,
+            cpu_free: 0,
+            mem_free: 0,
+            host_level: [0; 2],
         });
         Ok(())
     }
@@ -241,7 +263,13 @@ impl Scheduler {
             allocs: Vec::new(),
         });
         let p = &mut self.pools[pool as usize];
+        for g in &self.gpus[gpu_start..] {
+            p.model_free[g.model as usize] += g.free_permille();
+            p.model_present |= 1 << g.model;
+        }
         p.nodes.push(id);
+        p.cpu_free += spec.cpu_milli;
+        p.mem_free += spec.memory_bytes;
         p.max_cpu = p.max_cpu.max(spec.cpu_milli);
         p.max_gpu_share = p.max_gpu_share.max(spec.gpus.len() as f64 * 1000.0);
         if new_models {
@@ -495,12 +523,42 @@ impl Scheduler {
     }
 
     fn ctx(&self, pool: u32) -> Ctx<'_> {
+        pool_ctx(self.policy, &self.pools[pool as usize])
+    }
+
+    /// Re-computes the pool's host-shortage levels; a changed level drops the pool's cached
+    /// scores (the stranding term depends on it).
+    fn refresh_host_levels(&mut self, pool: u32) {
         let p = &self.pools[pool as usize];
-        Ctx {
-            policy: self.policy,
-            profile: &p.profile,
-            max_cpu: p.max_cpu.max(1),
-            max_gpu_share: p.max_gpu_share.max(1.0),
+        if !self.policy.uses_profile() {
+            return;
+        }
+        let gpu_free: f64 = bits(p.model_present)
+            .map(|m| p.model_free[m] as f64)
+            .sum::<f64>()
+            / 1000.0;
+        let level = |base: f64, only: f64, free: u64| -> u32 {
+            if only <= 0.0 || gpu_free <= 0.0 {
+                return 0;
+            }
+            let short = ((base + only) * gpu_free - free as f64) / (only * gpu_free);
+            (short.clamp(0.0, 1.0) * HOST_LEVELS).round() as u32
+        };
+        let levels = [
+            level(
+                p.profile.cpu_per_gpu,
+                p.profile.cpu_only_per_gpu,
+                p.cpu_free,
+            ),
+            level(
+                p.profile.mem_per_gpu,
+                p.profile.mem_only_per_gpu,
+                p.mem_free,
+            ),
+        ];
+        if levels != p.host_level {
+            self.pools[pool as usize].host_level = levels;
+            self.invalidate(pool);
         }
     }
 
@@ -515,6 +573,7 @@ impl Scheduler {
             });
         }
         self.learn(pool, &need);
+        self.refresh_host_levels(pool);
         // Absolute requests can be checked against the quota before any search.
         if !matches!(need.tflops, Amount::Permille(_)) && !matches!(need.vram, Amount::Permille(_))
         {
@@ -614,44 +673,54 @@ impl Scheduler {
             self.caches.clear();
         }
         let p = &self.pools[pool as usize];
-        let ctx = Ctx {
-            policy: self.policy,
-            profile: &p.profile,
-            max_cpu: p.max_cpu.max(1),
-            max_gpu_share: p.max_gpu_share.max(1.0),
-        };
+        let ctx = pool_ctx(self.policy, p);
         let cache = self
             .caches
             .entry((pool, *need))
             .or_insert_with(|| ClassCache {
                 stamps: vec![u64::MAX; p.nodes.len()],
                 scores: vec![f64::NEG_INFINITY; p.nodes.len()],
+                models: vec![0; p.nodes.len()],
             });
+        let bias = model_bias(self.policy, p, &self.models, need);
         let random_ties = self.policy.random_ties();
         let mut best = f64::NEG_INFINITY;
         let mut best_pos = usize::MAX;
         let mut ties = 0u32;
         for (pos, &nid) in p.nodes.iter().enumerate() {
             let node = &self.nodes[nid as usize];
-            let score = if cache.stamps[pos] == node.version {
+            let mut score = if cache.stamps[pos] == node.version {
                 cache.scores[pos]
             } else {
                 let gpus = &self.gpus[node.gpu_start..node.gpu_start + node.gpu_len];
-                let s = evaluate(
+                let (s, model) = match evaluate(
                     &ctx,
                     need,
                     node.cpu_free,
                     node.mem_free,
                     gpus,
                     &mut self.scratch,
-                )
-                .map_or(f64::NEG_INFINITY, |c| c.score);
+                ) {
+                    Some(c) => (
+                        c.score,
+                        if c.mask == 0 {
+                            0
+                        } else {
+                            gpus[c.mask.trailing_zeros() as usize].model
+                        },
+                    ),
+                    None => (f64::NEG_INFINITY, 0),
+                };
                 cache.stamps[pos] = node.version;
                 cache.scores[pos] = s;
+                cache.models[pos] = model;
                 s
             };
             if score == f64::NEG_INFINITY {
                 continue;
+            }
+            if let Some(bias) = &bias {
+                score += bias[cache.models[pos] as usize];
             }
             if score > best {
                 best = score;
@@ -799,10 +868,13 @@ impl Scheduler {
         self.next_id += 1;
         let n = &mut self.nodes[node as usize];
         let mut grants = Vec::with_capacity(need.gpu_count as usize);
+        let model_free = &mut self.pools[pool as usize].model_free;
         for i in bits(mask) {
             let g = &mut self.gpus[n.gpu_start + i];
             let (t, v) = g.demand(need.tflops, need.vram, need.dedicated);
+            let before = g.free_permille();
             g.take(need.tflops, need.vram, need.dedicated);
+            model_free[g.model as usize] += g.free_permille() - before;
             grants.push(GpuGrant {
                 gpu: i as u32,
                 tflops_milli: t,
@@ -813,6 +885,8 @@ impl Scheduler {
         n.mem_free -= need.mem;
         n.version += 1;
         n.allocs.push(id);
+        self.pools[pool as usize].cpu_free -= need.cpu;
+        self.pools[pool as usize].mem_free -= need.mem;
         self.pools[pool as usize].live_by_qos[req.qos as usize] += 1;
         let ns = self.namespaces.entry(req.namespace.clone()).or_default();
         for g in &grants {
@@ -849,13 +923,26 @@ impl Scheduler {
         let rec = self.allocs.remove(&id).expect("live allocation");
         self.pools[rec.pool as usize].live_by_qos[rec.qos as usize] -= 1;
         let n = &mut self.nodes[rec.node as usize];
-        give_back(&mut self.gpus[n.gpu_start..n.gpu_start + n.gpu_len], &rec);
+        let gpus = &mut self.gpus[n.gpu_start..n.gpu_start + n.gpu_len];
+        let model_free = &mut self.pools[rec.pool as usize].model_free;
+        for g in &rec.grants {
+            let gpu = &gpus[g.gpu as usize];
+            model_free[gpu.model as usize] -= gpu.free_permille();
+        }
+        give_back(gpus, &rec);
+        for g in &rec.grants {
+            let gpu = &gpus[g.gpu as usize];
+            model_free[gpu.model as usize] += gpu.free_permille();
+        }
         n.cpu_free += rec.cpu;
         n.mem_free += rec.mem;
         n.version += 1;
         if let Some(pos) = n.allocs.iter().position(|&a| a == id) {
             n.allocs.swap_remove(pos);
         }
+        let p = &mut self.pools[rec.pool as usize];
+        p.cpu_free += rec.cpu;
+        p.mem_free += rec.mem;
         if let Some(ns) = self.namespaces.get_mut(&rec.namespace) {
             for g in &rec.grants {
                 ns.used.tflops_milli -= g.tflops_milli;
@@ -922,6 +1009,87 @@ fn take_again(gpus: &mut [Gpu], r: &Record) {
             gpu.dedicated = true;
         }
     }
+}
+
+/// The policy context of a pool.
+///
+/// Host ratios for the stranding term: future GPU requests take `g` CPU per GPU (the
+/// profile's GPU requests); CPU-only requests take another `o` per GPU of the stream. While
+/// the pool's free CPU covers `(g + o)` per free GPU, CPU-only requests can live off CPU that no
+/// GPU needs, and a node's GPU is fed at `g`. When it does not, the shortfall `s` (as a share of
+/// `o`, quantised to `1 / HOST_LEVELS`) lands on nodes with free GPUs: the ratio becomes
+/// `g + s o`. The same holds for memory.
+fn pool_ctx(policy: Policy, p: &PoolState) -> Ctx<'_> {
+    let ratio = |base: f64, only: f64, level: u32| base + only * level as f64 / HOST_LEVELS;
+    Ctx {
+        policy,
+        profile: &p.profile,
+        max_cpu: p.max_cpu.max(1),
+        max_gpu_share: p.max_gpu_share.max(1.0),
+        cpu_per_gpu: ratio(
+            p.profile.cpu_per_gpu,
+            p.profile.cpu_only_per_gpu,
+            p.host_level[0],
+        ),
+        mem_per_gpu: ratio(
+            p.profile.mem_per_gpu,
+            p.profile.mem_only_per_gpu,
+            p.host_level[1],
+        ),
+    }
+}
+
+/// The default policy's model-pressure term, per interned model: a penalty for placing the
+/// request's GPU demand on models that model-constrained demand will need.
+///
+/// The profile says which share `q_c` of the GPU demand may only use model set `c`. Spread over
+/// the free capacity `F_c` of its models, class `c` claims `q_c / F_c` of each free permille
+/// there; relative to the pool's free capacity `F`, the pressure on model `m` is
+/// `rho_m = sum over c containing m of q_c F / F_c` (1 = the class's fair share). A model that
+/// fills faster than the rest, or that many constrained requests need, has a high pressure.
+/// Placing `d` permille of GPU on model `m` costs `w d rho_m`. Without model-constrained demand
+/// (or with a request that has one model to choose from) every model costs the same and the
+/// term is skipped.
+fn model_bias(policy: Policy, p: &PoolState, models: &[String], need: &Need) -> Option<Vec<f64>> {
+    if policy != Policy::FragLookahead || need.gpu_count == 0 {
+        return None;
+    }
+    let present = p.model_present;
+    if (need.models & present).count_ones() < 2 {
+        return None;
+    }
+    let constrained = p
+        .profile
+        .model_demand
+        .iter()
+        .filter(|(m, _)| m & present != present && m & present != 0);
+    let total: f64 = bits(present).map(|m| p.model_free[m] as f64).sum();
+    let mut rho = vec![0.0; models.len().max(1)];
+    let mut any = false;
+    for &(mask, q) in constrained {
+        let fc: f64 = bits(mask & present).map(|m| p.model_free[m] as f64).sum();
+        let r = q * total / fc.max(1.0);
+        for m in bits(mask & present) {
+            rho[m] += r;
+        }
+        any = true;
+    }
+    if !any {
+        return None;
+    }
+    let per_gpu = match (need.dedicated, need.tflops, need.vram) {
+        (true, _, _) => 1000.0,
+        (_, Amount::Permille(t), Amount::Permille(v)) => t.max(v) as f64,
+        (_, Amount::Permille(t), _) => t as f64,
+        (_, _, Amount::Permille(v)) => v as f64,
+        _ => 1000.0,
+    };
+    let d = per_gpu * need.gpu_count as f64;
+    Some(
+        rho.into_iter()
+            .map(|r| -MODEL_PRESSURE_WEIGHT * d * r)
+            .collect(),
+    )
 }
 
 /// Size of an allocation for victim ordering: GPU milli-TFLOPS plus a CPU term.

@@ -125,6 +125,14 @@ impl Gpu {
         t.min(v)
     }
 
+    /// Free share of the physical GPU in whole permille (exact integer bookkeeping).
+    #[inline]
+    pub fn free_permille(&self) -> i64 {
+        let t = self.free_t as u128 * 1000 / self.phys_t as u128;
+        let v = self.free_v as u128 * 1000 / self.phys_v as u128;
+        t.min(v) as i64
+    }
+
     /// Used share of the physical GPU in permille.
     #[inline]
     pub fn used_share(&self) -> f64 {
@@ -192,6 +200,11 @@ pub(crate) struct Ctx<'a> {
     pub max_cpu: u64,
     /// Largest node GPU capacity in the pool, GPU-permille (best-fit normalisation).
     pub max_gpu_share: f64,
+    /// Host CPU (milli) that future requests will take per whole GPU they use, CPU-only
+    /// requests included when the pool's CPU is short (see `Scheduler::host_ratios`).
+    pub cpu_per_gpu: f64,
+    /// The same for host memory (bytes).
+    pub mem_per_gpu: f64,
 }
 
 /// A policy's verdict on one node.
@@ -454,13 +467,13 @@ pub(crate) fn evaluate(
 /// GPU capacity (permille) of a node that its free host resources cannot feed: requests bring
 /// host CPU and memory in the profile's average proportion to the GPU they use, so free GPU
 /// beyond `free CPU / CPU-per-GPU` (or the same for memory) will most likely never be used.
-fn stranded(profile: &Compiled, gpu_free: f64, cpu_free: u64, mem_free: u64) -> f64 {
+fn stranded(ctx: &Ctx<'_>, gpu_free: f64, cpu_free: u64, mem_free: u64) -> f64 {
     let mut feedable = f64::INFINITY;
-    if profile.cpu_per_gpu > 0.0 {
-        feedable = feedable.min(1000.0 * cpu_free as f64 / profile.cpu_per_gpu);
+    if ctx.cpu_per_gpu > 0.0 {
+        feedable = feedable.min(1000.0 * cpu_free as f64 / ctx.cpu_per_gpu);
     }
-    if profile.mem_per_gpu > 0.0 {
-        feedable = feedable.min(1000.0 * mem_free as f64 / profile.mem_per_gpu);
+    if ctx.mem_per_gpu > 0.0 {
+        feedable = feedable.min(1000.0 * mem_free as f64 / ctx.mem_per_gpu);
     }
     (gpu_free - feedable).max(0.0)
 }
@@ -480,14 +493,14 @@ fn frag_lookahead(
     let cpu_after = cpu_free - need.cpu;
     let mem_after = mem_free - need.mem;
     let before = frag(ctx.profile, gpus, cpu_free);
-    let strand_before = stranded(ctx.profile, sum_share(gpus), cpu_free, mem_free);
+    let strand_before = stranded(ctx, sum_share(gpus), cpu_free, mem_free);
     let count = need.gpu_count;
     let mut best: Option<(f64, u64)> = None;
     let mut consider = |mask: u64, scratch: &mut Vec<Gpu>| {
         apply(scratch, gpus, need, mask);
         let after = frag(ctx.profile, scratch, cpu_after);
         let gradient = (sigmoid((before - after) / 1000.0) * 100.0).floor();
-        let strand_after = stranded(ctx.profile, sum_share(scratch), cpu_after, mem_after);
+        let strand_after = stranded(ctx, sum_share(scratch), cpu_after, mem_after);
         let score = gradient + (strand_before - strand_after);
         if best.is_none_or(|(b, _)| score > b) {
             best = Some((score, mask));
@@ -531,7 +544,7 @@ fn frag_lookahead(
             let gpu_free_after: f64 = shares[..gpus.len()].iter().sum();
             shares[i] = old;
             let gradient = (sigmoid((before - after) / 1000.0) * 100.0).floor();
-            let strand_after = stranded(ctx.profile, gpu_free_after, cpu_after, mem_after);
+            let strand_after = stranded(ctx, gpu_free_after, cpu_after, mem_after);
             let score = gradient + (strand_before - strand_after);
             if best.is_none_or(|(b, _)| score > b) {
                 best = Some((score, 1u64 << i));

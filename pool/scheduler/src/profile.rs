@@ -84,6 +84,13 @@ pub(crate) struct Compiled {
     pub cpu_per_gpu: f64,
     /// Host memory (bytes) that the profile's GPU requests bring per whole GPU they use.
     pub mem_per_gpu: f64,
+    /// Host CPU (milli) of the profile's CPU-only requests per whole GPU of its GPU requests.
+    pub cpu_only_per_gpu: f64,
+    /// Host memory (bytes) of the profile's CPU-only requests per whole GPU of its GPU requests.
+    pub mem_only_per_gpu: f64,
+    /// Share of the profile's GPU demand per allowed-model mask (masks other than "any"),
+    /// from every shape (not only the typical ones).
+    pub model_demand: Vec<(u64, f64)>,
 }
 
 impl Compiled {
@@ -111,6 +118,8 @@ impl Compiled {
         let mut merged: Vec<((Shape, u64), f64)> = Vec::new();
         let mut index: std::collections::HashMap<(Shape, u64), usize> = Default::default();
         let (mut cpu, mut mem, mut gpu) = (0.0, 0.0, 0.0);
+        let (mut cpu_only, mut mem_only) = (0.0, 0.0);
+        let mut by_mask: Vec<(u64, f64)> = Vec::new();
         for (shape, c, m, w) in entries {
             if w.is_nan() || w <= 0.0 {
                 continue;
@@ -125,7 +134,18 @@ impl Compiled {
                 };
                 cpu += c as f64 * w;
                 mem += m as f64 * w;
-                gpu += per_gpu * shape.gpu_count as f64 * w;
+                let demand = per_gpu * shape.gpu_count as f64 * w;
+                gpu += demand;
+                if shape.models != u64::MAX {
+                    match by_mask.iter_mut().find(|e| e.0 == shape.models) {
+                        Some(e) => e.1 += demand,
+                        None => by_mask.push((shape.models, demand)),
+                    }
+                }
+            }
+            if shape.gpu_count == 0 {
+                cpu_only += c as f64 * w;
+                mem_only += m as f64 * w;
             }
             match index.get(&(shape, c)) {
                 Some(&i) => merged[i].1 += w,
@@ -181,15 +201,24 @@ impl Compiled {
             g.weight += w;
             g.variants.push((c, w));
         }
-        let (cpu_per_gpu, mem_per_gpu) = if gpu > 0.0 {
-            (cpu / gpu, mem / gpu)
+        let (cpu_per_gpu, mem_per_gpu, cpu_only_per_gpu, mem_only_per_gpu) = if gpu > 0.0 {
+            (cpu / gpu, mem / gpu, cpu_only / gpu, mem_only / gpu)
         } else {
-            (0.0, 0.0)
+            (0.0, 0.0, 0.0, 0.0)
         };
+        if gpu > 0.0 {
+            for e in &mut by_mask {
+                e.1 /= gpu;
+            }
+        }
+        by_mask.sort_by_key(|e| e.0);
         Compiled {
             groups,
             cpu_per_gpu,
             mem_per_gpu,
+            cpu_only_per_gpu,
+            mem_only_per_gpu,
+            model_demand: by_mask,
         }
     }
 }

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use tf_scheduler::Policy;
 use tf_scheduler::sim::alibaba::{self, REPORT_POINTS};
 use tf_scheduler::sim::bench;
-use tf_scheduler::sim::trace::{self, TraceError};
+use tf_scheduler::sim::trace::{self, TraceError, TraceNode, TracePod};
+use tf_scheduler::sim::variants::Variant;
 
 fn trace_dir() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/traces/alibaba-gpu-2023");
@@ -137,4 +138,138 @@ fn medians_ignore_missing_points() {
     assert_eq!(alibaba::median(&[3.0, 1.0, 2.0]), 2.0);
     assert_eq!(alibaba::median(&[4.0, 1.0, f64::NAN, 2.0, 3.0]), 2.5);
     assert!(alibaba::median(&[]).is_nan());
+}
+
+fn pod(name: &str, cpu: u64, num_gpu: u32, gpu_milli: u32) -> TracePod {
+    TracePod {
+        name: name.into(),
+        cpu_milli: cpu,
+        memory_mib: 1024,
+        num_gpu,
+        gpu_milli,
+        gpu_spec: Vec::new(),
+        qos: Some("LS".into()),
+    }
+}
+
+fn tnode(name: &str, model: &str, gpus: u32, cpu: u64) -> TraceNode {
+    TraceNode {
+        name: name.into(),
+        cpu_milli: cpu,
+        memory_mib: 1 << 20,
+        gpus,
+        model: model.into(),
+    }
+}
+
+#[test]
+fn variant_generator_is_seeded_and_hits_its_targets() {
+    let nodes = vec![
+        tnode("g", "G2", 8, 96_000),
+        tnode("t", "T4", 2, 104_000),
+        tnode("v", "V100M16", 4, 32_000),
+    ];
+    let mut pods = Vec::new();
+    for i in 0..400u32 {
+        pods.push(match i % 4 {
+            0 => pod(&format!("p{i}"), 8_000, 1, 500),
+            1 => pod(&format!("p{i}"), 12_000, 1, 1000),
+            2 => pod(&format!("p{i}"), 60_000, 8, 1000),
+            _ => pod(&format!("p{i}"), 16_000, 0, 0),
+        });
+    }
+    let gpu_total: u64 = pods.iter().map(TracePod::gpu_demand_milli).sum();
+    for pct in [5, 10, 20, 25, 33] {
+        let v = Variant::GpuSpec { percent: pct };
+        let out = v.generate(&pods, &nodes, 7);
+        assert_eq!(out, v.generate(&pods, &nodes, 7), "same seed, same list");
+        assert_ne!(
+            out,
+            v.generate(&pods, &nodes, 8),
+            "another seed, another list"
+        );
+        assert_eq!(out.len(), pods.len());
+        let spec: u64 = out
+            .iter()
+            .filter(|p| !p.gpu_spec.is_empty())
+            .map(TracePod::gpu_demand_milli)
+            .sum();
+        // Reaches the share, overshooting by at most one pod (8 GPUs here).
+        let target = gpu_total * pct as u64 / 100;
+        assert!(
+            spec >= target && spec < target + 8000,
+            "{pct}%: {spec} of {gpu_total}"
+        );
+        for p in out.iter().filter(|p| !p.gpu_spec.is_empty()) {
+            // Only models that can host the pod: 8-GPU pods only on the 8-GPU G2 node.
+            assert!(nodes.iter().any(|n| p.gpu_spec.contains(&n.model)
+                && n.gpus >= p.num_gpu
+                && n.cpu_milli >= p.cpu_milli));
+            assert!(p.num_gpu > 0);
+        }
+    }
+    let cpu_base: u64 = pods
+        .iter()
+        .filter(|p| p.num_gpu == 0)
+        .map(|p| p.cpu_milli)
+        .sum();
+    for m in [40, 100, 300] {
+        let v = Variant::Cpu { multiple_pct: m };
+        let out = v.generate(&pods, &nodes, 7);
+        assert_eq!(out, v.generate(&pods, &nodes, 7));
+        let gpu_pods: Vec<&TracePod> = out.iter().filter(|p| p.num_gpu > 0).collect();
+        assert_eq!(gpu_pods.len(), 300, "GPU pods are kept");
+        let cpu: u64 = out
+            .iter()
+            .filter(|p| p.num_gpu == 0)
+            .map(|p| p.cpu_milli)
+            .sum();
+        let target = cpu_base * m as u64 / 100;
+        assert!(
+            cpu >= target && cpu < target + 16_000,
+            "{m}: {cpu} vs {target}"
+        );
+    }
+    // Names round-trip, and a written list reads back identically.
+    for v in Variant::standard() {
+        assert_eq!(Variant::parse(&v.name()), Some(v));
+    }
+    let v = Variant::GpuSpec { percent: 33 };
+    let out = v.generate(&pods, &nodes, 1);
+    let path =
+        std::env::temp_dir().join(format!("tf-sched-{}-{}", std::process::id(), v.file_name()));
+    trace::write_pods(&path, &out).unwrap();
+    assert_eq!(trace::load_pods(&path).unwrap(), out);
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn frag_lookahead_stays_ahead_of_fgd_on_generated_variants() {
+    let Some(dir) = trace_dir() else { return };
+    let nodes = trace::load_nodes(&dir.join("openb_node_list_gpu_node.csv")).unwrap();
+    let pods = trace::load_pods(&dir.join("openb_pod_list_default.csv")).unwrap();
+    let nodes: Vec<_> = nodes.into_iter().step_by(10).collect();
+    let pods: Vec<_> = pods.into_iter().step_by(10).collect();
+    let at100 = |s: &[alibaba::Summary]| {
+        s.iter()
+            .find(|s| s.arrived_pct == 100)
+            .unwrap()
+            .unalloc_gpu_pct_mean
+    };
+    // A third of the GPU request bound to GPU models; CPU-only demand 2.5x the default's.
+    for v in [
+        Variant::GpuSpec { percent: 33 },
+        Variant::Cpu { multiple_pct: 250 },
+    ] {
+        let pods = v.generate(&pods, &nodes, 1);
+        let (ours, _) = alibaba::run(&nodes, &pods, Policy::FragLookahead, 2, 2, &|_| {});
+        let (fgd, _) = alibaba::run(&nodes, &pods, Policy::Fgd, 2, 2, &|_| {});
+        assert!(
+            at100(&ours) + 1.0 < at100(&fgd),
+            "{}: frag-lookahead {:.2} vs fgd {:.2}",
+            v.name(),
+            at100(&ours),
+            at100(&fgd)
+        );
+    }
 }

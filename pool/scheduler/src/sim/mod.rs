@@ -3,3 +3,4 @@
 pub mod alibaba;
 pub mod bench;
 pub mod trace;
+pub mod variants;

@@ -250,3 +250,28 @@ pub fn load_pods(path: &Path) -> Result<Vec<TracePod>, TraceError> {
     }
     Ok(out)
 }
+
+/// Writes a pod list in the trace's format (`name,cpu_milli,memory_mib,num_gpu,gpu_milli,
+/// gpu_spec,qos`; the phase and time columns are not kept), readable by [`load_pods`].
+pub fn write_pods(path: &Path, pods: &[TracePod]) -> Result<(), TraceError> {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(pods.len() * 64 + 64);
+    s.push_str("name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos\n");
+    for p in pods {
+        let _ = writeln!(
+            s,
+            "{},{},{},{},{},{},{}",
+            p.name,
+            p.cpu_milli,
+            p.memory_mib,
+            p.num_gpu,
+            p.gpu_milli,
+            p.gpu_spec.join("|"),
+            p.qos.as_deref().unwrap_or("")
+        );
+    }
+    std::fs::write(path, s).map_err(|source| TraceError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
