@@ -8,7 +8,7 @@ use tf_hal::{Backend, BackendKind};
 
 /// Resolve and open a backend.
 pub fn open(explicit: Option<&str>) -> Result<Arc<dyn Backend>> {
-    let kind = tf_hal::config::select_backend(explicit)?;
+    let kind = crate::config::select_backend(explicit)?;
     open_kind(kind)
 }
 

@@ -10,7 +10,6 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
-use tf_hal::BackendKind;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -54,35 +53,27 @@ pub fn run(args: BenchArgs) -> Result<()> {
     } = args.what;
     ensure!(iterations >= 100, "--iterations must be at least 100");
     ensure!(rounds >= 1, "--rounds must be at least 1");
-    let kind = tf_hal::config::select_backend(backend.as_deref())?;
+    let kind = crate::config::select_backend(backend.as_deref())?;
     let be = crate::backends::open_kind(kind)?;
     let info = be.device(0)?.info().clone();
-    let dir = std::env::temp_dir();
-    let region_path = dir.join(format!("tf-vgpu-bench-{}", std::process::id()));
-    let limits = tf_vgpu_limiter::Limits {
+    let dir = tempfile::tempdir().context("a folder for the bench's vGPU region")?;
+    let unlimited = tf_vgpu_limiter::Limits {
         vram_quota: None,
         compute_share: None,
     };
-    tf_vgpu_limiter::Region::create(&region_path, &info.uuid, 0, &limits)?;
-    let _remove = crate::run::RegionFile(region_path.clone());
-    let interposer = tf_hal::artifacts::find_built("libtf_cuda_interposer.so")?;
+    let vgpu = tf_vgpu_limiter::Vgpu::create(dir.path(), &info, &unlimited)?;
+    let env = vgpu.environment(&crate::run::injection(kind)?, |_| None);
     let exe = std::env::current_exe()?;
-    let ld = if kind == BackendKind::Fake {
-        Some(crate::fakegpu::installed_driver_dir()?)
-    } else {
-        None
-    };
     let probe = |interposed: bool| -> Result<ProbeResult> {
         let mut c = Command::new(&exe);
-        c.args(["bench-probe", &iterations.to_string()]);
-        c.env_remove("LD_PRELOAD")
-            .env("CUDA_VISIBLE_DEVICES", &info.uuid);
-        if let Some(d) = &ld {
-            c.env("LD_LIBRARY_PATH", d);
-        }
-        if interposed {
-            c.env("LD_PRELOAD", &interposer)
-                .env(tf_vgpu_limiter::client::REGION_ENV, &region_path);
+        c.args(["bench-probe", &iterations.to_string()])
+            .env_remove("LD_PRELOAD");
+        // The plain run gets the same device and libraries, without the interposer.
+        for (k, v) in &env {
+            let vgpu_only = k == "LD_PRELOAD" || k == tf_vgpu_limiter::client::REGION_ENV;
+            if interposed || !vgpu_only {
+                c.env(k, v);
+            }
         }
         let out = c.output().context("running the probe")?;
         if !out.status.success() {

@@ -19,35 +19,17 @@ pub enum FakeGpuCommand {
     },
     /// Show the simulated machine's configuration: where profiles and shared memory live.
     Info,
-    /// Write the simulated GPU's drop-in driver libraries (libcuda.so.1, libnvidia-ml.so.1 and
-    /// their .so names) into DIR; then run programs with LD_LIBRARY_PATH=DIR.
+    /// Lay out the simulated GPU's drop-in driver libraries (libcuda.so.1, libnvidia-ml.so.1
+    /// and their .so names) in DIR, as symbolic links to the libraries tensor-fusion ships; then
+    /// run programs with LD_LIBRARY_PATH=DIR.
     Install {
         /// Directory to write the libraries into (created if needed).
         dir: std::path::PathBuf,
+        /// Copy the libraries instead of linking to them (the folder then keeps working if
+        /// tensor-fusion is removed).
+        #[arg(long)]
+        copy: bool,
     },
-}
-
-/// A per-user directory holding the simulated driver libraries, refreshed when the build
-/// changed (used by `run` on the simulated GPU).
-pub fn installed_driver_dir() -> Result<std::path::PathBuf> {
-    let uid = std::fs::metadata("/proc/self").map(|m| {
-        use std::os::unix::fs::MetadataExt;
-        m.uid()
-    })?;
-    let dir = std::env::temp_dir().join(format!("tensor-fusion-fake-driver-{uid}"));
-    let stamp = dir.join(".built-from");
-    let mut sources = Vec::new();
-    for (file, _) in tf_fake_gpu::install::DRIVER_LIBS {
-        let p = tf_fake_gpu::install::find_built(file)?;
-        let m = std::fs::metadata(&p)?;
-        sources.push(format!("{} {} {:?}", p.display(), m.len(), m.modified()?));
-    }
-    let want = sources.join("\n");
-    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(want.as_str()) {
-        tf_fake_gpu::install::install(&dir)?;
-        std::fs::write(&stamp, want)?;
-    }
-    Ok(dir)
 }
 
 pub fn run(args: FakeGpuArgs) -> Result<()> {
@@ -56,8 +38,13 @@ pub fn run(args: FakeGpuArgs) -> Result<()> {
             println!("{}", tf_fake_gpu::load::run_json(&spec)?);
             Ok(())
         }
-        FakeGpuCommand::Install { dir } => {
-            for f in tf_fake_gpu::install::install(&dir)? {
+        FakeGpuCommand::Install { dir, copy } => {
+            let mode = if copy {
+                tf_fake_gpu::install::InstallMode::Copy
+            } else {
+                tf_fake_gpu::install::InstallMode::Link
+            };
+            for f in tf_fake_gpu::install::install(&dir, mode)? {
                 println!("{}", f.display());
             }
             eprintln!(
@@ -81,6 +68,12 @@ pub fn run(args: FakeGpuArgs) -> Result<()> {
                 ),
             }
             println!("shared memory: {}", cfg.shm_dir.display());
+            for (file, _) in tf_fake_gpu::install::DRIVER_LIBS {
+                match tf_os::artifacts::find(file) {
+                    Ok((p, origin)) => println!("library:       {} ({origin})", p.display()),
+                    Err(e) => println!("library:       {e}"),
+                }
+            }
             for d in gpu.devices() {
                 let m = d.memory();
                 println!(

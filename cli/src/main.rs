@@ -4,12 +4,15 @@
 // export `cuInit`, `dlsym`, ... from the binary itself, so they stay unused on purpose.
 #![allow(unused_crate_dependencies)]
 
+mod args;
 mod backends;
 mod bench;
+mod config;
 mod cudaprobe;
 mod demo;
 mod devices;
 mod fakegpu;
+mod install;
 mod run;
 mod sim;
 
@@ -43,6 +46,9 @@ enum Command {
     Sim(sim::SimArgs),
     /// Benchmarks that print their figures as JSON lines.
     Bench(bench::BenchArgs),
+    /// Install tensor-fusion (the binary and the libraries it ships) under a prefix, so that it
+    /// runs from any folder without the build folder.
+    Install(install::InstallArgs),
     /// A small CUDA program (used by the demo): `vram BLOCK_MIB` or `busy SECONDS WARMUP`.
     #[command(hide = true)]
     CudaProbe {
@@ -73,6 +79,7 @@ fn main() -> std::process::ExitCode {
         Command::FakeGpu(args) => fakegpu::run(args),
         Command::Sim(args) => sim::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Install(args) => install::run(args),
         Command::BenchProbe { iterations } => bench::probe(iterations),
         Command::CudaProbe { mode, args } => {
             let v = match (mode.as_str(), args.as_slice()) {

@@ -378,7 +378,8 @@ fn a_killed_process_returns_its_memory_to_the_quota_within_a_second() {
             && let Ok(r) = tf_vgpu_limiter::Region::open(&e.path())
             && r.vram_used() == 768 << 20
         {
-            break (r, r.processes()[0].0);
+            let pid = r.processes()[0].0;
+            break (r, pid);
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -420,7 +421,8 @@ fn run_exits_with_the_commands_code_and_cleans_up() {
         .unwrap();
     assert_eq!(o.status.code(), Some(127), "{}", show(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("/no/such/program"));
-    // The command and its children see the vGPU.
+    // The command and its children see the vGPU: a grandchild finds the region in its
+    // environment and the quota through the driver (the region is the one way limits arrive).
     let o = m
         .tf()
         .args([
@@ -432,12 +434,16 @@ fn run_exits_with_the_commands_code_and_cleans_up() {
             "--",
             "sh",
             "-c",
-            "sh -c 'echo $TF_VGPU_REGION $TF_VGPU_VRAM $TF_VGPU_COMPUTE'",
+            &format!("sh -c 'echo region=$TF_VGPU_REGION; {BIN} cuda-probe vram 512'"),
         ])
         .output()
         .unwrap();
-    let line = String::from_utf8_lossy(&o.stdout);
-    assert!(line.contains("2147483648 0.5"), "{line}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("region=/"), "{}", show(&o));
+    let probe: serde_json::Value = serde_json::from_str(out.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}: {}", show(&o)));
+    assert_eq!(probe["total"], 2147483648u64, "{}", show(&o));
+    assert_eq!(probe["allocated"], 2147483648u64, "{}", show(&o));
     assert!(
         std::fs::read_dir(m.regions()).unwrap().next().is_none(),
         "region left behind"

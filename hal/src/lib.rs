@@ -13,14 +13,15 @@
 //! - [`DeviceUuid`]: the one parser and comparison of device UUIDs (`GPU-…`, `MIG-…`, bytes).
 //!
 //! Backends are crates of their own (`tf-fake-gpu`, `tf-backend-cuda`, …) compiled in by cargo
-//! features at the binaries and chosen at run time with [`config::select_backend`].
+//! features at the binaries and chosen at run time by the binaries' configuration.
+//!
+//! Design rules: this crate is the HAL and nothing else — no vendor code, no FFI, no file
+//! formats or search paths (configuration lives in the command line, OS helpers in `tf-os`).
 //!
 //! With the `conformance` feature, [`conformance`] holds the generic test suite every backend
 //! runs from its own tests through [`hal_conformance_tests!`].
 #![cfg_attr(test, allow(unused_crate_dependencies))] // unit tests see the dev-dependencies too
 
-pub mod artifacts;
-pub mod config;
 mod error;
 mod traits;
 mod types;

@@ -45,6 +45,37 @@ pub fn parse_bytes(text: &str) -> Result<u64> {
     Ok(v.round() as u64)
 }
 
+/// The smallest memory quota tensor-fusion accepts.
+pub const MIN_QUOTA: u64 = 1 << 20;
+
+/// Parse a memory quota given by a person (`--vram`, a vGPU's size): like [`parse_bytes`], but
+/// the unit is required and the size must be at least 1 MiB, so that `--vram 4` (4 bytes, never
+/// what anyone meant) is refused with a message naming the units.
+pub fn parse_quota(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let units = "units: KiB, MiB, GiB, TiB (powers of 1024) or KB, MB, GB, TB (powers of 1000)";
+    if t.starts_with('-') {
+        return Err(Error::new(
+            ErrorKind::InvalidValue,
+            format!("{text:?} is negative: a size is at least 1MiB, e.g. 512MiB or 4GiB ({units})"),
+        ));
+    }
+    if t.chars().last().is_some_and(|c| c.is_ascii_digit() || c == '.') {
+        return Err(Error::new(
+            ErrorKind::InvalidValue,
+            format!("{text:?} has no unit: write e.g. {t}GiB or {t}MiB ({units})"),
+        ));
+    }
+    let v = parse_bytes(t).map_err(|e| Error::new(e.kind, format!("{} ({units})", e.message)))?;
+    if v < MIN_QUOTA {
+        return Err(Error::new(
+            ErrorKind::InvalidValue,
+            format!("{text:?} is less than 1MiB, the smallest quota ({units})"),
+        ));
+    }
+    Ok(v)
+}
+
 /// Format bytes with the largest binary unit that keeps the number readable.
 pub fn format_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -66,6 +97,26 @@ pub fn format_bytes(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quotas_need_a_unit_and_at_least_one_mib() {
+        assert_eq!(parse_quota("4GiB").unwrap(), 4 << 30);
+        assert_eq!(parse_quota("1MiB").unwrap(), 1 << 20);
+        for (bad, says) in [
+            ("4", "no unit"),
+            ("4096", "no unit"),
+            ("1.5", "no unit"),
+            ("-1", "negative"),
+            ("-1GiB", "negative"),
+            ("512KiB", "less than 1MiB"),
+            ("4B", "less than 1MiB"),
+            ("lots", "invalid size"),
+        ] {
+            let e = parse_quota(bad).unwrap_err();
+            assert!(e.message.contains(says), "{bad}: {e}");
+            assert!(e.message.contains("MiB, GiB"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn sizes_parse() {

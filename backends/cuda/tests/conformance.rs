@@ -354,7 +354,7 @@ fn run_on_fake_libraries(args: &Args) -> ExitCode {
 /// `tf_fake_gpu::install::install`, or only libcuda while the fake NVML is not built. Returns
 /// whether NVML was installed.
 fn install_fake_libraries(dir: &Path) -> tf_hal::Result<bool> {
-    match tf_fake_gpu::install::install(dir) {
+    match tf_fake_gpu::install::install(dir, tf_fake_gpu::install::InstallMode::Link) {
         Ok(_) => Ok(true),
         Err(e) => {
             let cuda = tf_fake_gpu::install::find_built("libcuda.so")?;

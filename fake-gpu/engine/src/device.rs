@@ -11,7 +11,7 @@ use tf_hal::{
 };
 
 use crate::profile::DeviceProfile;
-use crate::shm::DeviceSegment;
+use crate::shm::{DeviceSegment, SegmentMap};
 use crate::sys::{self, Mapping};
 
 /// What kind of memory an allocation is.
@@ -51,7 +51,7 @@ pub struct FakeDevice {
     index: u32,
     profile: DeviceProfile,
     info: DeviceInfo,
-    seg: &'static DeviceSegment,
+    seg: SegmentMap,
     allocs: Mutex<BTreeMap<u64, Allocation>>,
     slot: Mutex<Option<(u32, usize)>>,
     partitions: Mutex<Vec<PartitionInfo>>,
@@ -118,8 +118,8 @@ impl FakeDevice {
         &self.info
     }
 
-    pub fn segment(&self) -> &'static DeviceSegment {
-        self.seg
+    pub fn segment(&self) -> &DeviceSegment {
+        &self.seg
     }
 
     /// This process's slot in the shared segment (registered on first use, again after fork).

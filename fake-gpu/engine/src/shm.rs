@@ -14,10 +14,12 @@ use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use tf_hal::{Error, ErrorKind, ProcessUsage, Result};
+use tf_os::proctable::{ProcTable, SlotData};
+use tf_os::shm::{Shm, ShmSafe};
 
 use crate::sys;
 
@@ -26,21 +28,27 @@ pub const VERSION: u32 = 1;
 pub const MAX_PROCS: usize = 256;
 pub const HISTORY: usize = 8192;
 
-const PID_RECLAIMING: u32 = u32::MAX;
-
 /// How far in the past a queued kernel may be started (covers the worker's wake-up latency).
 pub const MAX_BACKDATE_NS: u64 = 2_000_000;
 
+/// What one process holds in its slot of a device's process table.
 #[repr(C)]
-pub struct ProcSlot {
-    pid: AtomicU32,
-    _pad: u32,
-    /// Start time of the process (clock ticks since boot), to tell a reused pid apart.
-    start_time: AtomicU64,
+pub struct ProcUsage {
     mem_used: AtomicU64,
     busy_ns: AtomicU64,
     kernels: AtomicU64,
 }
+
+impl SlotData for ProcUsage {
+    fn clear(&self) {
+        self.mem_used.store(0, Ordering::Relaxed);
+        self.busy_ns.store(0, Ordering::Relaxed);
+        self.kernels.store(0, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: atomics only.
+unsafe impl ShmSafe for ProcUsage {}
 
 #[repr(C)]
 struct HistEntry {
@@ -64,8 +72,16 @@ pub struct DeviceSegment {
     kernels_total: AtomicU64,
     history_len: AtomicU64,
     history: [HistEntry; HISTORY],
-    procs: [ProcSlot; MAX_PROCS],
+    procs: ProcTable<ProcUsage, MAX_PROCS>,
 }
+
+// SAFETY: DeviceSegment is made only of atomics, padding, arrays of atomics and the process
+// table: every bit pattern is valid, and it is only accessed through atomic operations.
+unsafe impl ShmSafe for DeviceSegment {}
+
+/// A mapping of a device's segment, shared by every user of the device in this process and
+/// unmapped when the last one lets go.
+pub type SegmentMap = Arc<Shm<DeviceSegment>>;
 
 /// A reading of one process's slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +92,7 @@ pub struct ProcReading {
     pub kernels: u64,
 }
 
-static SEGMENTS: Mutex<Option<HashMap<PathBuf, &'static DeviceSegment>>> = Mutex::new(None);
+static SEGMENTS: Mutex<Option<HashMap<PathBuf, Weak<Shm<DeviceSegment>>>>> = Mutex::new(None);
 
 /// Path of a device's segment.
 pub fn segment_path(dir: &Path, uuid: &str) -> PathBuf {
@@ -92,59 +108,54 @@ impl Drop for ArbiterGuard<'_> {
 }
 
 impl DeviceSegment {
-    /// Open (creating and initialising if needed) the segment for a device. Mappings are cached
-    /// per path for the life of the process.
-    pub fn open(dir: &Path, uuid: &str, total_memory: u64) -> Result<&'static DeviceSegment> {
+    /// Open (creating and initialising if needed) the segment for a device. One mapping per
+    /// path is shared by the process's users of the device.
+    pub fn open(dir: &Path, uuid: &str, total_memory: u64) -> Result<SegmentMap> {
         let path = segment_path(dir, uuid);
         let mut cache = SEGMENTS.lock().unwrap_or_else(|p| p.into_inner());
         let map = cache.get_or_insert_with(HashMap::new);
-        if let Some(seg) = map.get(&path) {
+        if let Some(seg) = map.get(&path).and_then(Weak::upgrade) {
             seg.check(total_memory, &path)?;
             return Ok(seg);
         }
-        let seg = Self::map(&path, total_memory)?;
-        map.insert(path, seg);
+        let seg = Arc::new(Self::map(&path, total_memory)?);
+        map.retain(|_, w| w.strong_count() > 0);
+        map.insert(path, Arc::downgrade(&seg));
         Ok(seg)
     }
 
-    fn map(path: &Path, total_memory: u64) -> Result<&'static DeviceSegment> {
+    fn map(path: &Path, total_memory: u64) -> Result<Shm<DeviceSegment>> {
         let io = |what: &str, e: std::io::Error| {
+            let fix = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                format!(
+                    " (another user's simulated GPU lives there: use a folder of your own with                      `shm_dir` in the profile named by ${})",
+                    crate::profile::CONFIG_ENV
+                )
+            } else {
+                String::new()
+            };
             Error::new(
                 ErrorKind::NotInitialized,
-                format!("simulated GPU segment {}: {what}: {e}", path.display()),
+                format!("simulated GPU segment {}: {what}: {e}{fix}", path.display()),
             )
         };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| io("create directory", e))?;
-        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .mode(0o666)
+            .mode(0o600)
             .open(path)
             .map_err(|e| io("open", e))?;
-        let fd = file.as_raw_fd();
-        let _lock = sys::FileLock::exclusive(fd).map_err(|e| io("lock", e))?;
-        let size = std::mem::size_of::<DeviceSegment>();
-        let len = file.metadata().map_err(|e| io("stat", e))?.len();
-        if len < size as u64 {
-            file.set_len(size as u64).map_err(|e| io("resize", e))?;
-        }
-        let ptr = sys::map_shared(fd, size).map_err(|e| io("map", e))?;
-        // SAFETY: `ptr` is a fresh shared mapping of `size` bytes, page aligned (so aligned for
-        // DeviceSegment), never unmapped (it is cached for the life of the process). Every field
-        // is an atomic or padding, for which any bit pattern (including the zero fill of a new
-        // file) is valid, and all access from here on goes through atomics.
-        let seg: &'static DeviceSegment = unsafe { &*(ptr as *const DeviceSegment) };
+        let _lock = sys::FileLock::exclusive(file.as_raw_fd()).map_err(|e| io("lock", e))?;
+        let seg = Shm::<DeviceSegment>::map_file(&file).map_err(|e| io("map", e))?;
         let magic = seg.magic.load(Ordering::Acquire);
         let fresh = magic == 0;
         let stale = !fresh
             && (magic != MAGIC
                 || seg.version.load(Ordering::Acquire) != VERSION
                 || seg.total_memory.load(Ordering::Acquire) != total_memory);
-        if stale && seg.live_processes() > 0 {
+        if stale && seg.procs.any_alive() {
             seg.check(total_memory, path)?;
         }
         if fresh || stale {
@@ -162,13 +173,7 @@ impl DeviceSegment {
         self.reserved_total_ns.store(0, Ordering::Relaxed);
         self.kernels_total.store(0, Ordering::Relaxed);
         self.history_len.store(0, Ordering::Relaxed);
-        for p in &self.procs {
-            p.pid.store(0, Ordering::Relaxed);
-            p.start_time.store(0, Ordering::Relaxed);
-            p.mem_used.store(0, Ordering::Relaxed);
-            p.busy_ns.store(0, Ordering::Relaxed);
-            p.kernels.store(0, Ordering::Relaxed);
-        }
+        self.procs.reset();
         self.version.store(VERSION, Ordering::Release);
         self.magic.store(MAGIC, Ordering::Release);
     }
@@ -238,88 +243,28 @@ impl DeviceSegment {
         self.used_memory.load(Ordering::Relaxed)
     }
 
-    /// Find or claim the slot of process `pid`.
-    pub fn register(&self, pid: u32) -> Result<usize> {
-        let start = sys::process_start_time(pid).unwrap_or(1);
-        for attempt in 0..2 {
-            for (i, p) in self.procs.iter().enumerate() {
-                if p.pid.load(Ordering::Acquire) == pid {
-                    if p.start_time.load(Ordering::Acquire) == start {
-                        return Ok(i);
-                    }
-                    // A previous process with the same pid: its memory is gone.
-                    self.reclaim_slot(i, pid);
-                }
-            }
-            for (i, p) in self.procs.iter().enumerate() {
-                if p.pid
-                    .compare_exchange(0, pid, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    p.mem_used.store(0, Ordering::Relaxed);
-                    p.busy_ns.store(0, Ordering::Relaxed);
-                    p.kernels.store(0, Ordering::Relaxed);
-                    p.start_time.store(start, Ordering::Release);
-                    return Ok(i);
-                }
-            }
-            if attempt == 0 {
-                self.reclaim_dead();
-            }
-        }
-        Err(Error::new(
-            ErrorKind::OutOfMemory,
-            format!("simulated GPU: more than {MAX_PROCS} processes use this device"),
-        ))
+    /// Give back what a dead process held (its slot is being emptied).
+    fn forget(&self, usage: &ProcUsage) {
+        let mem = usage.mem_used.swap(0, Ordering::AcqRel);
+        self.used_memory.fetch_sub(mem, Ordering::AcqRel);
     }
 
-    fn reclaim_slot(&self, i: usize, pid: u32) -> bool {
-        let p = &self.procs[i];
-        if p.pid
-            .compare_exchange(pid, PID_RECLAIMING, Ordering::AcqRel, Ordering::Relaxed)
-            .is_err()
-        {
-            return false;
-        }
-        let mem = p.mem_used.swap(0, Ordering::AcqRel);
-        self.used_memory.fetch_sub(mem, Ordering::AcqRel);
-        p.busy_ns.store(0, Ordering::Relaxed);
-        p.kernels.store(0, Ordering::Relaxed);
-        p.start_time.store(0, Ordering::Relaxed);
-        p.pid.store(0, Ordering::Release);
-        true
+    /// Find or claim the slot of process `pid` (threads of one process racing to register all
+    /// get the same slot).
+    pub fn register(&self, pid: u32) -> Result<usize> {
+        self.procs
+            .register(pid, |u| self.forget(u))
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::OutOfMemory,
+                    format!("simulated GPU: more than {MAX_PROCS} processes use this device"),
+                )
+            })
     }
 
     /// Return the memory of processes that have exited (or were killed). Returns how many.
     pub fn reclaim_dead(&self) -> usize {
-        let mut n = 0;
-        for (i, p) in self.procs.iter().enumerate() {
-            let pid = p.pid.load(Ordering::Acquire);
-            if pid == 0 || pid == PID_RECLAIMING {
-                continue;
-            }
-            let start = p.start_time.load(Ordering::Acquire);
-            if start == 0 {
-                continue; // being registered right now
-            }
-            let alive = sys::process_start_time(pid) == Some(start);
-            if !alive && self.reclaim_slot(i, pid) {
-                n += 1;
-            }
-        }
-        n
-    }
-
-    fn live_processes(&self) -> usize {
-        self.procs
-            .iter()
-            .filter(|p| {
-                let pid = p.pid.load(Ordering::Acquire);
-                pid != 0
-                    && pid != PID_RECLAIMING
-                    && sys::process_start_time(pid) == Some(p.start_time.load(Ordering::Acquire))
-            })
-            .count()
+        self.procs.reclaim_dead(|u| self.forget(u))
     }
 
     /// Charge `bytes` of device memory to the process in `slot`.
@@ -351,12 +296,18 @@ impl DeviceSegment {
                 }
             }
         }
-        self.procs[slot].mem_used.fetch_add(bytes, Ordering::AcqRel);
+        self.procs
+            .data(slot)
+            .mem_used
+            .fetch_add(bytes, Ordering::AcqRel);
         Ok(())
     }
 
     pub fn uncharge(&self, slot: usize, bytes: u64) {
-        self.procs[slot].mem_used.fetch_sub(bytes, Ordering::AcqRel);
+        self.procs
+            .data(slot)
+            .mem_used
+            .fetch_sub(bytes, Ordering::AcqRel);
         self.used_memory.fetch_sub(bytes, Ordering::AcqRel);
     }
 
@@ -386,7 +337,7 @@ impl DeviceSegment {
             self.history_len.store(n + 1, Ordering::Release);
             (start, end)
         };
-        let p = &self.procs[slot];
+        let p = self.procs.data(slot);
         p.busy_ns.fetch_add(duration_ns, Ordering::Relaxed);
         p.kernels.fetch_add(1, Ordering::Relaxed);
         (start, end)
@@ -460,23 +411,20 @@ impl DeviceSegment {
     pub fn processes(&self) -> Vec<ProcReading> {
         self.reclaim_dead();
         self.procs
-            .iter()
-            .filter_map(|p| {
-                let pid = p.pid.load(Ordering::Acquire);
-                (pid != 0 && pid != PID_RECLAIMING).then(|| ProcReading {
-                    pid,
-                    mem_used: p.mem_used.load(Ordering::Relaxed),
-                    busy_ns: p.busy_ns.load(Ordering::Relaxed),
-                    kernels: p.kernels.load(Ordering::Relaxed),
-                })
-            })
+            .occupants()
+            .into_iter()
+            .map(|o| self.reading(o.slot, o.pid))
             .collect()
     }
 
     pub fn slot_reading(&self, slot: usize) -> ProcReading {
-        let p = &self.procs[slot];
+        self.reading(slot, self.procs.pid(slot))
+    }
+
+    fn reading(&self, slot: usize, pid: u32) -> ProcReading {
+        let p = self.procs.data(slot);
         ProcReading {
-            pid: p.pid.load(Ordering::Acquire),
+            pid,
             mem_used: p.mem_used.load(Ordering::Relaxed),
             busy_ns: p.busy_ns.load(Ordering::Relaxed),
             kernels: p.kernels.load(Ordering::Relaxed),

@@ -2,13 +2,26 @@
 //!
 //! Small operating-system helpers shared by crates that may not depend on each other (the
 //! simulated GPU, the vGPU limiter, the driver libraries and the interposer): the clock every
-//! process agrees on, whether a process is still alive, shared mappings, and the logging set-up
-//! of libraries loaded into someone else's program.
+//! process agrees on, whether a process is still alive, the logging set-up of libraries loaded
+//! into someone else's program, and the two building blocks of every cross-process table:
+//!
+//! - [`shm::Shm`]: a mapping of one `#[repr(C)]` value shared between processes, owned and
+//!   unmapped on drop;
+//! - [`proctable::ProcTable`]: the per-process slot table inside such a value (claim by pid and
+//!   start time, reclaim of dead processes), used by the simulated GPU's device segments and by
+//!   the vGPU regions alike.
+//!
+//! And [`artifacts`]: finding the libraries tensor-fusion ships beside its binary, installed or
+//! in the build folder.
 #![cfg_attr(test, allow(unused_crate_dependencies))] // unit tests see the dev-dependencies too
 
 use std::collections::HashSet;
 use std::io::{self, IsTerminal};
 use std::sync::{Mutex, Once};
+
+pub mod artifacts;
+pub mod proctable;
+pub mod shm;
 
 /// CLOCK_MONOTONIC in nanoseconds: one clock for every process on the machine.
 #[inline]
@@ -54,6 +67,32 @@ pub fn map_shared(fd: libc::c_int, len: usize) -> io::Result<*mut u8> {
         return Err(io::Error::last_os_error());
     }
     Ok(p as *mut u8)
+}
+
+/// This user's private folder for tensor-fusion's runtime files
+/// (`$TMPDIR/tensor-fusion-<uid>`, mode 0700), created if missing. A folder of that name owned
+/// by someone else, or open to others, is refused rather than used.
+pub fn user_runtime_dir() -> io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let dir = std::env::temp_dir().join(format!("tensor-fusion-{uid}"));
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let m = std::fs::symlink_metadata(&dir)?;
+    if !m.is_dir() || m.uid() != uid || m.permissions().mode() & 0o077 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is not a private folder of this user (uid {uid}): remove it, or set TMPDIR to another folder",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(dir)
 }
 
 /// Logs of a library loaded into another program: `tracing` to stderr, filtered by `TF_LOG`

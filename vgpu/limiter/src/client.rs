@@ -1,23 +1,20 @@
 //! The application side of a vGPU: what an interposer calls on every intercepted call.
 //!
-//! Configured from the environment that `tensor-fusion run` (or the hypervisor) sets:
-//! - `TF_VGPU_REGION`: path of the vGPU region;
-//! - `TF_VGPU_DEVICE_UUID`, `TF_VGPU_VRAM` (bytes), `TF_VGPU_COMPUTE` (share in (0, 1]): the
-//!   limits, also used when the region cannot be opened;
+//! Configured from the environment that the vGPU session ([`crate::Vgpu`]) produces:
+//! - `TF_VGPU_REGION`: path of the vGPU region. The limits and the device reach the process
+//!   this one way only: they are read from the region, never from the environment;
 //! - `TF_VGPU_REGION_POLICY`: what to do when the region is missing or corrupt — `keep`
-//!   (default: keep enforcing the last known limits, per process), `open` (stop enforcing),
-//!   `closed` (refuse every new allocation).
+//!   (default: keep enforcing the last known limits, per process; a process that never saw its
+//!   region knows none, so it refuses new allocations), `open` (stop enforcing), `closed`
+//!   (refuse every new allocation).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use crate::region::{Limits, Region};
+use crate::region::{Limits, Region, RegionMap};
 use crate::sys;
 
 pub const REGION_ENV: &str = "TF_VGPU_REGION";
-pub const DEVICE_UUID_ENV: &str = "TF_VGPU_DEVICE_UUID";
-pub const VRAM_ENV: &str = "TF_VGPU_VRAM";
-pub const COMPUTE_ENV: &str = "TF_VGPU_COMPUTE";
 pub const POLICY_ENV: &str = "TF_VGPU_REGION_POLICY";
 
 /// What to do when the shared region is missing or corrupt.
@@ -41,11 +38,14 @@ impl LossPolicy {
 
 /// A process's handle on its vGPU.
 pub struct Client {
-    shared: &'static Region,
+    shared: RegionMap,
     /// Replaces `shared` once it is lost.
-    fallback: OnceLock<&'static Region>,
+    fallback: OnceLock<RegionMap>,
     lost: AtomicBool,
     policy: LossPolicy,
+    /// Refuse every new allocation: the policy is `closed` and the region is lost, or the
+    /// process never saw its region and so knows no limits to keep.
+    refuse: AtomicBool,
     /// The last limits and pacing seen in the shared region (what `keep` keeps enforcing).
     last: LastKnown,
     /// What this process holds (what `keep` still counts after a loss).
@@ -107,17 +107,7 @@ impl LastKnown {
 impl Client {
     /// The vGPU of this process, from the environment; `None` when the process has none.
     pub fn from_env() -> Option<Client> {
-        let region_path = std::env::var_os(REGION_ENV).filter(|v| !v.is_empty());
-        let env_limits = Limits {
-            vram_quota: std::env::var(VRAM_ENV)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .filter(|&v| v > 0),
-            compute_share: std::env::var(COMPUTE_ENV)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .filter(|&v: &f64| v > 0.0),
-        };
+        let region_path = std::env::var_os(REGION_ENV).filter(|v| !v.is_empty())?;
         let policy = match std::env::var(POLICY_ENV) {
             Ok(v) => LossPolicy::parse(&v).unwrap_or_else(|| {
                 tracing::warn!("{POLICY_ENV}={v:?} is not keep, open or closed: using keep");
@@ -125,70 +115,49 @@ impl Client {
             }),
             Err(_) => LossPolicy::Keep,
         };
-        let env_uuid = std::env::var(DEVICE_UUID_ENV).unwrap_or_default();
-        if region_path.is_none()
-            && env_limits.vram_quota.is_none()
-            && env_limits.compute_share.is_none()
-        {
-            return None;
-        }
-        let opened = region_path
-            .as_ref()
-            .map(|p| Region::open(std::path::Path::new(p)));
-        let (shared, lost) = match opened {
-            Some(Ok(r)) => (r, false),
-            Some(Err(e)) => {
-                tracing::error!("{e}; policy {policy:?}");
-                if policy == LossPolicy::Open {
-                    // Counted, never refused.
-                    let none = Limits {
-                        vram_quota: None,
-                        compute_share: None,
-                    };
-                    (Region::private(&env_uuid, &none), true)
-                } else {
-                    (Region::private(&env_uuid, &env_limits), true)
-                }
+        match Region::open(std::path::Path::new(&region_path)) {
+            Ok(r) => Some(Client::with_region(r, policy)),
+            Err(e) => {
+                tracing::error!(
+                    "{e}; policy {policy:?}: {}",
+                    match policy {
+                        LossPolicy::Open => "limits are not enforced in this process",
+                        _ => "no limits are known, so new allocations are refused",
+                    }
+                );
+                let none = Limits {
+                    vram_quota: None,
+                    compute_share: None,
+                };
+                let c = Client::new(Region::private("", &none), policy, true);
+                let _ = c.fallback.set(Region::private("", &none));
+                Some(c)
             }
-            None => (Region::private(&env_uuid, &env_limits), true),
-        };
-        let limits = shared.limits();
-        let uuid = if lost { env_uuid } else { shared.device_uuid() };
-        let c = Client {
-            shared,
-            fallback: OnceLock::new(),
-            lost: AtomicBool::new(lost),
-            policy,
-            last: LastKnown::new(&limits),
-            held: AtomicU64::new(0),
-            uuid,
-            slot: AtomicUsize::new(usize::MAX),
-            slot_pid: AtomicU32::new(0),
-            register_lock: Mutex::new(()),
-        };
-        if lost {
-            let _ = c.fallback.set(shared);
-        } else {
-            c.last.refresh(shared);
         }
-        Some(c)
     }
 
     /// A client on an explicit region (tests, tools).
-    pub fn with_region(region: &'static Region, policy: LossPolicy) -> Client {
+    pub fn with_region(region: RegionMap, policy: LossPolicy) -> Client {
+        Client::new(region, policy, false)
+    }
+
+    fn new(region: RegionMap, policy: LossPolicy, lost: bool) -> Client {
         let c = Client {
+            last: LastKnown::new(&region.limits()),
+            uuid: region.device_uuid(),
             shared: region,
             fallback: OnceLock::new(),
-            lost: AtomicBool::new(false),
+            lost: AtomicBool::new(lost),
             policy,
-            last: LastKnown::new(&region.limits()),
+            refuse: AtomicBool::new(lost && policy != LossPolicy::Open),
             held: AtomicU64::new(0),
-            uuid: region.device_uuid(),
             slot: AtomicUsize::new(usize::MAX),
             slot_pid: AtomicU32::new(0),
             register_lock: Mutex::new(()),
         };
-        c.last.refresh(region);
+        if !lost {
+            c.last.refresh(&c.shared);
+        }
         c
     }
 
@@ -199,11 +168,11 @@ impl Client {
 
     /// The region in force: the shared one, or the local fallback once the shared one is lost.
     #[inline]
-    pub fn region(&self) -> &'static Region {
+    pub fn region(&self) -> &Region {
         if !self.lost.load(Ordering::Relaxed) {
             if self.shared.is_valid() {
-                self.last.refresh(self.shared);
-                return self.shared;
+                self.last.refresh(&self.shared);
+                return &self.shared;
             }
             self.lose();
         }
@@ -215,7 +184,7 @@ impl Client {
     }
 
     #[cold]
-    fn wait_for_fallback(&self) -> &'static Region {
+    fn wait_for_fallback(&self) -> &Region {
         loop {
             if let Some(r) = self.fallback.get() {
                 return r;
@@ -259,6 +228,9 @@ impl Client {
         }
         self.slot_pid.store(cached_pid(), Ordering::Relaxed);
         self.slot.store(slot, Ordering::Release);
+        if self.policy == LossPolicy::Closed {
+            self.refuse.store(true, Ordering::Release);
+        }
         let _ = self.fallback.set(r);
     }
 
@@ -289,7 +261,7 @@ impl Client {
     /// Account for a new allocation of `bytes`; false if it must fail (over quota).
     pub fn charge(&self, bytes: u64) -> bool {
         let region = self.region();
-        if self.lost.load(Ordering::Relaxed) && self.policy == LossPolicy::Closed {
+        if self.refuse.load(Ordering::Acquire) {
             return false;
         }
         let ok = region.charge(self.slot(), bytes).is_ok();

@@ -8,6 +8,10 @@
 //! correction factor absorbs what the estimate misses (launch mix, queueing); it moves only while
 //! the vGPU actually wants more than its share (launches were held back), so an idle phase does
 //! not wind it up.
+//!
+//! Split in two: [`ControlLaw`] is the pure law (observations in, pacing out, no I/O, unit-tested
+//! on its own), and [`Controller::tick`] reads an [`Observation`] from the region, steps the law,
+//! and writes the [`Pacing`] back.
 
 use std::collections::VecDeque;
 
@@ -38,7 +42,28 @@ pub enum Estimator {
     Samples,
 }
 
+/// Environment variable that overrides the estimator (`busy` or `samples`).
+pub const ESTIMATOR_ENV: &str = "TF_VGPU_ESTIMATOR";
+
 impl Estimator {
+    /// The estimator for a backend: `TF_VGPU_ESTIMATOR` if set, else per-process busy time
+    /// where the backend measures it exactly (the simulated GPU), else launches timed by the
+    /// interposers (real drivers, where NVML's utilization is too coarse to pace on).
+    pub fn for_backend(kind: tf_hal::BackendKind) -> Estimator {
+        let default = if kind == tf_hal::BackendKind::Fake {
+            Estimator::Busy
+        } else {
+            Estimator::Samples
+        };
+        match std::env::var(ESTIMATOR_ENV) {
+            Ok(v) => Estimator::parse(&v).unwrap_or_else(|| {
+                tracing::warn!("{ESTIMATOR_ENV}={v:?} is not busy or samples; using the default");
+                default
+            }),
+            Err(_) => default,
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Estimator> {
         match s.trim().to_ascii_lowercase().as_str() {
             "busy" => Some(Estimator::Busy),
@@ -58,8 +83,49 @@ pub struct Tick {
     pub interval_ns: u64,
 }
 
-#[derive(Debug)]
-pub struct Controller {
+/// What the controller reads from the region (and the backend) at one tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Observation {
+    /// Monotonic time of the reading, ns.
+    pub now: u64,
+    /// Cumulative device time of the vGPU's processes, ns (with [`Estimator::Busy`]).
+    pub busy_ns: u64,
+    /// Launches admitted so far, and how many of them were held back.
+    pub launches: u64,
+    pub throttled: u64,
+    /// Launches timed by the interposers so far, and their total device time.
+    pub samples: u64,
+    pub sampled_ns: u64,
+}
+
+impl Observation {
+    /// Read the region's counters at time `now`, with the backend's busy time.
+    pub fn read(region: &Region, now: u64, busy_ns: u64) -> Observation {
+        let (launches, throttled) = region.launch_counters();
+        let (sampled_ns, samples) = region.sample_counters();
+        Observation {
+            now,
+            busy_ns,
+            launches,
+            throttled,
+            samples,
+            sampled_ns,
+        }
+    }
+}
+
+/// The pacing the law decided: what the interposers apply.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pacing {
+    /// Wall-clock ns each admitted launch consumes.
+    pub interval_ns: u64,
+    /// How far ahead of schedule launches may run, ns.
+    pub burst_ns: u64,
+}
+
+/// The pure control law: observations in, pacing out.
+#[derive(Debug, Clone)]
+pub struct ControlLaw {
     target: f64,
     history: VecDeque<Sample>,
     est_launch_ns: f64,
@@ -72,10 +138,10 @@ pub struct Controller {
     unsaturated_at: u64,
 }
 
-impl Controller {
-    /// A controller for a share in (0, 1].
+impl ControlLaw {
+    /// A law for a share in (0, 1].
     pub fn new(target: f64) -> Self {
-        Controller {
+        ControlLaw {
             target: target.clamp(1e-4, 1.0),
             history: VecDeque::new(),
             est_launch_ns: INITIAL_LAUNCH_NS,
@@ -90,13 +156,18 @@ impl Controller {
         self.target
     }
 
-    /// Feed one observation at monotonic time `now`. With [`Estimator::Busy`], `busy_ns` is the
+    /// Step the law with one observation. With [`Estimator::Busy`], `obs.busy_ns` is the
     /// cumulative device time of the vGPU's processes; with [`Estimator::Samples`] the device
-    /// time is the launches' sampled duration (and `busy_ns` is ignored). Writes the new pacing
-    /// into `region` and returns what it decided.
-    pub fn tick(&mut self, region: &Region, now: u64, estimator: Estimator, busy_ns: u64) -> Tick {
-        let (launches, throttled) = region.launch_counters();
-        let (sampled_ns, samples) = region.sample_counters();
+    /// time is the launches' sampled duration (and `busy_ns` is ignored).
+    pub fn step(&mut self, obs: Observation, estimator: Estimator) -> (Pacing, Tick) {
+        let Observation {
+            now,
+            busy_ns,
+            launches,
+            throttled,
+            samples,
+            sampled_ns,
+        } = obs;
         if estimator == Estimator::Samples && samples > 0 {
             // Device time used so far = launches x mean sampled duration.
             let mean = sampled_ns as f64 / samples as f64;
@@ -199,12 +270,170 @@ impl Controller {
         // Let launches run a little ahead of schedule (to keep the device fed), but never by
         // more than a few kernels.
         let burst = DEFAULT_BURST_NS.min(interval.saturating_mul(4));
-        region.set_pacing(interval, burst, self.est_launch_ns as u64, measured);
-        Tick {
-            measured_share: measured,
-            est_launch_ns: self.est_launch_ns,
-            correction: self.correction,
-            interval_ns: interval,
+        (
+            Pacing {
+                interval_ns: interval,
+                burst_ns: burst,
+            },
+            Tick {
+                measured_share: measured,
+                est_launch_ns: self.est_launch_ns,
+                correction: self.correction,
+                interval_ns: interval,
+            },
+        )
+    }
+}
+
+/// The controller of one vGPU: reads the region, steps the [`ControlLaw`], writes the pacing.
+#[derive(Debug, Clone)]
+pub struct Controller {
+    law: ControlLaw,
+}
+
+impl Controller {
+    /// A controller for a share in (0, 1].
+    pub fn new(target: f64) -> Self {
+        Controller {
+            law: ControlLaw::new(target),
         }
+    }
+
+    pub fn target(&self) -> f64 {
+        self.law.target()
+    }
+
+    /// One tick at monotonic time `now`: read the region (and `busy_ns`, the backend's
+    /// cumulative busy time of the vGPU's processes, used with [`Estimator::Busy`]), step the
+    /// law, write the new pacing into `region`, and return what was decided.
+    pub fn tick(&mut self, region: &Region, now: u64, estimator: Estimator, busy_ns: u64) -> Tick {
+        let (pacing, tick) = self
+            .law
+            .step(Observation::read(region, now, busy_ns), estimator);
+        region.set_pacing(
+            pacing.interval_ns,
+            pacing.burst_ns,
+            tick.est_launch_ns as u64,
+            tick.measured_share,
+        );
+        tick
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+    const TICK: u64 = 100 * MS;
+
+    /// A program whose launches each use `launch_ns` of device time, `rate` launches per tick,
+    /// all held back (`throttled`) or none.
+    fn observe(
+        law: &mut ControlLaw,
+        ticks: u64,
+        launch_ns: u64,
+        rate: u64,
+        throttled: bool,
+    ) -> Vec<(Pacing, Tick)> {
+        let mut out = Vec::new();
+        for i in 1..=ticks {
+            let launches = i * rate;
+            let obs = Observation {
+                now: i * TICK,
+                busy_ns: launches * launch_ns,
+                launches,
+                throttled: if throttled { launches } else { 0 },
+                samples: 0,
+                sampled_ns: 0,
+            };
+            out.push(law.step(obs, Estimator::Busy));
+        }
+        out
+    }
+
+    #[test]
+    fn before_any_measurement_the_initial_estimate_paces() {
+        let mut law = ControlLaw::new(0.25);
+        let (p, t) = law.step(Observation::default(), Estimator::Busy);
+        assert_eq!(p.interval_ns, (INITIAL_LAUNCH_NS / 0.25) as u64);
+        assert_eq!(p.burst_ns, DEFAULT_BURST_NS.min(p.interval_ns * 4));
+        assert_eq!(t.correction, 1.0);
+        assert_eq!(t.measured_share, 0.0);
+    }
+
+    #[test]
+    fn the_estimate_follows_the_measured_device_time_per_launch() {
+        let mut law = ControlLaw::new(0.5);
+        // 1 ms per launch, 25 launches per 100 ms tick: 25 % of the device, under the target.
+        let steps = observe(&mut law, 30, MS, 25, false);
+        let (p, t) = *steps.last().unwrap();
+        assert!((t.est_launch_ns - MS as f64).abs() < 1.0, "{t:?}");
+        assert!((t.measured_share - 0.25).abs() < 0.01, "{t:?}");
+        // Under the target and never held back: nothing to correct.
+        assert_eq!(t.correction, 1.0);
+        assert!(p.interval_ns.abs_diff(2 * MS) <= 1, "{p:?}");
+    }
+
+    #[test]
+    fn over_the_target_the_interval_stretches_and_idle_time_does_not_wind_it_up() {
+        let mut law = ControlLaw::new(0.3);
+        // 60 % of the device in 1 ms launches: twice the target.
+        let steps = observe(&mut law, 40, MS, 60, true);
+        let (_, t) = *steps.last().unwrap();
+        assert!(t.correction > 1.2, "the interval must stretch: {t:?}");
+        let stretched = t.correction;
+        // The program goes idle (no launches): the correction stays where it was.
+        let mut idle = law.clone();
+        for i in 41..=80u64 {
+            let obs = Observation {
+                now: i * TICK,
+                busy_ns: 40 * 60 * MS,
+                launches: 40 * 60,
+                throttled: 40 * 60,
+                samples: 0,
+                sampled_ns: 0,
+            };
+            let (_, t) = idle.step(obs, Estimator::Busy);
+            assert!(t.correction <= stretched, "{t:?}");
+        }
+    }
+
+    #[test]
+    fn starved_under_the_target_the_interval_shrinks() {
+        let mut law = ControlLaw::new(0.5);
+        // Held back on every tick, yet only 25 % of the device: the pacing is too strict.
+        let steps = observe(&mut law, 40, MS, 25, true);
+        let (_, t) = *steps.last().unwrap();
+        assert!(t.correction < 0.9, "{t:?}");
+    }
+
+    #[test]
+    fn sampled_launches_estimate_device_time_when_the_backend_cannot() {
+        let mut law = ControlLaw::new(0.5);
+        let mut last = None;
+        for i in 1..=10u64 {
+            let obs = Observation {
+                now: i * TICK,
+                busy_ns: 0,
+                launches: i * 40,
+                throttled: 0,
+                samples: i * 4,
+                sampled_ns: i * 4 * 2 * MS,
+            };
+            last = Some(law.step(obs, Estimator::Samples));
+        }
+        let (p, t) = last.unwrap();
+        // A moving average from the initial estimate: within 1 % after ten ticks.
+        assert!(
+            (t.est_launch_ns / (2.0 * MS as f64) - 1.0).abs() < 0.01,
+            "{t:?}"
+        );
+        // 40 launches x 2 ms per 100 ms: 80 % of the device.
+        assert!((t.measured_share - 0.8).abs() < 0.02, "{t:?}");
+        assert!(
+            (p.interval_ns as f64 / (4 * MS) as f64 - 1.0).abs() < 0.01,
+            "{p:?}"
+        );
     }
 }

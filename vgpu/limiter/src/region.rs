@@ -12,11 +12,11 @@
 //!   atomic load when unlimited and one compare-and-swap when limited — no lock;
 //! - counters the controller and users read (launches, throttled time, peak usage, OOMs).
 
-use std::fs::OpenOptions;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use tf_os::proctable::{ProcTable, SlotData};
+use tf_os::shm::{Shm, ShmSafe};
 
 use crate::sys;
 
@@ -24,8 +24,6 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"TFVGPU\0\x01");
 pub const VERSION: u32 = 1;
 pub const MAX_PROCS: usize = 128;
 pub const UUID_LEN: usize = 96;
-
-const PID_RECLAIMING: u32 = u32::MAX;
 
 /// Errors opening or creating a region.
 #[derive(Debug, thiserror::Error)]
@@ -40,16 +38,28 @@ pub enum RegionError {
     Invalid { path: PathBuf, why: String },
 }
 
+/// What one process holds in its slot of the region's process table.
 #[repr(C)]
-struct ProcEntry {
-    pid: AtomicU32,
-    _pad: u32,
-    start_time: AtomicU64,
+pub struct ProcUsage {
     vram_used: AtomicU64,
     launches: AtomicU64,
 }
 
-/// The shared region. Only ever seen through `&Region` pointing into a mapping.
+impl SlotData for ProcUsage {
+    fn clear(&self) {
+        self.vram_used.store(0, Ordering::Relaxed);
+        self.launches.store(0, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: atomics only.
+unsafe impl ShmSafe for ProcUsage {}
+
+/// A mapping of a region: the shared file's, or memory private to this process. Unmapped when
+/// dropped.
+pub type RegionMap = Shm<Region>;
+
+/// The shared region. Only ever seen through `&Region` pointing into a mapping ([`RegionMap`]).
 #[repr(C)]
 pub struct Region {
     magic: AtomicU64,
@@ -85,8 +95,12 @@ pub struct Region {
     /// Controller's latest measured share, ppm (informational).
     measured_share_ppm: AtomicU32,
     _pad1: u32,
-    procs: [ProcEntry; MAX_PROCS],
+    procs: ProcTable<ProcUsage, MAX_PROCS>,
 }
+
+// SAFETY: Region is made only of atomics, padding and the process table (atomics): every bit
+// pattern is a valid value, and it is only accessed through atomic operations.
+unsafe impl ShmSafe for Region {}
 
 /// What a vGPU is allowed.
 #[derive(Debug, Clone, PartialEq)]
@@ -128,39 +142,48 @@ pub struct OverQuota {
 }
 
 impl Region {
-    /// Create the region file at `path` (which must not exist) for a vGPU on device `uuid`.
+    /// Create the region file at `path` (which must not exist; created readable and writable by
+    /// its owner only) for a vGPU on device `uuid`.
     pub fn create(
         path: &Path,
         uuid: &str,
         device_index: u32,
         limits: &Limits,
-    ) -> Result<&'static Region, RegionError> {
-        let r = map(path, true)?;
+    ) -> Result<RegionMap, RegionError> {
+        let (r, _file) =
+            Shm::<Region>::create_new(path, 0o600).map_err(|source| RegionError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
         r.init(uuid, device_index, limits);
         Ok(r)
     }
 
-    /// Open an existing region, validating its header.
-    pub fn open(path: &Path) -> Result<&'static Region, RegionError> {
-        let r = map(path, false)?;
-        r.validate().map_err(|why| RegionError::Invalid {
+    /// Open an existing region, validating its size and header.
+    pub fn open(path: &Path) -> Result<RegionMap, RegionError> {
+        let io = |source| RegionError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let invalid = |why: String| RegionError::Invalid {
             path: path.to_path_buf(),
             why,
-        })?;
+        };
+        let len = std::fs::metadata(path).map_err(io)?.len();
+        let size = size_of::<Region>();
+        if len < size as u64 {
+            return Err(invalid(format!("file is {len} bytes, a region is {size}")));
+        }
+        let (r, _file) = Shm::<Region>::open(path).map_err(io)?;
+        r.validate().map_err(invalid)?;
         Ok(r)
     }
 
     /// A region that lives only in this process (used when the shared one is lost, and in
-    /// tests). Leaked: it lives as long as the process.
-    pub fn private(uuid: &str, limits: &Limits) -> &'static Region {
-        let layout = std::alloc::Layout::new::<Region>();
-        // SAFETY: Region is made only of atomics and padding, for which all-zero bytes are a
-        // valid value; the allocation has Region's layout and is never freed.
-        let r: &'static Region = unsafe {
-            let p = std::alloc::alloc_zeroed(layout) as *const Region;
-            assert!(!p.is_null(), "out of memory allocating a vGPU region");
-            &*p
-        };
+    /// tests).
+    pub fn private(uuid: &str, limits: &Limits) -> RegionMap {
+        let r = Shm::<Region>::anonymous()
+            .unwrap_or_else(|e| panic!("cannot map {} bytes: {e}", size_of::<Region>()));
         r.init(uuid, 0, limits);
         r
     }
@@ -198,12 +221,7 @@ impl Region {
         }
         self.burst_ns.store(DEFAULT_BURST_NS, Ordering::Relaxed);
         self.measured_share_ppm.store(0, Ordering::Relaxed);
-        for p in &self.procs {
-            p.pid.store(0, Ordering::Relaxed);
-            p.start_time.store(0, Ordering::Relaxed);
-            p.vram_used.store(0, Ordering::Relaxed);
-            p.launches.store(0, Ordering::Relaxed);
-        }
+        self.procs.reset();
         self.set_limits(limits);
         self.magic.store(MAGIC, Ordering::Release);
     }
@@ -260,7 +278,8 @@ impl Region {
 
     /// Start a (private) region with `bytes` already held by process entry `slot`.
     pub fn seed_usage(&self, slot: usize, bytes: u64) {
-        self.procs[slot]
+        self.procs
+            .data(slot)
             .vram_used
             .fetch_add(bytes, Ordering::AcqRel);
         let used = self.vram_used.fetch_add(bytes, Ordering::AcqRel) + bytes;
@@ -292,127 +311,46 @@ impl Region {
 
     /// Whether anyone still uses the region: its owner or any registered process is alive.
     pub fn in_use(&self) -> bool {
-        sys::process_start_time(self.owner_pid()).is_some()
-            || self.procs.iter().any(|p| {
-                let pid = p.pid.load(Ordering::Acquire);
-                pid != 0 && pid != PID_RECLAIMING && sys::process_start_time(pid).is_some()
-            })
+        sys::process_start_time(self.owner_pid()).is_some() || self.procs.any_alive()
     }
 
     // ----- processes -----
 
-    /// Wait for a slot being claimed right now to get its start time (the claimer stores it
-    /// just after winning the slot).
-    fn settled_start(&self, i: usize) -> u64 {
-        let p = &self.procs[i];
-        for spin in 0..10_000u32 {
-            let st = p.start_time.load(Ordering::Acquire);
-            if st != 0 || p.pid.load(Ordering::Acquire) == 0 {
-                return st;
-            }
-            if spin > 64 {
-                std::thread::yield_now();
-            }
-        }
-        p.start_time.load(Ordering::Acquire)
-    }
-
-    /// The lowest slot that holds process `pid` started at `start`.
-    fn find(&self, pid: u32, start: u64) -> Option<usize> {
-        (0..MAX_PROCS).find(|&i| {
-            self.procs[i].pid.load(Ordering::Acquire) == pid && self.settled_start(i) == start
-        })
+    /// Give back what a dead process held (its slot is being emptied).
+    fn forget(&self, usage: &ProcUsage) -> u64 {
+        let bytes = usage.vram_used.swap(0, Ordering::AcqRel);
+        self.vram_used.fetch_sub(bytes, Ordering::AcqRel);
+        bytes
     }
 
     /// Find or claim the entry of process `pid`. Several threads of one process may call this at
-    /// once: they all end up with the same entry.
+    /// once: they all end up with the same entry. `None` when the table is full of live
+    /// processes.
     pub fn register(&self, pid: u32) -> Option<usize> {
-        let start = sys::process_start_time(pid).unwrap_or(1);
-        for attempt in 0..2 {
-            if let Some(i) = self.find(pid, start) {
-                return Some(i);
-            }
-            // An entry of an earlier process with the same pid: its memory is gone.
-            for i in 0..MAX_PROCS {
-                if self.procs[i].pid.load(Ordering::Acquire) == pid {
-                    let st = self.settled_start(i);
-                    if st != 0 && st != start {
-                        self.reclaim_entry(i, pid);
-                    }
-                }
-            }
-            for (i, p) in self.procs.iter().enumerate() {
-                if p.pid
-                    .compare_exchange(0, pid, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    p.vram_used.store(0, Ordering::Relaxed);
-                    p.launches.store(0, Ordering::Relaxed);
-                    p.start_time.store(start, Ordering::Release);
-                    // Another thread of this process may have claimed a slot at the same time:
-                    // everyone keeps the lowest one.
-                    match self.find(pid, start) {
-                        Some(j) if j < i => {
-                            p.start_time.store(0, Ordering::Relaxed);
-                            p.pid.store(0, Ordering::Release);
-                            return Some(j);
-                        }
-                        _ => return Some(i),
-                    }
-                }
-            }
-            if attempt == 0 {
-                self.reclaim_dead();
-            }
-        }
-        None
-    }
-
-    fn reclaim_entry(&self, i: usize, pid: u32) -> u64 {
-        let p = &self.procs[i];
-        if p.pid
-            .compare_exchange(pid, PID_RECLAIMING, Ordering::AcqRel, Ordering::Relaxed)
-            .is_err()
-        {
-            return 0;
-        }
-        let bytes = p.vram_used.swap(0, Ordering::AcqRel);
-        self.vram_used.fetch_sub(bytes, Ordering::AcqRel);
-        p.launches.store(0, Ordering::Relaxed);
-        p.start_time.store(0, Ordering::Relaxed);
-        p.pid.store(0, Ordering::Release);
-        bytes
+        self.procs.register(pid, |u| {
+            self.forget(u);
+        })
     }
 
     /// Give back the memory of processes that have exited or were killed. Returns the bytes.
     pub fn reclaim_dead(&self) -> u64 {
         let mut bytes = 0;
-        for (i, p) in self.procs.iter().enumerate() {
-            let pid = p.pid.load(Ordering::Acquire);
-            let start = p.start_time.load(Ordering::Acquire);
-            if pid == 0 || pid == PID_RECLAIMING || start == 0 {
-                continue;
-            }
-            if sys::process_start_time(pid) != Some(start) {
-                bytes += self.reclaim_entry(i, pid);
-            }
-        }
+        self.procs.reclaim_dead(|u| bytes += self.forget(u));
         bytes
     }
 
     /// Live processes: (pid, vram bytes, launches).
     pub fn processes(&self) -> Vec<(u32, u64, u64)> {
         self.procs
-            .iter()
-            .filter_map(|p| {
-                let pid = p.pid.load(Ordering::Acquire);
-                (pid != 0 && pid != PID_RECLAIMING).then(|| {
-                    (
-                        pid,
-                        p.vram_used.load(Ordering::Relaxed),
-                        p.launches.load(Ordering::Relaxed),
-                    )
-                })
+            .occupants()
+            .into_iter()
+            .map(|o| {
+                let u = self.procs.data(o.slot);
+                (
+                    o.pid,
+                    u.vram_used.load(Ordering::Relaxed),
+                    u.launches.load(Ordering::Relaxed),
+                )
             })
             .collect()
     }
@@ -449,7 +387,8 @@ impl Region {
             ) {
                 Ok(_) => {
                     self.vram_peak.fetch_max(next, Ordering::Relaxed);
-                    self.procs[slot]
+                    self.procs
+                        .data(slot)
                         .vram_used
                         .fetch_add(bytes, Ordering::AcqRel);
                     return Ok(());
@@ -461,7 +400,7 @@ impl Region {
 
     /// Give back `bytes` charged to `slot` (never below zero).
     pub fn uncharge(&self, slot: usize, bytes: u64) {
-        let p = &self.procs[slot].vram_used;
+        let p = &self.procs.data(slot).vram_used;
         let mut mine = p.load(Ordering::Relaxed);
         // Only return what this process holds: a double free cannot steal others' usage.
         let take = loop {
@@ -500,7 +439,10 @@ impl Region {
             return 0;
         }
         self.launches.fetch_add(1, Ordering::Relaxed);
-        self.procs[slot].launches.fetch_add(1, Ordering::Relaxed);
+        self.procs
+            .data(slot)
+            .launches
+            .fetch_add(1, Ordering::Relaxed);
         let burst = self.burst_ns.load(Ordering::Relaxed);
         let mut tat = self.tat_ns.load(Ordering::Relaxed);
         loop {
@@ -585,36 +527,3 @@ impl Region {
 
 /// Default burst tolerance: launches may run up to 5 ms ahead of their schedule.
 pub const DEFAULT_BURST_NS: u64 = 5_000_000;
-
-fn map(path: &Path, create: bool) -> Result<&'static Region, RegionError> {
-    let io = |source| RegionError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let size = std::mem::size_of::<Region>();
-    // A new region is a new file (never truncate one that processes may have mapped: their next
-    // access would fault), readable and writable by its owner only.
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(create)
-        .mode(0o600)
-        .open(path)
-        .map_err(io)?;
-    if create {
-        file.set_len(size as u64).map_err(io)?;
-    } else {
-        let len = file.metadata().map_err(io)?.len();
-        if len < size as u64 {
-            return Err(RegionError::Invalid {
-                path: path.to_path_buf(),
-                why: format!("file is {len} bytes, a region is {size}"),
-            });
-        }
-    }
-    let p = sys::map_shared(file.as_raw_fd(), size).map_err(io)?;
-    // SAFETY: a shared mapping of `size` bytes, page aligned, never unmapped (leaked for the
-    // life of the process); Region is all atomics and padding, valid for any bit pattern, and
-    // is only ever accessed through atomic operations.
-    Ok(unsafe { &*(p as *const Region) })
-}

@@ -4,7 +4,7 @@ pub fn pid() -> u32 {
     std::process::id()
 }
 
-pub use tf_os::{map_shared, now_ns, process_start_time};
+pub use tf_os::{now_ns, process_start_time};
 
 /// Sleep for `ns` nanoseconds.
 pub fn sleep_ns(ns: u64) {

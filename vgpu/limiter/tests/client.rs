@@ -14,12 +14,13 @@ const UUID: &str = "GPU-client-0001";
 const QUOTA: u64 = 1000;
 
 /// A region owned by "the runner" (`f.region`) and the application's own mapping of it, with a
-/// client on the latter.
-fn setup(policy: LossPolicy) -> (RegionFile, &'static Region, Client) {
+/// client on the latter (which owns it; the address is returned to tell it apart).
+fn setup(policy: LossPolicy) -> (RegionFile, *const Region, Client) {
     let f = region_file(UUID, &limits(Some(QUOTA), Some(0.3)));
     let mapped = Region::open(&f.path).unwrap();
+    let address: *const Region = &*mapped;
     let client = Client::with_region(mapped, policy);
-    (f, mapped, client)
+    (f, address, client)
 }
 
 #[test]
@@ -108,6 +109,8 @@ fn keep_enforces_the_quota_after_the_region_is_corrupted() {
     assert!(c.charge(300));
     c.uncharge(300);
     corrupt_magic(&f.path);
+    // SAFETY: the client owns this mapping and is alive, so it is still mapped.
+    let mapped = unsafe { &*mapped };
     assert!(
         !mapped.is_valid(),
         "the application's mapping sees the corruption"
@@ -246,10 +249,10 @@ fn concurrent_first_use_of_a_client_leaks_nothing() {
             w.join().unwrap();
         }
         assert_eq!(
-            region.vram_used(),
+            c.region().vram_used(),
             0,
             "round {round}: frees went to another entry than their allocations; entries {:?}",
-            region.processes()
+            c.region().processes()
         );
     }
 }

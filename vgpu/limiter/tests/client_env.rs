@@ -1,6 +1,10 @@
 //! `Client::from_env`, which reads process-global environment variables: each case runs in a
 //! child process (this test binary again, running only `probe_from_env_in_a_child`) with its own
 //! environment, and reports what the client did on one line of its output.
+//!
+//! The contract: the region named by `TF_VGPU_REGION` is the only way limits reach a process.
+//! Variables that once carried limits beside it (`TF_VGPU_VRAM`, `TF_VGPU_COMPUTE`,
+//! `TF_VGPU_DEVICE_UUID`) are ignored.
 #![allow(unused_crate_dependencies)] // test targets share the package's dev-dependencies
 
 mod common;
@@ -10,7 +14,12 @@ use std::process::Command;
 
 use common::*;
 use tf_vgpu_limiter::Client;
-use tf_vgpu_limiter::client::{COMPUTE_ENV, DEVICE_UUID_ENV, POLICY_ENV, REGION_ENV, VRAM_ENV};
+use tf_vgpu_limiter::client::{POLICY_ENV, REGION_ENV};
+
+/// Variables that once carried limits beside the region; nothing reads them any more.
+const VRAM_ENV: &str = "TF_VGPU_VRAM";
+const COMPUTE_ENV: &str = "TF_VGPU_COMPUTE";
+const DEVICE_UUID_ENV: &str = "TF_VGPU_DEVICE_UUID";
 
 /// Set in the child: the probe runs only then.
 const PROBE_ENV: &str = "TF_LIMITER_TEST_PROBE";
@@ -94,7 +103,7 @@ fn no_vgpu_without_any_variable() {
 }
 
 #[test]
-fn limits_from_the_environment_without_a_region() {
+fn limits_in_the_environment_without_a_region_are_ignored() {
     assert_eq!(
         probe(
             &[
@@ -104,12 +113,9 @@ fn limits_from_the_environment_without_a_region() {
             ],
             "600,400,1"
         ),
-        "uuid=GPU-env quota=Some(1000) share=Some(0.25) charges=true,true,false used=1000"
+        "none"
     );
-    assert_eq!(
-        probe(&[(COMPUTE_ENV, "0.5")], "1000000"),
-        "uuid= quota=None share=Some(0.5) charges=true used=1000000"
-    );
+    assert_eq!(probe(&[(COMPUTE_ENV, "0.5")], "1000000"), "none");
 }
 
 #[test]
@@ -134,8 +140,10 @@ fn the_region_wins_over_the_environment() {
     assert_eq!(f.region.vram_used(), 0);
 }
 
+/// A process that never saw its region knows no limits to keep: it refuses new allocations
+/// rather than running unlimited (it does not fail open).
 #[test]
-fn a_missing_region_with_keep_enforces_the_environment_limits() {
+fn a_missing_region_with_keep_refuses_allocations() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing");
     for policy in [None, Some("keep"), Some("KEEP"), Some("nonsense")] {
@@ -145,14 +153,14 @@ fn a_missing_region_with_keep_enforces_the_environment_limits() {
         }
         assert_eq!(
             probe(&env, "1000,1"),
-            "uuid= quota=Some(1000) share=None charges=true,false used=1000",
+            "uuid= quota=None share=None charges=false,false used=0",
             "policy {policy:?}"
         );
     }
 }
 
 #[test]
-fn a_corrupt_region_with_keep_enforces_the_environment_limits() {
+fn a_corrupt_region_with_keep_refuses_allocations() {
     let f = region_file("GPU-region", &limits(Some(5000), None));
     corrupt_magic(&f.path);
     assert_eq!(
@@ -164,7 +172,7 @@ fn a_corrupt_region_with_keep_enforces_the_environment_limits() {
             ],
             "1000,1"
         ),
-        "uuid=GPU-env quota=Some(1000) share=None charges=true,false used=1000"
+        "uuid= quota=None share=None charges=false,false used=0"
     );
     assert_eq!(f.region.vram_used(), 0, "the corrupt region is left alone");
 }
@@ -182,7 +190,7 @@ fn a_missing_region_with_closed_refuses_allocations() {
             ],
             "1,0"
         ),
-        "uuid= quota=Some(1000) share=None charges=false,false used=0"
+        "uuid= quota=None share=None charges=false,false used=0"
     );
 }
 

@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use tf_vgpu_limiter::controller::{INITIAL_LAUNCH_NS, SHARE_WINDOW_NS};
-use tf_vgpu_limiter::{Controller, Estimator, Region, Tick};
+use tf_vgpu_limiter::{Controller, Estimator, Region, RegionMap, Tick};
 
 const TICK_NS: u64 = 100_000_000;
 const SECOND: u64 = 1_000_000_000;
@@ -16,7 +16,7 @@ const T0: u64 = 1_000 * SECOND;
 /// A program alone on a simulated device: it launches a kernel of `kernel_ns`, waits for it,
 /// launches the next (as fast as the pacing lets it), and the device runs one kernel at a time.
 struct Sim {
-    region: &'static Region,
+    region: RegionMap,
     slot: usize,
     ctl: Controller,
     estimator: Estimator,
@@ -51,7 +51,7 @@ impl Sim {
             ticks: Vec::new(),
         };
         // The controller starts before the program (as `tensor-fusion run` does).
-        let t = sim.ctl.tick(region, T0, estimator, 0);
+        let t = sim.ctl.tick(&sim.region, T0, estimator, 0);
         sim.ticks.push(t);
         sim
     }
@@ -95,7 +95,7 @@ impl Sim {
             // Ignored with samples.
             Estimator::Samples => 0,
         };
-        let tick = self.ctl.tick(self.region, end, self.estimator, busy);
+        let tick = self.ctl.tick(&self.region, end, self.estimator, busy);
         self.ticks.push(tick);
         tick
     }
@@ -312,7 +312,7 @@ fn a_program_under_its_share_is_not_paced_and_does_not_wind_up() {
 fn the_first_tick_paces_from_the_initial_estimate() {
     let region = Region::private("GPU-sim", &limits(None, Some(0.25)));
     let mut ctl = Controller::new(0.25);
-    let t = ctl.tick(region, T0, Estimator::Busy, 0);
+    let t = ctl.tick(&region, T0, Estimator::Busy, 0);
     let interval = (INITIAL_LAUNCH_NS / 0.25) as u64;
     assert_eq!(t.interval_ns, interval);
     assert_eq!(t.correction, 1.0);

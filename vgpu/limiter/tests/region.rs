@@ -42,7 +42,7 @@ fn create_then_open_is_a_second_mapping_of_the_same_region() {
     assert_eq!(std::fs::metadata(&path).unwrap().len(), region_size());
 
     let b = Region::open(&path).unwrap();
-    assert!(!std::ptr::eq(a, b), "open maps the file again");
+    assert!(!std::ptr::eq(&*a, &*b), "open maps the file again");
     assert_eq!(b.validate(), Ok(()));
     assert!(b.is_valid());
     assert_eq!(b.limits(), lim);
@@ -78,8 +78,7 @@ fn create_refuses_an_existing_region() {
     let f = region_file(UUID, &limits(Some(1000), None));
     f.region.charge(0, 700).unwrap();
     let err = Region::create(&f.path, "GPU-other", 1, &limits(Some(2000), Some(0.5)))
-        .err()
-        .expect("creating over an existing region must fail");
+        .expect_err("creating over an existing region must fail");
     assert!(matches!(err, RegionError::Io { .. }), "{err}");
     assert_eq!(f.region.vram_used(), 700);
     assert_eq!(f.region.device_uuid(), UUID);
@@ -174,7 +173,7 @@ fn open_rejects_a_wrong_size() {
 fn invalid_error_message_names_the_file_and_the_reason() {
     let f = region_file(UUID, &limits(Some(GIB), None));
     corrupt_magic(&f.path);
-    let e = Region::open(&f.path).err().expect("corrupt region opened");
+    let e = Region::open(&f.path).expect_err("corrupt region opened");
     assert_eq!(
         e.to_string(),
         format!(

@@ -46,7 +46,7 @@ fn random_charges_and_uncharges_never_exceed_the_quota_and_always_add_up() {
         ..Config::default()
     });
     let result = runner.run(&strategy, |(quota, ops)| {
-        let r = Region::private(UUID, &limits(Some(quota), None));
+        let r = leaked(Region::private(UUID, &limits(Some(quota), None)));
         let slots: Vec<usize> = pids.iter().map(|&p| r.register(p).unwrap()).collect();
         let mut held = [0u64; SLOTS];
         let mut ooms = 0;
@@ -104,7 +104,7 @@ fn random_charges_and_uncharges_never_exceed_the_quota_and_always_add_up() {
 
 /// Threads charging and uncharging concurrently (a thread per entry), with random sizes.
 fn stress(threads: usize, ops_per_thread: usize, quota: u64, seed: u64) {
-    let r = Region::private(UUID, &limits(Some(quota), None));
+    let r = leaked(Region::private(UUID, &limits(Some(quota), None)));
     let done = Arc::new(AtomicBool::new(false));
     let refused = Arc::new(AtomicU64::new(0));
     let start = Arc::new(Barrier::new(threads + 2));
@@ -204,7 +204,7 @@ fn concurrent_admission_loses_no_update() {
     let interval = 100_000;
     let burst = 2_000_000;
     let now = 1_000_000_000_000;
-    let r = Region::private(UUID, &limits(None, Some(0.5)));
+    let r = leaked(Region::private(UUID, &limits(None, Some(0.5))));
     r.set_pacing(interval, burst, 50_000, 0.5);
     let start = Arc::new(Barrier::new(THREADS));
     let workers: Vec<_> = (0..THREADS)
@@ -244,7 +244,7 @@ fn concurrent_admission_loses_no_update() {
 fn concurrent_registration_of_one_process_yields_one_entry() {
     // The threads of one process register at once (a client's first call on several threads).
     for round in 0..2000 {
-        let r = Region::private(UUID, &limits(Some(GIB), None));
+        let r = leaked(Region::private(UUID, &limits(Some(GIB), None)));
         let threads = 4;
         let start = Arc::new(Barrier::new(threads));
         let slots: Vec<usize> = (0..threads)

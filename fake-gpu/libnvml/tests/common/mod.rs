@@ -66,7 +66,7 @@ impl Machine {
 /// may not, and then only the NVML names are written, by hand).
 pub fn install_nvml(dir: &Path) {
     let built = tf_test_support::cdylib("libnvidia_ml.so").expect("libnvidia_ml.so is built");
-    match tf_fake_gpu::install::install(dir) {
+    match tf_fake_gpu::install::install(dir, tf_fake_gpu::install::InstallMode::Link) {
         Ok(files) => assert!(files.iter().any(|f| f.ends_with("libnvidia-ml.so.1"))),
         Err(e) => {
             eprintln!("install(): {e}; laying out libnvidia-ml.so.1 only");

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tf_vgpu_limiter::{Limits, Region};
+use tf_vgpu_limiter::{Limits, Region, RegionMap};
 
 pub const GIB: u64 = 1 << 30;
 
@@ -30,7 +30,7 @@ pub fn limits(vram_quota: Option<u64>, compute_share: Option<f64>) -> Limits {
 pub struct RegionFile {
     pub dir: tempfile::TempDir,
     pub path: PathBuf,
-    pub region: &'static Region,
+    pub region: RegionMap,
 }
 
 pub fn region_file(uuid: &str, limits: &Limits) -> RegionFile {
@@ -38,6 +38,11 @@ pub fn region_file(uuid: &str, limits: &Limits) -> RegionFile {
     let path = dir.path().join("vgpu.region");
     let region = Region::create(&path, uuid, 0, limits).expect("create region");
     RegionFile { dir, path, region }
+}
+
+/// A region that lives as long as the test process (for threads that need `'static`).
+pub fn leaked(map: RegionMap) -> &'static Region {
+    Box::leak(Box::new(map))
 }
 
 /// Overwrite `bytes` at `offset` of the file at `path` (what a stray writer would do).

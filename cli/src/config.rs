@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::error::{Error, ErrorKind, Result};
-use crate::types::BackendKind;
+use tf_hal::{BackendKind, Error, ErrorKind, Result};
 
 /// Environment variable naming the backend.
 pub const BACKEND_ENV: &str = "TF_BACKEND";
@@ -23,13 +22,11 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/tensor-fusion/config.toml";
 /// The node-level configuration file.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct HalConfig {
+pub struct NodeConfig {
     pub backend: Option<String>,
-    /// Path of the simulated GPU's device profile file.
-    pub fake_gpu_config: Option<PathBuf>,
 }
 
-impl HalConfig {
+impl NodeConfig {
     pub fn parse(text: &str, origin: &Path) -> Result<Self> {
         toml::from_str(text).map_err(|e| {
             Error::new(
@@ -46,7 +43,7 @@ impl HalConfig {
             _ => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
         };
         match std::fs::read_to_string(&path) {
-            Ok(text) => Ok(Some((path.clone(), HalConfig::parse(&text, &path)?))),
+            Ok(text) => Ok(Some((path.clone(), NodeConfig::parse(&text, &path)?))),
             Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::new(
                 ErrorKind::Config,
@@ -68,7 +65,7 @@ pub fn select_backend(explicit: Option<&str>) -> Result<BackendKind> {
             .parse()
             .map_err(|e: Error| Error::new(e.kind, format!("{BACKEND_ENV}: {}", e.message)));
     }
-    if let Some((path, cfg)) = HalConfig::load()?
+    if let Some((path, cfg)) = NodeConfig::load()?
         && let Some(name) = cfg.backend
     {
         return name
@@ -94,9 +91,9 @@ mod tests {
 
     #[test]
     fn config_file_is_strict() {
-        let cfg = HalConfig::parse("backend = \"ascend\"\n", Path::new("x.toml")).unwrap();
+        let cfg = NodeConfig::parse("backend = \"ascend\"\n", Path::new("x.toml")).unwrap();
         assert_eq!(cfg.backend.as_deref(), Some("ascend"));
-        let err = HalConfig::parse("backnd = \"cuda\"\n", Path::new("x.toml")).unwrap_err();
+        let err = NodeConfig::parse("backnd = \"cuda\"\n", Path::new("x.toml")).unwrap_err();
         assert_eq!(err.kind, ErrorKind::Config);
         assert!(err.message.contains("x.toml"));
     }
