@@ -25,7 +25,9 @@ pub fn percent(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
         Ok(p) if p > 0.0 && p <= 100.0 => Ok(p),
         Ok(p) => Err(format!("{p} is out of range: a percentage is in (0, 100]")),
-        Err(_) => Err(format!("{s:?} is not a number: expected a percentage in (0, 100]")),
+        Err(_) => Err(format!(
+            "{s:?} is not a number: expected a percentage in (0, 100]"
+        )),
     }
 }
 
@@ -46,7 +48,11 @@ mod tests {
     fn out_of_range_values_name_the_range() {
         assert_eq!(device_index("1"), Ok(1));
         assert!(device_index("-1").unwrap_err().contains("start at 0"));
-        assert!(device_index("x").unwrap_err().contains("not a device index"));
+        assert!(
+            device_index("x")
+                .unwrap_err()
+                .contains("not a device index")
+        );
         assert_eq!(percent("30"), Ok(30.0));
         for bad in ["-1", "0", "100.5", "nan"] {
             assert!(percent(bad).unwrap_err().contains("(0, 100]"), "{bad}");

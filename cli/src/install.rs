@@ -30,9 +30,10 @@ pub struct InstallArgs {
 pub fn run(args: InstallArgs) -> Result<()> {
     let prefix = match args.prefix {
         Some(p) => p,
-        None => PathBuf::from(std::env::var_os("HOME").context(
-            "HOME is not set: say where to install with --prefix",
-        )?)
+        None => PathBuf::from(
+            std::env::var_os("HOME")
+                .context("HOME is not set: say where to install with --prefix")?,
+        )
         .join(".local"),
     };
     let bin = prefix.join("bin");
@@ -62,10 +63,13 @@ pub fn run(args: InstallArgs) -> Result<()> {
     }
     println!("installed {}", bin.join("tensor-fusion").display());
     println!("libraries in {}", lib.display());
-    let on_path = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d == bin));
+    let on_path =
+        std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d == bin));
     if !on_path {
-        println!("add {} to PATH to run `tensor-fusion` by name", bin.display());
+        println!(
+            "add {} to PATH to run `tensor-fusion` by name",
+            bin.display()
+        );
     }
     Ok(())
 }

@@ -60,7 +60,10 @@ pub fn parse_quota(text: &str) -> Result<u64> {
             format!("{text:?} is negative: a size is at least 1MiB, e.g. 512MiB or 4GiB ({units})"),
         ));
     }
-    if t.chars().last().is_some_and(|c| c.is_ascii_digit() || c == '.') {
+    if t.chars()
+        .last()
+        .is_some_and(|c| c.is_ascii_digit() || c == '.')
+    {
         return Err(Error::new(
             ErrorKind::InvalidValue,
             format!("{text:?} has no unit: write e.g. {t}GiB or {t}MiB ({units})"),

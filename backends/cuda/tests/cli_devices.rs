@@ -89,7 +89,9 @@ fn the_cuda_backend_lists_the_simulated_devices() {
     let dir = tempfile::tempdir().unwrap();
     // The libraries as `tensor-fusion fake-gpu install DIR` lays them out (libcuda alone while
     // the simulated NVML is not built).
-    if let Err(e) = tf_fake_gpu::install::install(dir.path(), tf_fake_gpu::install::InstallMode::Link) {
+    if let Err(e) =
+        tf_fake_gpu::install::install(dir.path(), tf_fake_gpu::install::InstallMode::Link)
+    {
         eprintln!("note: {e}: installing libcuda only");
         let built = tf_fake_gpu::install::find_built("libcuda.so").unwrap();
         for name in ["libcuda.so.1", "libcuda.so"] {

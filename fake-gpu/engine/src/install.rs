@@ -54,10 +54,14 @@ pub fn install(dest: &Path, mode: InstallMode) -> Result<Vec<PathBuf>> {
                 InstallMode::Link => std::os::unix::fs::symlink(&src, &tmp),
                 InstallMode::Copy => std::fs::copy(&src, &tmp).map(|_| ()),
             };
-            made.and_then(|()| std::fs::rename(&tmp, &to)).map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                io(format!("write {} (from {})", to.display(), src.display()), e)
-            })?;
+            made.and_then(|()| std::fs::rename(&tmp, &to))
+                .map_err(|e| {
+                    let _ = std::fs::remove_file(&tmp);
+                    io(
+                        format!("write {} (from {})", to.display(), src.display()),
+                        e,
+                    )
+                })?;
             written.push(to);
         }
     }

@@ -252,14 +252,12 @@ impl DeviceSegment {
     /// Find or claim the slot of process `pid` (threads of one process racing to register all
     /// get the same slot).
     pub fn register(&self, pid: u32) -> Result<usize> {
-        self.procs
-            .register(pid, |u| self.forget(u))
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::OutOfMemory,
-                    format!("simulated GPU: more than {MAX_PROCS} processes use this device"),
-                )
-            })
+        self.procs.register(pid, |u| self.forget(u)).ok_or_else(|| {
+            Error::new(
+                ErrorKind::OutOfMemory,
+                format!("simulated GPU: more than {MAX_PROCS} processes use this device"),
+            )
+        })
     }
 
     /// Return the memory of processes that have exited (or were killed). Returns how many.

@@ -77,7 +77,10 @@ pub fn search_dirs() -> Vec<(PathBuf, Origin)> {
         .ok()
         .and_then(|e| e.canonicalize().ok().or(Some(e)))
         .and_then(|e| e.parent().map(Path::to_path_buf));
-    search_dirs_for(exe_dir.as_deref(), std::env::var_os(LIB_DIR_ENV).map(PathBuf::from))
+    search_dirs_for(
+        exe_dir.as_deref(),
+        std::env::var_os(LIB_DIR_ENV).map(PathBuf::from),
+    )
 }
 
 fn search_dirs_for(exe_dir: Option<&Path>, lib_dir_env: Option<PathBuf>) -> Vec<(PathBuf, Origin)> {

@@ -168,7 +168,8 @@ impl<D: SlotData, const N: usize> ProcTable<D, N> {
             if pid == FREE || pid == RECLAIMING || start == 0 {
                 continue; // free, or being registered or reclaimed right now
             }
-            if crate::process_start_time(pid) != Some(start) && self.reclaim(i, pid, &mut on_reclaim)
+            if crate::process_start_time(pid) != Some(start)
+                && self.reclaim(i, pid, &mut on_reclaim)
             {
                 n += 1;
             }
@@ -237,7 +238,13 @@ mod tests {
         );
         assert_eq!(returned, 300);
         assert_eq!(t.pid(theirs), 0);
-        assert_eq!(t.occupants(), vec![Occupant { slot: mine, pid: me }]);
+        assert_eq!(
+            t.occupants(),
+            vec![Occupant {
+                slot: mine,
+                pid: me
+            }]
+        );
         assert!(t.any_alive());
     }
 
@@ -245,7 +252,12 @@ mod tests {
     fn a_full_table_refuses_the_next_live_process() {
         let t = table::<2>();
         let mut kids: Vec<_> = (0..3)
-            .map(|_| std::process::Command::new("sleep").arg("30").spawn().unwrap())
+            .map(|_| {
+                std::process::Command::new("sleep")
+                    .arg("30")
+                    .spawn()
+                    .unwrap()
+            })
             .collect();
         assert!(t.register(kids[0].id(), |_| {}).is_some());
         assert!(t.register(kids[1].id(), |_| {}).is_some());
@@ -254,7 +266,10 @@ mod tests {
             let _ = k.kill();
             let _ = k.wait();
         }
-        assert!(t.register(kids[2].id(), |_| {}).is_some(), "dead ones make room");
+        assert!(
+            t.register(kids[2].id(), |_| {}).is_some(),
+            "dead ones make room"
+        );
     }
 
     #[test]

@@ -114,7 +114,8 @@ impl<T: ShmSafe> Shm<T> {
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let ptr = NonNull::new(p as *mut T).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        let ptr =
+            NonNull::new(p as *mut T).ok_or_else(|| io::Error::other("mmap returned null"))?;
         Ok(Shm {
             ptr,
             len,
@@ -190,7 +191,11 @@ mod tests {
             io::ErrorKind::AlreadyExists
         );
         drop(m);
-        assert_eq!(n.b[999].load(Ordering::Relaxed), 7, "the other mapping stays");
+        assert_eq!(
+            n.b[999].load(Ordering::Relaxed),
+            7,
+            "the other mapping stays"
+        );
         std::fs::write(dir.path().join("short"), b"abc").unwrap();
         let e = Shm::<Two>::open(&dir.path().join("short")).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
