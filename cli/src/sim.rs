@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use tf_scheduler::Policy;
 use tf_scheduler::sim::{alibaba, bench, trace, variants};
+use tf_scheduler::{DefragOptions, Policy, Qos};
 
 /// Scheduler trace simulator and throughput bench.
 #[derive(Debug, clap::Args)]
@@ -23,6 +23,43 @@ enum SimCommand {
     /// Generate workload variants from the default pod list: GPU-model-constrained
     /// (`gpuspecNN`) and CPU-heavy (`cpuMMM`) pod lists, seeded and reproducible.
     GenTrace(GenTraceArgs),
+    /// Replay the Alibaba trace to an arrived workload (default 100 %), plan defragmentation
+    /// moves, apply them, and report GPUs and nodes freed per move at several move budgets.
+    Defrag(DefragArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DefragArgs {
+    /// Node list CSV (e.g. openb_node_list_gpu_node.csv).
+    #[arg(long, value_name = "FILE")]
+    nodes: PathBuf,
+    /// Pod list CSV (e.g. openb_pod_list_default.csv).
+    #[arg(long, value_name = "FILE")]
+    pods: PathBuf,
+    /// Placement policy of the replay, or several separated by commas.
+    #[arg(long, value_name = "NAME")]
+    policy: Option<String>,
+    /// Number of seeds (runs 0..seeds).
+    #[arg(long, default_value_t = 3)]
+    seeds: u64,
+    /// Arrived workload to replay to, % of the cluster's GPUs.
+    #[arg(long, default_value_t = 100)]
+    arrived: u32,
+    /// Move budgets to report, comma-separated (the plan is made once with the largest).
+    #[arg(
+        long,
+        value_name = "N,..",
+        value_delimiter = ',',
+        default_value = "10,25,50,100,250,500"
+    )]
+    budgets: Vec<usize>,
+    /// Never move allocations of this QoS or above (pods keep the trace's QoS class:
+    /// Guaranteed = critical, LS = high, Burstable = medium, BE = low).
+    #[arg(long, default_value = "critical")]
+    protect: String,
+    /// One JSON object per line on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -95,6 +132,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         SimCommand::Alibaba(a) => alibaba_cmd(a),
         SimCommand::Throughput(t) => throughput_cmd(t),
         SimCommand::GenTrace(g) => gen_trace_cmd(g),
+        SimCommand::Defrag(d) => defrag_cmd(d),
     }
 }
 
@@ -269,6 +307,132 @@ fn gen_trace_cmd(g: GenTraceArgs) -> anyhow::Result<()> {
             cpu_only_cores: (cpu_only as f64 / 100.0).round() / 10.0,
         };
         println!("{}", serde_json::to_string(&line)?);
+    }
+    Ok(())
+}
+
+fn defrag_cmd(d: DefragArgs) -> anyhow::Result<()> {
+    let policies = parse_policies(d.policy.as_deref())?;
+    anyhow::ensure!(d.seeds > 0, "--seeds must be at least 1");
+    anyhow::ensure!(!d.budgets.is_empty(), "--budgets needs at least one budget");
+    let protect: Qos = d.protect.parse()?;
+    let nodes = trace::load_nodes(&d.nodes).context("reading the node list")?;
+    let pods = trace::load_pods(&d.pods).context("reading the pod list")?;
+    let mut budgets = d.budgets.clone();
+    budgets.sort_unstable();
+    budgets.dedup();
+    let max = *budgets.last().expect("not empty");
+    #[derive(serde::Serialize)]
+    struct Line {
+        policy: String,
+        seed: u64,
+        arrived_pct: u32,
+        unalloc_gpu_pct: f64,
+        protected_allocations: usize,
+        empty_gpus_before: usize,
+        empty_nodes_before: usize,
+        budget: usize,
+        moves: usize,
+        gpus_freed: i64,
+        nodes_freed: i64,
+        gpus_freed_per_move: f64,
+        nodes_freed_per_move: f64,
+        plan_ms: f64,
+        applied: bool,
+    }
+    let round = |x: f64| (x * 1000.0).round() / 1000.0;
+    for policy in policies {
+        let mut means: Vec<(f64, f64, f64)> = vec![(0.0, 0.0, 0.0); budgets.len()];
+        for seed in 0..d.seeds {
+            let mut r =
+                tf_scheduler::sim::alibaba::replay_to(&nodes, &pods, policy, seed, d.arrived, true);
+            let s = &mut r.scheduler;
+            let unalloc = 100.0 - r.allocated_milli as f64 * 100.0 / (r.total_gpus as f64 * 1000.0);
+            let protected = s
+                .allocation_ids()
+                .into_iter()
+                .filter(|&id| s.allocation(id).is_some_and(|a| a.qos >= protect))
+                .count();
+            let t0 = std::time::Instant::now();
+            let opts = DefragOptions::new(alibaba::POOL_NAME, max).protecting(protect);
+            let plan = s.plan_defrag(&opts)?;
+            let plan_ms = t0.elapsed().as_secs_f64() * 1000.0;
+            // Carry the whole plan out and check what it promised.
+            let applied = s.apply_defrag(&plan)? == plan.move_count();
+            let (mut empty_gpus, mut empty_nodes) = (0i64, 0i64);
+            for name in s.pool_nodes(alibaba::POOL_NAME)? {
+                let st = s.node_status(&name)?;
+                empty_gpus += st.gpus.iter().filter(|g| g.allocations == 0).count() as i64;
+                empty_nodes += (st.gpus.iter().all(|g| g.allocations == 0)
+                    && st.cpu_free == st.cpu_capacity) as i64;
+            }
+            let applied = applied
+                && empty_gpus == plan.empty_gpus_before as i64 + plan.gpus_freed()
+                && empty_nodes == plan.empty_nodes_before as i64 + plan.nodes_freed();
+            anyhow::ensure!(
+                applied,
+                "seed {seed}: the applied plan did not free what it planned"
+            );
+            for (k, &budget) in budgets.iter().enumerate() {
+                let (mut moves, mut g, mut n) = (0usize, 0i64, 0i64);
+                for step in &plan.steps {
+                    if moves + step.moves.len() > budget {
+                        break;
+                    }
+                    moves += step.moves.len();
+                    g += step.gpus_freed;
+                    n += step.nodes_freed;
+                }
+                let per = |x: i64| {
+                    if moves == 0 {
+                        0.0
+                    } else {
+                        x as f64 / moves as f64
+                    }
+                };
+                means[k].0 += moves as f64 / d.seeds as f64;
+                means[k].1 += g as f64 / d.seeds as f64;
+                means[k].2 += n as f64 / d.seeds as f64;
+                let line = Line {
+                    policy: policy.name().to_string(),
+                    seed,
+                    arrived_pct: d.arrived,
+                    unalloc_gpu_pct: round(unalloc),
+                    protected_allocations: protected,
+                    empty_gpus_before: plan.empty_gpus_before,
+                    empty_nodes_before: plan.empty_nodes_before,
+                    budget,
+                    moves,
+                    gpus_freed: g,
+                    nodes_freed: n,
+                    gpus_freed_per_move: round(per(g)),
+                    nodes_freed_per_move: round(per(n)),
+                    plan_ms: round(plan_ms),
+                    applied,
+                };
+                if d.json {
+                    println!("{}", serde_json::to_string(&line)?);
+                }
+            }
+        }
+        if !d.json {
+            for (k, &budget) in budgets.iter().enumerate() {
+                let (m, g, n) = means[k];
+                let per = |x: f64| if m == 0.0 { 0.0 } else { x / m };
+                println!(
+                    "{:<22} A={} % budget {:>4}: {:>6.1} moves, {:>6.1} GPUs and {:>5.1} nodes freed ({:.2} GPUs, {:.2} nodes per move; mean of {} seeds)",
+                    policy.name(),
+                    d.arrived,
+                    budget,
+                    m,
+                    g,
+                    n,
+                    per(g),
+                    per(n),
+                    d.seeds
+                );
+            }
+        }
     }
     Ok(())
 }

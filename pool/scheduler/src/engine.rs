@@ -7,10 +7,12 @@ use rand::{Rng, SeedableRng};
 
 use crate::error::{Result, SchedError};
 use crate::policy::{Choice, Ctx, Gpu, Need, Policy, evaluate};
+
+pub(crate) mod defrag;
 use crate::profile::{Compiled, Shape, WorkloadProfile};
 use crate::types::{
     Allocation, AllocationId, Amount, GpuGrant, GpuStatus, NodeSpec, NodeStatus, PoolConfig, Qos,
-    Quota, Request, Usage,
+    Quota, Request, TopologyMode, Usage,
 };
 
 /// A pinned node and its GPU mask.
@@ -74,6 +76,8 @@ struct Record {
     dedicated: bool,
     cpu: u64,
     mem: u64,
+    /// The request as placement saw it (for moves).
+    need: Need,
 }
 
 #[derive(Default)]
@@ -108,6 +112,9 @@ pub struct Scheduler {
     next_id: u64,
     caches: HashMap<(u32, Need), ClassCache>,
     scratch: Vec<Gpu>,
+    /// Gangs of the gang coordinator (`gang.rs`).
+    pub(crate) gangs: crate::gang::Gangs,
+    preemption: bool,
 }
 
 impl Default for Scheduler {
@@ -138,12 +145,20 @@ impl Scheduler {
             next_id: 1,
             caches: HashMap::new(),
             scratch: Vec::with_capacity(MAX_GPUS_PER_NODE),
+            gangs: HashMap::new(),
+            preemption: true,
         }
     }
 
     /// The placement policy.
     pub fn policy(&self) -> Policy {
         self.policy
+    }
+
+    /// Turns preemption on (the default) or off. Off, QoS is a label only (the defragmentation
+    /// planner still honours it) and a request that fits nowhere fails.
+    pub fn set_preemption(&mut self, enabled: bool) {
+        self.preemption = enabled;
     }
 
     /// Switches the placement policy (drops cached scores).
@@ -244,6 +259,7 @@ impl Scheduler {
                 model,
                 vendor: g.vendor,
                 numa: g.topology.numa_node,
+                link: g.topology.nvlink_domain.unwrap_or(crate::policy::NO_LINK),
                 users: 0,
                 dedicated: false,
             });
@@ -405,6 +421,12 @@ impl Scheduler {
             .sum())
     }
 
+    /// Checks a request without placing it: the errors [`Scheduler::reserve`] would return for
+    /// a malformed request (unknown pool or node, bad shares, limits or pins).
+    pub fn check_request(&self, req: &Request) -> Result<()> {
+        self.validate(req).map(|_| ())
+    }
+
     fn validate(&self, req: &Request) -> Result<(u32, Need, Option<Pinned>)> {
         let pool = self.pool_id(&req.pool)?;
         let bad = |m: String| Err(SchedError::InvalidRequest(m));
@@ -463,6 +485,11 @@ impl Scheduler {
             models: Self::model_mask(&self.models, &req.models),
             vendor: req.vendor,
             dedicated: req.dedicated,
+            topo: if req.gpu_count >= 2 {
+                req.topology
+            } else {
+                TopologyMode::Ignore
+            },
         };
         let pin = match &req.pin {
             None => None,
@@ -565,6 +592,112 @@ impl Scheduler {
     /// Reserves resources for a request: places it by the policy, preempting strictly lower-QoS
     /// allocations only when nothing fits otherwise.
     pub fn reserve(&mut self, req: &Request) -> Result<Allocation> {
+        self.reserve_inner(req, true).map(|(a, _)| a)
+    }
+
+    /// Reserves every request or none (a gang): requests are placed largest first; if one
+    /// cannot be placed, everything placed for the group is released and any allocation a
+    /// member preempted is restored exactly, so a failed group leaves the scheduler's
+    /// reservations as they were. Allocations come back in the order of `reqs`.
+    pub fn reserve_all(&mut self, reqs: &[Request]) -> Result<Vec<Allocation>> {
+        for r in reqs {
+            self.validate(r)?;
+        }
+        let mut order: Vec<usize> = (0..reqs.len()).collect();
+        let size = |r: &Request| {
+            let per_gpu = match (r.dedicated, r.tflops) {
+                (true, _) => 1000,
+                (_, Amount::Permille(p)) => p as u64,
+                _ => 1000,
+            };
+            (r.gpu_count as u64 * per_gpu, r.cpu_milli)
+        };
+        order.sort_by(|&a, &b| size(&reqs[b]).cmp(&size(&reqs[a])).then(a.cmp(&b)));
+        let mut placed: Vec<(usize, Allocation)> = Vec::with_capacity(reqs.len());
+        let mut evicted: Vec<(u64, Record)> = Vec::new();
+        for &i in &order {
+            match self.reserve_inner(&reqs[i], false) {
+                Ok((a, victims)) => {
+                    evicted.extend(victims);
+                    placed.push((i, a));
+                }
+                Err(e) => {
+                    for (_, a) in placed.iter().rev() {
+                        self.release_inner(a.id.0);
+                    }
+                    for (id, rec) in evicted.into_iter().rev() {
+                        self.restore(id, rec);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        for r in reqs {
+            if let Ok((pool, need, _)) = self.validate(r) {
+                self.learn(pool, &need);
+            }
+        }
+        // A victim of one member may have been a member placed earlier in this group: the
+        // group then fails as a whole.
+        if let Some((_, a)) = placed
+            .iter()
+            .find(|(_, a)| !self.allocs.contains_key(&a.id.0))
+        {
+            let lost = a.id;
+            for (_, a) in placed.iter().rev() {
+                if self.allocs.contains_key(&a.id.0) {
+                    self.release_inner(a.id.0);
+                }
+            }
+            for (id, rec) in evicted.into_iter().rev() {
+                if !placed.iter().any(|(_, a)| a.id.0 == id) {
+                    self.restore(id, rec);
+                }
+            }
+            return Err(SchedError::Unschedulable {
+                pool: reqs[0].pool.clone(),
+                reason: format!("a member of the group preempted another ({lost})"),
+            });
+        }
+        placed.sort_by_key(|(i, _)| *i);
+        Ok(placed.into_iter().map(|(_, a)| a).collect())
+    }
+
+    /// Puts a released allocation back exactly as it was (same id, GPUs and amounts).
+    fn restore(&mut self, id: u64, rec: Record) {
+        let p = &mut self.pools[rec.pool as usize];
+        p.live_by_qos[rec.qos as usize] += 1;
+        p.cpu_free -= rec.cpu;
+        p.mem_free -= rec.mem;
+        let n = &mut self.nodes[rec.node as usize];
+        let gpus = &mut self.gpus[n.gpu_start..n.gpu_start + n.gpu_len];
+        for g in &rec.grants {
+            let gpu = &gpus[g.gpu as usize];
+            p.model_free[gpu.model as usize] -= gpu.free_permille();
+        }
+        take_again(gpus, &rec);
+        for g in &rec.grants {
+            let gpu = &gpus[g.gpu as usize];
+            p.model_free[gpu.model as usize] += gpu.free_permille();
+        }
+        n.cpu_free -= rec.cpu;
+        n.mem_free -= rec.mem;
+        n.version += 1;
+        n.allocs.push(id);
+        let ns = self.namespaces.entry(rec.namespace.clone()).or_default();
+        for g in &rec.grants {
+            ns.used.tflops_milli += g.tflops_milli;
+            ns.used.vram_bytes += g.vram_bytes;
+        }
+        ns.used.gpus += rec.grants.len() as u64;
+        self.allocs.insert(id, rec);
+    }
+
+    fn reserve_inner(
+        &mut self,
+        req: &Request,
+        learn: bool,
+    ) -> Result<(Allocation, Vec<(u64, Record)>)> {
         let (pool, need, pin) = self.validate(req)?;
         if need.gpu_count > 0 && need.models == 0 {
             return Err(SchedError::Unschedulable {
@@ -572,7 +705,9 @@ impl Scheduler {
                 reason: format!("no GPU of the requested models {:?}", req.models),
             });
         }
-        self.learn(pool, &need);
+        if learn {
+            self.learn(pool, &need);
+        }
         self.refresh_host_levels(pool);
         // Absolute requests can be checked against the quota before any search.
         if !matches!(need.tflops, Amount::Permille(_)) && !matches!(need.vram, Amount::Permille(_))
@@ -594,7 +729,7 @@ impl Scheduler {
                 let lower: u64 = self.pools[pool as usize].live_by_qos[..req.qos as usize]
                     .iter()
                     .sum();
-                let found = if lower > 0 {
+                let found = if lower > 0 && self.preemption {
                     self.find_victims(pool, &need, req.qos, pin)
                 } else {
                     None
@@ -612,7 +747,7 @@ impl Scheduler {
         };
         let mut mask = choice.mask;
         if self.policy == Policy::Random
-            && need.gpu_count > 0
+            && (need.gpu_count == 1 || (need.gpu_count > 1 && need.topo == TopologyMode::Ignore))
             && pin.is_none()
             && victims.is_empty()
         {
@@ -628,12 +763,16 @@ impl Scheduler {
             v += dv;
         }
         self.check_quota(&req.namespace, t, v, need.gpu_count as u64)?;
+        let mut evicted = Vec::with_capacity(victims.len());
         for &victim in &victims {
-            self.release_inner(victim);
+            evicted.push((victim, self.release_inner(victim)));
         }
         let id = self.commit(pool, node, &need, mask, req);
         let rec = &self.allocs[&id];
-        Ok(self.view(id, rec, victims.into_iter().map(AllocationId).collect()))
+        Ok((
+            self.view(id, rec, victims.into_iter().map(AllocationId).collect()),
+            evicted,
+        ))
     }
 
     fn check_quota(&self, ns: &str, t: u64, v: u64, g: u64) -> Result<()> {
@@ -866,6 +1005,21 @@ impl Scheduler {
     fn commit(&mut self, pool: u32, node: u32, need: &Need, mask: u64, req: &Request) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
+        self.commit_as(id, pool, node, need, mask, &req.namespace, req.qos);
+        id
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn commit_as(
+        &mut self,
+        id: u64,
+        pool: u32,
+        node: u32,
+        need: &Need,
+        mask: u64,
+        namespace: &str,
+        qos: Qos,
+    ) {
         let n = &mut self.nodes[node as usize];
         let mut grants = Vec::with_capacity(need.gpu_count as usize);
         let model_free = &mut self.pools[pool as usize].model_free;
@@ -887,8 +1041,8 @@ impl Scheduler {
         n.allocs.push(id);
         self.pools[pool as usize].cpu_free -= need.cpu;
         self.pools[pool as usize].mem_free -= need.mem;
-        self.pools[pool as usize].live_by_qos[req.qos as usize] += 1;
-        let ns = self.namespaces.entry(req.namespace.clone()).or_default();
+        self.pools[pool as usize].live_by_qos[qos as usize] += 1;
+        let ns = self.namespaces.entry(namespace.to_string()).or_default();
         for g in &grants {
             ns.used.tflops_milli += g.tflops_milli;
             ns.used.vram_bytes += g.vram_bytes;
@@ -898,16 +1052,76 @@ impl Scheduler {
             id,
             Record {
                 pool,
-                namespace: req.namespace.clone(),
-                qos: req.qos,
+                namespace: namespace.to_string(),
+                qos,
                 node,
                 grants,
                 dedicated: need.dedicated,
                 cpu: need.cpu,
                 mem: need.mem,
+                need: *need,
             },
         );
-        id
+    }
+
+    /// Moves a live allocation to the given GPUs of `node` (same pool), keeping its id, QoS,
+    /// namespace and request: shares resolve against the new GPUs. The target must fit the
+    /// request as a new placement would (host CPU and memory, models, vendor, dedicated,
+    /// required topology tier) and the namespace's quota must hold; otherwise nothing changes.
+    pub fn migrate(&mut self, id: AllocationId, node: &str, gpus: &[u32]) -> Result<Allocation> {
+        let rec = self
+            .allocs
+            .get(&id.0)
+            .ok_or(SchedError::UnknownAllocation(id))?;
+        let &target = self
+            .node_ids
+            .get(node)
+            .ok_or_else(|| SchedError::UnknownNode(node.to_string()))?;
+        let (pool, need) = (rec.pool, rec.need);
+        let bad = |m: String| Err(SchedError::InvalidRequest(m));
+        if self.nodes[target as usize].pool != pool {
+            return bad(format!("node {node:?} is in another pool"));
+        }
+        if gpus.len() != rec.grants.len() {
+            return bad(format!(
+                "{} GPUs given for an allocation of {}",
+                gpus.len(),
+                rec.grants.len()
+            ));
+        }
+        let mut mask = 0u64;
+        for &g in gpus {
+            if g as usize >= self.nodes[target as usize].gpu_len || mask & (1 << g) != 0 {
+                return bad(format!("GPU {g} out of range or given twice"));
+            }
+            mask |= 1 << g;
+        }
+        let rec = self.release_inner(id.0);
+        let n = &self.nodes[target as usize];
+        let gpu_slice = &self.gpus[n.gpu_start..n.gpu_start + n.gpu_len];
+        let fits = pinned_fit(n.cpu_free, n.mem_free, gpu_slice, &need, mask).is_some();
+        let quota = if fits {
+            let (mut t, mut v) = (0u64, 0u64);
+            for i in bits(mask) {
+                let (dt, dv) = gpu_slice[i].demand(need.tflops, need.vram, need.dedicated);
+                t += dt;
+                v += dv;
+            }
+            self.check_quota(&rec.namespace, t, v, need.gpu_count as u64)
+        } else {
+            Ok(())
+        };
+        if !fits || quota.is_err() {
+            let pool_name = self.pools[pool as usize].config.name.clone();
+            self.restore(id.0, rec);
+            quota?;
+            return Err(SchedError::Unschedulable {
+                pool: pool_name,
+                reason: format!("allocation {id} does not fit GPUs {gpus:?} of node {node:?}"),
+            });
+        }
+        self.commit_as(id.0, pool, target, &need, mask, &rec.namespace, rec.qos);
+        Ok(self.view(id.0, &self.allocs[&id.0], Vec::new()))
     }
 
     /// Releases an allocation, returning exactly what it held to its GPUs, node and namespace.
@@ -970,6 +1184,11 @@ impl Scheduler {
 
 fn pinned_fit(cpu: u64, mem: u64, gpus: &[Gpu], need: &Need, mask: u64) -> Option<Choice> {
     if cpu < need.cpu || mem < need.mem {
+        return None;
+    }
+    if let TopologyMode::Require(t) = need.topo
+        && crate::policy::mask_tier(gpus, mask) < t
+    {
         return None;
     }
     for i in bits(mask) {

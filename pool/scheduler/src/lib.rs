@@ -20,13 +20,17 @@
 
 mod engine;
 mod error;
+pub mod gang;
 mod policy;
 mod profile;
 pub mod sim;
+pub mod topology;
 mod types;
 
+pub use engine::defrag::{DefragOptions, DefragPlan, DefragStep, Move};
 pub use engine::{MAX_GPUS_PER_NODE, MAX_MODELS, Scheduler};
 pub use error::{Result, SchedError};
+pub use gang::{GangEvent, GangInfo, GangSpec, GangStatus};
 pub use policy::Policy;
 pub use profile::{ProfileEntry, WorkloadProfile};
 pub use types::*;

@@ -9,7 +9,7 @@ use std::str::FromStr;
 
 use crate::error::SchedError;
 use crate::profile::{Compiled, Group};
-use crate::types::{Amount, Vendor};
+use crate::types::{Amount, TopologyMode, TopologyTier, Vendor};
 
 /// The placement policies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -112,6 +112,8 @@ pub(crate) struct Gpu {
     pub model: u8,
     pub vendor: Vendor,
     pub numa: u8,
+    /// NVLink domain on the node (`NO_LINK`: none).
+    pub link: u16,
     pub users: u32,
     pub dedicated: bool,
 }
@@ -179,6 +181,14 @@ impl Gpu {
     }
 }
 
+/// `Gpu::link` of a GPU without NVLink.
+pub(crate) const NO_LINK: u16 = u16::MAX;
+
+/// Score added per topology tier above `Node` for multi-GPU requests that care (soft and hard
+/// modes): larger than any policy score difference, so the best tier wins and the policy ranks
+/// placements of equal tier.
+const TOPOLOGY_BONUS: f64 = 1e9;
+
 /// A request reduced to what placement looks at; also the key of the score cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Need {
@@ -190,6 +200,8 @@ pub(crate) struct Need {
     pub models: u64,
     pub vendor: Option<Vendor>,
     pub dedicated: bool,
+    /// Topology mode (`Ignore` for fewer than two GPUs).
+    pub topo: TopologyMode,
 }
 
 /// Pool-wide constants a policy may use.
@@ -288,9 +300,17 @@ fn frag_from(profile: &Compiled, shares: &[f64], masks: &[u64], cpu_free: u64) -
     f
 }
 
-/// Picks `count` GPUs from `fit` preferring lower `key`, and GPUs of one NUMA node when one
-/// NUMA node can hold the whole request.
-fn pick(gpus: &[Gpu], fit: u64, count: u32, key: impl Fn(usize) -> f64) -> u64 {
+/// Picks `count` GPUs from `fit` preferring lower `key`. Unless topology is ignored, the GPUs
+/// come from one NVLink domain when one can hold the whole request, else from one NUMA node
+/// when one can (the group of the most preferred GPU first). Returns the GPUs and the tier they
+/// reach, or `None` when a required tier cannot be met.
+pub(crate) fn pick(
+    gpus: &[Gpu],
+    fit: u64,
+    count: u32,
+    topo: TopologyMode,
+    key: impl Fn(usize) -> f64,
+) -> Option<(u64, TopologyTier)> {
     let mut idx: [u8; 64] = [0; 64];
     let mut n = 0;
     let mut m = fit;
@@ -311,33 +331,83 @@ fn pick(gpus: &[Gpu], fit: u64, count: u32, key: impl Fn(usize) -> f64) -> u64 {
                 best = i as usize;
             }
         }
-        return 1u64 << best;
+        return Some((1u64 << best, TopologyTier::NvLink));
     }
     idx.sort_by(|&a, &b| key(a as usize).total_cmp(&key(b as usize)).then(a.cmp(&b)));
-    // First NUMA node (in preference order of its best GPU) that can hold everything.
-    for &lead in idx.iter() {
-        let numa = gpus[lead as usize].numa;
-        let same = idx
-            .iter()
-            .filter(|&&i| gpus[i as usize].numa == numa)
-            .count();
-        if same >= count as usize {
-            let mut mask = 0u64;
-            let mut taken = 0;
-            for &i in idx.iter() {
-                if gpus[i as usize].numa == numa && taken < count {
-                    mask |= 1 << i;
-                    taken += 1;
+    let required = match topo {
+        TopologyMode::Require(t) => t,
+        _ => TopologyTier::Node,
+    };
+    if topo != TopologyMode::Ignore {
+        // First group (in preference order of its best GPU) that can hold everything.
+        let group = |same: &dyn Fn(usize, usize) -> bool| -> Option<u64> {
+            for &lead in idx.iter() {
+                let lead = lead as usize;
+                let members = idx.iter().filter(|&&i| same(lead, i as usize)).count();
+                if members >= count as usize {
+                    let mut mask = 0u64;
+                    for &i in idx.iter().filter(|&&i| same(lead, i as usize)) {
+                        if mask.count_ones() < count {
+                            mask |= 1 << i;
+                        }
+                    }
+                    return Some(mask);
                 }
             }
-            return mask;
+            None
+        };
+        if let Some(mask) = group(&|a, b| gpus[a].link != NO_LINK && gpus[a].link == gpus[b].link) {
+            return Some((mask, TopologyTier::NvLink));
+        }
+        if required == TopologyTier::NvLink {
+            return None;
+        }
+        if let Some(mask) = group(&|a, b| gpus[a].numa == gpus[b].numa) {
+            return Some((mask, TopologyTier::Numa));
+        }
+        if required == TopologyTier::Numa {
+            return None;
         }
     }
     let mut mask = 0u64;
     for &i in idx.iter().take(count as usize) {
         mask |= 1 << i;
     }
-    mask
+    Some((mask, TopologyTier::Node))
+}
+
+/// The tier the GPUs of `mask` reach.
+pub(crate) fn mask_tier(gpus: &[Gpu], mask: u64) -> TopologyTier {
+    let mut it = (0..gpus.len()).filter(|&i| mask & (1 << i) != 0);
+    let Some(first) = it.next() else {
+        return TopologyTier::NvLink;
+    };
+    let (mut link, mut numa) = (gpus[first].link != NO_LINK, true);
+    for i in it {
+        link &= gpus[i].link == gpus[first].link;
+        numa &= gpus[i].numa == gpus[first].numa;
+    }
+    if link {
+        TopologyTier::NvLink
+    } else if numa {
+        TopologyTier::Numa
+    } else {
+        TopologyTier::Node
+    }
+}
+
+/// Score bonus of a placement's topology tier (0 for requests that ignore topology).
+#[inline]
+fn tier_bonus(need: &Need, tier: TopologyTier) -> f64 {
+    if need.gpu_count < 2 || need.topo == TopologyMode::Ignore {
+        return 0.0;
+    }
+    TOPOLOGY_BONUS
+        * match tier {
+            TopologyTier::Node => 0.0,
+            TopologyTier::Numa => 1.0,
+            TopologyTier::NvLink => 2.0,
+        }
 }
 
 fn apply(scratch: &mut Vec<Gpu>, gpus: &[Gpu], need: &Need, mask: u64) {
@@ -389,23 +459,26 @@ pub(crate) fn evaluate(
     let count = need.gpu_count;
     let share = |i: usize| gpus[i].share();
     let choice = |score: f64, mask: u64| Some(Choice { score, mask, fit });
+    let topo = need.topo;
+    // The GPUs a policy's GPU order picks, with the topology bonus; `None` fails a hard tier.
+    let picked = |key: &dyn Fn(usize) -> f64| -> Option<(u64, f64)> {
+        if count == 0 {
+            return Some((0, 0.0));
+        }
+        let (mask, tier) = pick(gpus, fit, count, topo, key)?;
+        Some((mask, tier_bonus(need, tier)))
+    };
     match ctx.policy {
         Policy::Random => {
-            // The engine draws the node and the GPUs at random; the mask here is a fallback.
-            let mask = if count == 0 {
-                0
-            } else {
-                pick(gpus, fit, count, |_| 0.0)
-            };
-            choice(0.0, mask)
+            // The engine draws the node (and single GPUs) at random among the best tier.
+            let (mask, bonus) = picked(&|_| 0.0)?;
+            choice(bonus, mask)
         }
         Policy::CompactFirst | Policy::NodeCompactGpuLowLoad | Policy::LowLoadFirst => {
-            let mask = if count == 0 {
-                0
-            } else if ctx.policy == Policy::CompactFirst {
-                pick(gpus, fit, count, share)
+            let (mask, bonus) = if ctx.policy == Policy::CompactFirst {
+                picked(&share)?
             } else {
-                pick(gpus, fit, count, |i| -share(i))
+                picked(&|i| -share(i))?
             };
             apply(scratch, gpus, need, mask);
             let free_after = sum_share(scratch);
@@ -417,19 +490,15 @@ pub(crate) fn evaluate(
             } else {
                 -load
             };
-            choice(score, mask)
+            choice(score + bonus, mask)
         }
         Policy::BestFit => {
-            let mask = if count == 0 {
-                0
-            } else {
-                pick(gpus, fit, count, share)
-            };
+            let (mask, bonus) = picked(&share)?;
             apply(scratch, gpus, need, mask);
             let gpu_left = sum_share(scratch);
             let leftover = 0.5 * cpu_after as f64 / ctx.max_cpu.max(1) as f64
                 + 0.5 * gpu_left / ctx.max_gpu_share.max(1.0);
-            choice(-leftover, mask)
+            choice(bonus - leftover, mask)
         }
         Policy::Fgd => {
             let before = frag(ctx.profile, gpus, cpu_free);
@@ -450,14 +519,10 @@ pub(crate) fn evaluate(
                 let (s, i) = best.expect("fit has at least one GPU");
                 choice(s, 1 << i)
             } else {
-                let mask = if count == 0 {
-                    0
-                } else {
-                    pick(gpus, fit, count, |i| i as f64)
-                };
+                let (mask, bonus) = picked(&|i| i as f64)?;
                 apply(scratch, gpus, need, mask);
                 let s = q(frag(ctx.profile, scratch, cpu_after));
-                choice(s, mask)
+                choice(s + bonus, mask)
             }
         }
         Policy::FragLookahead => frag_lookahead(ctx, need, cpu_free, mem_free, gpus, fit, scratch),
@@ -551,12 +616,15 @@ fn frag_lookahead(
             }
         }
     } else {
-        let mask = if count == 0 {
-            0
+        let (mask, tier) = if count == 0 {
+            (0, TopologyTier::Node)
         } else {
-            pick(gpus, fit, count, |i| gpus[i].share())
+            pick(gpus, fit, count, need.topo, |i| gpus[i].share())?
         };
         consider(mask, scratch);
+        if let Some(b) = &mut best {
+            b.0 += tier_bonus(need, tier);
+        }
     }
     best.map(|(score, mask)| Choice { score, mask, fit })
 }

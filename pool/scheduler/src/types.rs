@@ -102,13 +102,52 @@ impl Amount {
     }
 }
 
-/// Where a GPU sits inside its node, for multi-GPU placement.
+/// Where a GPU sits inside its node, for multi-GPU placement. Build it from the HAL's
+/// `topology()` with [`crate::topology::gpu_topology`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub struct Topology {
     /// NUMA node the GPU hangs off.
     pub numa_node: u8,
-    /// GPUs sharing a link group (NVLink island, PCIe switch) talk fastest to each other.
-    pub link_group: u16,
+    /// NVLink (or HCCS) domain: GPUs of the node with the same id are linked directly to each
+    /// other. `None`: no such link.
+    pub nvlink_domain: Option<u16>,
+}
+
+/// How closely a set of GPUs of one node is connected, worst first (so that `Ord` ranks them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TopologyTier {
+    /// Somewhere on the node (across NUMA nodes).
+    Node,
+    /// All on one NUMA node.
+    Numa,
+    /// All in one NVLink domain.
+    NvLink,
+}
+
+impl fmt::Display for TopologyTier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TopologyTier::Node => "node",
+            TopologyTier::Numa => "numa",
+            TopologyTier::NvLink => "nvlink",
+        })
+    }
+}
+
+/// How a multi-GPU request treats the topology of the GPUs it gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TopologyMode {
+    /// Soft (the default): the best tier any node can offer wins (GPUs of one NVLink domain,
+    /// else of one NUMA node, else any); the policy's score ranks placements of equal tier.
+    #[default]
+    Prefer,
+    /// Hard: only placements whose GPUs share at least this tier (a filter); better tiers are
+    /// still preferred.
+    Require(TopologyTier),
+    /// Topology plays no part: the policy's GPU order alone.
+    Ignore,
 }
 
 /// One physical GPU of a node.
@@ -245,6 +284,9 @@ pub struct Request {
     pub pin: Option<Pin>,
     /// Whole GPUs for this request alone: each GPU must be unused and nothing shares it after.
     pub dedicated: bool,
+    /// How the GPUs of a multi-GPU request should be connected (ignored for one GPU).
+    #[serde(default)]
+    pub topology: TopologyMode,
 }
 
 impl Request {
@@ -266,6 +308,7 @@ impl Request {
             vendor: None,
             pin: None,
             dedicated: false,
+            topology: TopologyMode::Prefer,
         }
     }
 
@@ -327,6 +370,12 @@ impl Request {
     /// Whole, unshared GPUs.
     pub fn dedicated(mut self) -> Self {
         self.dedicated = true;
+        self
+    }
+
+    /// Topology mode for a multi-GPU request.
+    pub fn with_topology(mut self, mode: TopologyMode) -> Self {
+        self.topology = mode;
         self
     }
 }

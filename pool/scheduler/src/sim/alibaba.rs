@@ -22,7 +22,7 @@ use crate::engine::Scheduler;
 use crate::policy::Policy;
 use crate::profile::{ProfileEntry, WorkloadProfile};
 use crate::sim::trace::{TraceNode, TracePod};
-use crate::types::{Amount, GpuSpec, NodeSpec, PoolConfig, Request, Vendor};
+use crate::types::{Amount, GpuSpec, NodeSpec, PoolConfig, Qos, Request, TopologyMode, Vendor};
 
 /// Arrived-workload points the simulator reports, in % of cluster GPUs.
 pub const REPORT_POINTS: [u32; 7] = [80, 90, 95, 100, 110, 120, 130];
@@ -109,13 +109,121 @@ pub fn trace_profile(pods: &[TracePod]) -> WorkloadProfile {
     }
 }
 
+/// The pool the simulator builds.
+pub const POOL_NAME: &str = POOL;
+
 fn request(p: &TracePod) -> Request {
+    // Every pod at the lowest QoS: the protocol has no preemption.
+    request_as(p, Qos::Low)
+}
+
+/// A pod as a request with the given QoS. The trace says nothing about topology, so the pod
+/// ignores it (as the FGD simulator does).
+pub fn request_as(p: &TracePod, qos: Qos) -> Request {
     let mut r = Request::new(POOL, "default", p.num_gpu).with_host(p.cpu_milli, p.memory_mib << 20);
     if p.num_gpu > 0 {
         r = r.with_share(p.gpu_milli).with_models(&p.gpu_spec);
     }
-    // Every pod at the lowest QoS: the protocol has no preemption.
-    r.with_qos(crate::types::Qos::Low)
+    r.with_qos(qos).with_topology(TopologyMode::Ignore)
+}
+
+/// The trace's QoS class as the engine's (`BE` low, `Burstable` medium, `LS` high,
+/// `Guaranteed` critical; absent: low).
+pub fn trace_qos(p: &TracePod) -> Qos {
+    p.qos
+        .as_deref()
+        .and_then(|q| q.parse().ok())
+        .unwrap_or(Qos::Low)
+}
+
+/// The protocol's submission order for one seed: the GPU nodes shuffled, then all pods
+/// shuffled and clones appended until the next would pass 1.3 x the cluster's GPUs.
+pub fn protocol_order<'a>(
+    nodes: &'a [TraceNode],
+    pods: &'a [TracePod],
+    seed: u64,
+) -> (Vec<&'a TraceNode>, Vec<&'a TracePod>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut order: Vec<&TraceNode> = nodes.iter().filter(|n| n.gpus > 0).collect();
+    order.shuffle(&mut rng);
+    let total_gpus: u64 = order.iter().map(|n| n.gpus as u64).sum();
+    let mut workload: Vec<&TracePod> = pods.iter().collect();
+    workload.shuffle(&mut rng);
+    let cap = MAX_ARRIVED_PCT * total_gpus * 1000 / 100;
+    let mut total: u64 = workload.iter().map(|p| p.gpu_demand_milli()).sum();
+    loop {
+        let p = &pods[rng.random_range(0..pods.len())];
+        if total + p.gpu_demand_milli() > cap {
+            break;
+        }
+        total += p.gpu_demand_milli();
+        workload.push(p);
+    }
+    (order, workload)
+}
+
+/// A cluster replayed up to an arrived workload.
+pub struct Replay {
+    /// The scheduler, as the replay left it.
+    pub scheduler: Scheduler,
+    /// GPUs in the cluster.
+    pub total_gpus: u64,
+    /// Arrived GPU demand, milli-GPU.
+    pub arrived_milli: u64,
+    /// Allocated GPU demand, milli-GPU.
+    pub allocated_milli: u64,
+    /// Pods submitted.
+    pub submitted: usize,
+    /// Pods dropped.
+    pub dropped: usize,
+}
+
+/// Replays one seed by the protocol until the arrived workload reaches `arrived_pct` % of the
+/// cluster's GPUs. With `qos_from_trace`, pods keep the trace's QoS class (preemption stays
+/// off, so placements are those of the protocol).
+pub fn replay_to(
+    nodes: &[TraceNode],
+    pods: &[TracePod],
+    policy: Policy,
+    seed: u64,
+    arrived_pct: u32,
+    qos_from_trace: bool,
+) -> Replay {
+    let (order, workload) = protocol_order(nodes, pods, seed);
+    let total_gpus: u64 = order.iter().map(|n| n.gpus as u64).sum();
+    let mut sched = build_cluster(&order, policy, seed);
+    sched.set_preemption(false);
+    if policy.uses_profile() {
+        sched
+            .set_workload_profile(POOL, trace_profile(pods))
+            .expect("pool exists");
+    }
+    let stop = arrived_pct as u64 * total_gpus * 1000 / 100;
+    let (mut arrived, mut allocated, mut submitted, mut dropped) = (0u64, 0u64, 0usize, 0usize);
+    for p in workload {
+        if arrived >= stop {
+            break;
+        }
+        arrived += p.gpu_demand_milli();
+        submitted += 1;
+        let qos = if qos_from_trace {
+            trace_qos(p)
+        } else {
+            Qos::Low
+        };
+        match sched.reserve(&request_as(p, qos)) {
+            Ok(_) => allocated += p.gpu_demand_milli(),
+            Err(_) => dropped += 1,
+        }
+    }
+    Replay {
+        scheduler: sched,
+        total_gpus,
+        arrived_milli: arrived,
+        allocated_milli: allocated,
+        submitted,
+        dropped,
+    }
 }
 
 /// Builds the cluster (GPU nodes only, in the given order) in a fresh scheduler.
@@ -146,28 +254,13 @@ pub fn build_cluster(nodes: &[&TraceNode], policy: Policy, seed: u64) -> Schedul
 /// Replays one seed.
 pub fn run_seed(nodes: &[TraceNode], pods: &[TracePod], policy: Policy, seed: u64) -> SeedResult {
     let start = Instant::now();
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut order: Vec<&TraceNode> = nodes.iter().filter(|n| n.gpus > 0).collect();
-    order.shuffle(&mut rng);
+    let (order, workload) = protocol_order(nodes, pods, seed);
     let total_gpus: u64 = order.iter().map(|n| n.gpus as u64).sum();
     let mut sched = build_cluster(&order, policy, seed);
     if policy.uses_profile() {
         sched
             .set_workload_profile(POOL, trace_profile(pods))
             .expect("pool exists");
-    }
-
-    let mut workload: Vec<&TracePod> = pods.iter().collect();
-    workload.shuffle(&mut rng);
-    let cap = MAX_ARRIVED_PCT * total_gpus * 1000 / 100;
-    let mut total: u64 = workload.iter().map(|p| p.gpu_demand_milli()).sum();
-    loop {
-        let p = &pods[rng.random_range(0..pods.len())];
-        if total + p.gpu_demand_milli() > cap {
-            break;
-        }
-        total += p.gpu_demand_milli();
-        workload.push(p);
     }
 
     let denom = (total_gpus * 1000) as f64;
