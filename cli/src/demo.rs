@@ -6,6 +6,9 @@
 //!    it between them, and that device utilization means what NVML means;
 //! 4. run a CUDA program on a fraction of device 0 (`tensor-fusion run --vram 1GiB
 //!    --compute-percent 30`): it sees 1 GiB and gets 30 % of the device.
+//!
+//! Everything runs on a private simulated machine (its own segments, removed at the end), so
+//! the figures hold whatever else uses the simulated GPU meanwhile — another demo included.
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -70,11 +73,18 @@ pub fn run(args: DemoArgs) -> Result<()> {
         "--seconds must be between 0.2 and 600"
     );
     let json = args.json;
-    let backend: Arc<dyn Backend> =
-        Arc::new(tf_fake_gpu::FakeBackend::from_env().context("opening the simulated GPU")?);
+    let template =
+        tf_fake_gpu::FakeGpuConfig::from_env().context("reading the simulated GPU's profile")?;
+    let machine = Machine {
+        gpu: tf_fake_gpu::machine::PrivateMachine::new(&template)?,
+    };
+    let backend: Arc<dyn Backend> = Arc::new(
+        tf_fake_gpu::FakeBackend::with_config(machine.gpu.config().clone())
+            .context("opening the simulated GPU")?,
+    );
     say!(
         json,
-        "tensor-fusion demo, on the simulated GPU (tensor-fusion fake-gpu info tells where it lives)\n"
+        "tensor-fusion demo, on a private simulated machine of its own (removed when the demo ends)\n"
     );
 
     let devices = backend.devices()?;
@@ -105,7 +115,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         "\n3. two processes running back-to-back 1 ms kernels on device 0 for {:.1} s ...",
         args.seconds
     );
-    let contention = contention(&*backend, args.seconds)?;
+    let contention = contention(&*backend, &machine, args.seconds)?;
     for (i, s) in contention.process_share_pct.iter().enumerate() {
         say!(json, "   process {}: {:.1}% of the device", i + 1, s);
     }
@@ -119,7 +129,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         json,
         "\n4. a fraction of device 0: a CUDA program under `tensor-fusion run --vram 1GiB --compute-percent 30` ..."
     );
-    let fraction = fraction(args.seconds)?;
+    let fraction = fraction(&machine, args.seconds)?;
     say!(
         json,
         "   it sees {} of memory and gets {} before CUDA_ERROR_OUT_OF_MEMORY",
@@ -149,17 +159,35 @@ pub fn run(args: DemoArgs) -> Result<()> {
     Ok(())
 }
 
+/// The demo's private simulated machine.
+struct Machine {
+    gpu: tf_fake_gpu::machine::PrivateMachine,
+}
+
+impl Machine {
+    /// A `tensor-fusion` subcommand on the private machine.
+    fn tensor_fusion(&self) -> Result<Command> {
+        let exe = std::env::current_exe().context("locating the tensor-fusion binary")?;
+        let mut c = Command::new(exe);
+        let (var, profile) = self.gpu.env();
+        c.env(var, profile)
+            .env("TF_BACKEND", "fake")
+            .env("TF_VGPU_DIR", self.gpu.folder("regions")?);
+        Ok(c)
+    }
+}
+
 /// Run `tensor-fusion [run LIMITS --] tensor-fusion cuda-probe ARGS` and read its JSON line.
-fn probe(limits: &[&str], args: &[&str]) -> Result<serde_json::Value> {
+fn probe(machine: &Machine, limits: &[&str], args: &[&str]) -> Result<serde_json::Value> {
     let exe = std::env::current_exe().context("locating the tensor-fusion binary")?;
-    let out = Command::new(&exe)
+    let out = machine
+        .tensor_fusion()?
         .arg("run")
         .args(limits)
         .arg("--")
         .arg(&exe)
         .arg("cuda-probe")
         .args(args)
-        .env("TF_BACKEND", "fake")
         .output()
         .context("running a probe on a vGPU")?;
     ensure!(
@@ -171,14 +199,18 @@ fn probe(limits: &[&str], args: &[&str]) -> Result<serde_json::Value> {
     serde_json::from_slice(&out.stdout).context("reading the probe's output")
 }
 
-fn fraction(seconds: f64) -> Result<Fraction> {
+fn fraction(machine: &Machine, seconds: f64) -> Result<Fraction> {
     let quota = 1u64 << 30;
-    let v = probe(&["--vram", "1GiB"], &["vram", "64"])?;
+    let v = probe(machine, &["--vram", "1GiB"], &["vram", "64"])?;
     let window = format!("{}", seconds + 1.0);
-    let alone = probe(&[], &["busy", &window, "1"])?["kernels_per_s"]
+    let alone = probe(machine, &[], &["busy", &window, "1"])?["kernels_per_s"]
         .as_f64()
         .unwrap_or(0.0);
-    let limited = probe(&["--compute-percent", "30"], &["busy", &window, "1"])?["kernels_per_s"]
+    let limited = probe(
+        machine,
+        &["--compute-percent", "30"],
+        &["busy", &window, "1"],
+    )?["kernels_per_s"]
         .as_f64()
         .unwrap_or(0.0);
     Ok(Fraction {
@@ -244,9 +276,8 @@ fn vector_add(backend: &dyn Backend) -> Result<VectorAdd> {
     })
 }
 
-fn contention(backend: &dyn Backend, seconds: f64) -> Result<Contention> {
+fn contention(backend: &dyn Backend, machine: &Machine, seconds: f64) -> Result<Contention> {
     let dev = backend.device(0)?;
-    let exe = std::env::current_exe().context("locating the tensor-fusion binary")?;
     let now = tf_fake_gpu::sys::now_ns();
     let window_ns = (seconds * 1e9) as u64;
     let window_start = now + 500_000_000;
@@ -264,7 +295,8 @@ fn contention(backend: &dyn Backend, seconds: f64) -> Result<Contention> {
     let started = Instant::now();
     let children = (0..2)
         .map(|_| {
-            Command::new(&exe)
+            machine
+                .tensor_fusion()?
                 .args(["fake-gpu", "load", &spec_json])
                 .stdout(Stdio::piped())
                 .spawn()

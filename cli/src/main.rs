@@ -18,15 +18,15 @@ mod sim;
 
 use clap::{Parser, Subcommand};
 
-/// GPU virtualization and pooling: fractions of GPUs (TFLOPS and VRAM) for AI workloads, on a
-/// node or across the network, scheduled over a pool of GPU nodes.
+/// GPU virtualization and pooling: fractions of a GPU (a share of its time and of its VRAM) for
+/// AI workloads, and the scheduler that places them over a pool of GPU nodes.
 ///
-/// Backends: the simulated GPU (fake, the default), NVIDIA (cuda) and Ascend (ascend), chosen
-/// with --backend where a command takes it, else $TF_BACKEND, else the `backend` key of the
-/// config file ($TF_CONFIG or /etc/tensor-fusion/config.toml). Logs go to stderr, filtered by
-/// $TF_LOG (e.g. TF_LOG=debug).
+/// Backends: the simulated GPU (fake, the default) and NVIDIA (cuda), chosen with --backend
+/// where a command takes it, else $TF_BACKEND, else the `backend` key of the config file
+/// ($TF_CONFIG or /etc/tensor-fusion/config.toml); Ascend (ascend) is not built yet. Logs go to
+/// stderr, filtered by $TF_LOG (e.g. TF_LOG=debug).
 #[derive(Debug, Parser)]
-#[command(name = "tensor-fusion", version, about, long_about)]
+#[command(name = "tensor-fusion", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -71,6 +71,7 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let result = match cli.command {

@@ -172,7 +172,24 @@ fn fake_gpu_install_lays_out_the_driver_libraries() {
         let p = dest.join(name);
         let head = std::fs::read(&p).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(&head[..4], b"\x7fELF", "{name} is not a shared library");
+        // Links, not tens of MB of copies per install.
+        assert!(
+            std::fs::symlink_metadata(&p)
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "{name} is not a link"
+        );
     }
+    // --copy makes copies.
+    let copies = dir.path().join("copies");
+    let o = tf(
+        &["fake-gpu", "install", "--copy", copies.to_str().unwrap()],
+        &isolated(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = std::fs::symlink_metadata(copies.join("libcuda.so.1")).unwrap();
+    assert!(m.file_type().is_file());
     assert!(stderr(&o).contains("LD_LIBRARY_PATH="), "{}", stderr(&o));
     // The installed libraries serve the CUDA backend.
     let o = Command::new(BIN)
@@ -189,4 +206,169 @@ fn fake_gpu_install_lays_out_the_driver_libraries() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 2);
     assert_eq!(v[0]["backend"], "cuda");
+}
+
+/// Two demos started together each run on a private simulated machine: both print their
+/// figures within 3 points of their targets.
+#[test]
+fn two_demos_at_once_both_hold_their_figures() {
+    let profile = to_toml(&isolated_config("demos", 1));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gpu.toml");
+    std::fs::write(&path, profile).unwrap();
+    let demo = || {
+        Command::new(BIN)
+            .args(["demo", "--json", "--seconds", "1"])
+            .env("TF_FAKE_GPU_CONFIG", &path)
+            .env_remove("TF_BACKEND")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (demo(), demo());
+    for child in [a, b] {
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        for s in v["contention"]["process_share_pct"].as_array().unwrap() {
+            let s = s.as_f64().unwrap();
+            assert!((s - 50.0).abs() <= 3.0, "share {s} in {v}");
+        }
+        let pct = v["fraction"]["achieved_percent"].as_f64().unwrap();
+        assert!((pct - 30.0).abs() <= 3.0, "{v}");
+    }
+}
+
+/// What a new user met on a first run, each now a clear error before anything runs.
+#[test]
+fn first_run_rough_edges_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let touch = format!("touch {}", marker.display());
+    for (args, says) in [
+        (
+            vec!["run", "--vram", "4", "--", "sh", "-c", &touch],
+            "no unit",
+        ),
+        (
+            vec!["run", "--vram", "-1", "--", "sh", "-c", &touch],
+            "negative",
+        ),
+        (
+            vec!["run", "--device", "-1", "--", "sh", "-c", &touch],
+            "start at 0",
+        ),
+        (
+            vec!["run", "--compute-percent", "-1", "--", "sh", "-c", &touch],
+            "(0, 100]",
+        ),
+        (
+            vec![
+                "run",
+                "--report",
+                "/nonexistent/folder/report.json",
+                "--",
+                "sh",
+                "-c",
+                &touch,
+            ],
+            "/nonexistent/folder/report.json",
+        ),
+    ] {
+        let o = tf(&args, &isolated());
+        let e = stderr(&o);
+        assert!(!o.status.success(), "{args:?}: {e}");
+        assert!(e.contains(says), "{args:?}: {e}");
+        assert!(!e.contains("-- -1"), "no misleading tip: {e}");
+        assert!(!e.contains("error: error:"), "{e}");
+        assert!(!e.contains('\x1b'), "no ANSI colours off a terminal: {e:?}");
+        assert!(!marker.exists(), "{args:?}: the command ran");
+    }
+    // Profiles are validated.
+    let bad_uuid = "[[device]]\nmodel = \"x\"\nmemory = \"1GiB\"\nsms = 1\nfp16_tflops = 1\nuuid = \"not-a-uuid\"\n";
+    let o = tf(&["devices"], bad_uuid);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("not-a-uuid"), "{}", stderr(&o));
+    let missing = format!(
+        "shm_dir = \"{}\"\n[[device]]\nmodel = \"x\"\nmemory = \"1GiB\"\nsms = 1\nfp16_tflops = 1\n",
+        dir.path().join("no-such-folder").display()
+    );
+    let o = tf(&["devices"], &missing);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
+    assert!(
+        !dir.path().join("no-such-folder").exists(),
+        "not silently created"
+    );
+    // A simulated-GPU error carries no CUDA error code.
+    let o = tf(&["run", "--device", "9", "--", "true"], &isolated());
+    assert!(!o.status.success());
+    assert!(!stderr(&o).contains("CUDA_ERROR"), "{}", stderr(&o));
+    // -h says what the tool is, not only the crate's description.
+    let o = tf(&["-h"], &isolated());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("GPU virtualization") && out.contains("Commands:"),
+        "{out}"
+    );
+}
+
+/// The default simulated machine lives in a folder of the user's own, and `run` keeps one set
+/// of links to the driver libraries per user, not a copy per invocation.
+#[test]
+fn default_segments_are_per_user_and_run_leaves_no_copies_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = Command::new(BIN)
+        .args(["fake-gpu", "info"])
+        .env_remove("TF_FAKE_GPU_CONFIG")
+        .env_remove("TF_FAKE_GPU_SHM_DIR")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!("/dev/shm/tf-fake-gpu-{uid}")),
+        "{out}"
+    );
+    for _ in 0..2 {
+        let o = Command::new(BIN)
+            .args(["run", "--vram", "1GiB", "--", "true"])
+            .env("TMPDIR", tmp.path())
+            .env("TF_FAKE_GPU_CONFIG", {
+                let p = tmp.path().join("gpu.toml");
+                std::fs::write(&p, isolated()).unwrap();
+                p
+            })
+            .env("TF_VGPU_DIR", tmp.path().join("regions"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let mut left: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        vec![
+            "gpu.toml".to_string(),
+            "regions".into(),
+            format!("tensor-fusion-{uid}")
+        ]
+    );
+    let driver = tmp.path().join(format!("tensor-fusion-{uid}/fake-driver"));
+    for e in std::fs::read_dir(&driver).unwrap().flatten() {
+        assert!(e.file_type().unwrap().is_symlink(), "{:?}", e.path());
+    }
+    assert_eq!(
+        std::fs::read_dir(tmp.path().join("regions"))
+            .unwrap()
+            .count(),
+        0
+    );
 }

@@ -37,9 +37,9 @@ fn ptx() -> PathBuf {
 fn probes() -> &'static (PathBuf, PathBuf) {
     static P: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     P.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap().keep();
+        let dir = tf_test_support::scratch_dir("limiter-probes");
         let lib = tf_test_support::cdylib("libcuda.so").expect("the simulated libcuda is built");
-        std::fs::copy(&lib, dir.join("libcuda.so")).unwrap();
+        std::os::unix::fs::symlink(&lib, dir.join("libcuda.so")).unwrap();
         let inc = tf_test_support::cuda_include_dir().expect("NVIDIA headers");
         let src =
             tf_test_support::workspace_root().join("vgpu/interposer-cuda/tests/c/vgpu_probe.c");

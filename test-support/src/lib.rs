@@ -8,7 +8,15 @@
 //!   `pip --target`, returned as a `PYTHONPATH` entry;
 //! - [`cuda_include_dir`]: NVIDIA's `cuda.h` and `nvml.h` from the PyPI wheels
 //!   `nvidia-cuda-runtime-cu12` and `nvidia-nvml-dev-cu12` (never committed);
-//! - [`cdylib`]: the path of a cdylib built by cargo in this workspace.
+//! - [`cdylib`]: the path of a cdylib built by cargo in this workspace;
+//! - [`scratch_dir`]: a folder under `target/` that a test rebuilds on every run (instead of a
+//!   temporary folder that outlives the run).
+//!
+//! What is fetched, once (about 115 MB, from PyPI; the README lists it): the wheels
+//! `nvidia-cuda-runtime-cu12` and `nvidia-nvml-dev-cu12` (headers only are unpacked), and the
+//! clients `cuda-bindings` (about 107 MB installed) and `nvidia-ml-py`. A fetch that fails is a
+//! [`FetchError`] whose message says what was fetched, from where, what pip said and how to fix
+//! it (network access to PyPI, or `PIP_INDEX_URL` for a mirror).
 #![cfg_attr(test, allow(unused_crate_dependencies))] // unit tests see the dev-dependencies too
 
 use std::fs::File;
@@ -61,18 +69,55 @@ impl Drop for Lock {
     }
 }
 
-fn run(cmd: &mut Command) -> Result<(), String> {
-    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{cmd:?} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
+/// A fetch that failed, readable as it is printed (also by `.expect()`, which prints `Debug`).
+pub struct FetchError(String);
+
+impl std::fmt::Display for FetchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
+}
+
+impl std::fmt::Debug for FetchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "\n{}", self.0)
+    }
+}
+
+impl std::error::Error for FetchError {}
+
+impl From<std::io::Error> for FetchError {
+    fn from(e: std::io::Error) -> Self {
+        FetchError(e.to_string())
+    }
+}
+
+/// Run `cmd` (a fetch of `what`); a failure says what, the command line as one would type it,
+/// the end of what it printed, and the fix.
+fn fetch(what: &str, cmd: &mut Command) -> Result<(), FetchError> {
+    let line = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let fix = "The tests fetch this from PyPI once (into target/tf-test-deps/): give this machine \
+               access to https://pypi.org, or set PIP_INDEX_URL to a mirror, then run the tests \
+               again.";
+    let out = cmd.output().map_err(|e| {
+        FetchError(format!(
+            "cannot fetch {what}: `{line}` did not start: {e}. {fix}"
+        ))
+    })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let said = String::from_utf8_lossy(&out.stderr);
+    let tail: Vec<&str> = said.lines().rev().take(6).collect();
+    Err(FetchError(format!(
+        "cannot fetch {what}: `{line}` failed ({}):\n  {}\n{fix}",
+        out.status,
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n  ")
+    )))
 }
 
 fn key(specs: &[&str]) -> String {
@@ -95,7 +140,7 @@ fn key(specs: &[&str]) -> String {
 
 /// Install PyPI packages (pip requirement specs) into a private directory; returns it, for
 /// `PYTHONPATH`.
-pub fn python_packages(specs: &[&str]) -> Result<PathBuf, String> {
+pub fn python_packages(specs: &[&str]) -> Result<PathBuf, FetchError> {
     let root = deps_dir();
     let _lock = Lock::take(&root.join("python.lock"));
     let dir = root.join("py").join(key(specs));
@@ -103,19 +148,23 @@ pub fn python_packages(specs: &[&str]) -> Result<PathBuf, String> {
     if done.exists() {
         return Ok(dir);
     }
-    run(Command::new(python())
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-warn-script-location",
-            "--target",
-        ])
-        .arg(&dir)
-        .args(specs))?;
-    std::fs::write(&done, specs.join("\n")).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir_all(&dir); // a half-finished earlier attempt
+    fetch(
+        &specs.join(" "),
+        Command::new(python())
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-warn-script-location",
+                "--target",
+            ])
+            .arg(&dir)
+            .args(specs),
+    )?;
+    std::fs::write(&done, specs.join("\n"))?;
     Ok(dir)
 }
 
@@ -125,7 +174,7 @@ pub fn python() -> String {
 }
 
 /// A directory holding NVIDIA's `cuda.h`, `cudaTypedefs.h` and `nvml.h`, fetched from PyPI.
-pub fn cuda_include_dir() -> Result<PathBuf, String> {
+pub fn cuda_include_dir() -> Result<PathBuf, FetchError> {
     let root = deps_dir();
     let _lock = Lock::take(&root.join("headers.lock"));
     let inc = root.join("cuda-include");
@@ -133,22 +182,25 @@ pub fn cuda_include_dir() -> Result<PathBuf, String> {
         return Ok(inc);
     }
     let wheels = root.join("wheels");
-    run(Command::new(python())
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--platform",
-            "manylinux2014_x86_64",
-            "-d",
-        ])
-        .arg(&wheels)
-        .args([CUDA_RUNTIME_WHEEL, NVML_DEV_WHEEL]))?;
-    std::fs::create_dir_all(&inc).map_err(|e| e.to_string())?;
+    fetch(
+        "NVIDIA's cuda.h and nvml.h (PyPI wheels)",
+        Command::new(python())
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--platform",
+                "manylinux2014_x86_64",
+                "-d",
+            ])
+            .arg(&wheels)
+            .args([CUDA_RUNTIME_WHEEL, NVML_DEV_WHEEL]),
+    )?;
+    std::fs::create_dir_all(&inc)?;
     // Unpack only the include directories, with Python's zipfile (no unzip needed).
     let script = r#"
 import glob, os, sys, zipfile
@@ -160,17 +212,31 @@ for w in glob.glob(os.path.join(wheels, "*.whl")):
                 with open(os.path.join(out, os.path.basename(n)), "wb") as f:
                     f.write(z.read(n))
 "#;
-    run(Command::new(python())
-        .args(["-c", script])
-        .arg(&wheels)
-        .arg(&inc))?;
+    fetch(
+        "the headers out of the wheels",
+        Command::new(python())
+            .args(["-c", script])
+            .arg(&wheels)
+            .arg(&inc),
+    )?;
     if !inc.join("cuda.h").exists() || !inc.join("nvml.h").exists() {
-        return Err(format!(
-            "cuda.h or nvml.h missing after unpacking wheels into {}",
+        return Err(FetchError(format!(
+            "cuda.h or nvml.h missing after unpacking the wheels in {} into {}",
+            wheels.display(),
             inc.display()
-        ));
+        )));
     }
     Ok(inc)
+}
+
+/// A folder for files a test makes on every run (programs it compiles, say):
+/// `target/tf-test-work/<name>`, emptied first. Unlike a temporary folder kept for the life of
+/// a test binary, it is reused by the next run rather than left behind.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let d = target_dir().join("tf-test-work").join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("create a scratch folder under target/");
+    d
 }
 
 /// The path of a cdylib this workspace built (e.g. `cdylib("libcuda.so")`), looking in the
@@ -198,6 +264,40 @@ pub fn cdylib(file: &str) -> Result<PathBuf, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_unreachable_index_is_a_readable_error_that_names_the_fix() {
+        let dir = std::env::temp_dir().join(format!("tf-fetch-test-{}", std::process::id()));
+        let e = super::fetch(
+            "a package",
+            std::process::Command::new(super::python()).args([
+                "-m",
+                "pip",
+                "download",
+                "--disable-pip-version-check",
+                "--retries",
+                "0",
+                "--timeout",
+                "1",
+                "--no-deps",
+                "--index-url",
+                "http://127.0.0.1:9/simple",
+                "-d",
+                dir.to_str().unwrap(),
+                "tf-no-such-package==1.0",
+            ]),
+        )
+        .unwrap_err();
+        let _ = std::fs::remove_dir_all(&dir);
+        let msg = format!("{e:?}");
+        assert!(msg.contains("cannot fetch a package"), "{msg}");
+        assert!(
+            msg.contains("pip download"),
+            "the command as one types it: {msg}"
+        );
+        assert!(!msg.contains("\""), "no escaped quoting: {msg}");
+        assert!(msg.contains("PIP_INDEX_URL"), "names the fix: {msg}");
+    }
+
     #[test]
     fn nvidia_headers_are_fetched_and_cached() {
         let inc = super::cuda_include_dir().unwrap();

@@ -9,6 +9,8 @@
 //! - [`device`], [`exec`]: device memory backed by host memory, PTX modules whose known entries
 //!   compute real results on the CPU ([`kernels`]), streams with worker threads, events.
 //! - [`backend`]: the `tf-hal` backend over the engine.
+//! - [`machine`]: a private simulated machine (its own segments, removed when dropped), and
+//!   [`testing`]: isolated machines for tests.
 //!
 //! The drop-in driver libraries (`libcuda.so.1`, `libnvidia-ml.so.1`) are built on this engine.
 #![cfg_attr(test, allow(unused_crate_dependencies))] // unit tests see the dev-dependencies too
@@ -19,6 +21,7 @@ pub mod exec;
 pub mod install;
 pub mod kernels;
 pub mod load;
+pub mod machine;
 pub mod profile;
 pub mod ptx;
 pub mod shm;
@@ -44,6 +47,7 @@ pub struct FakeGpu {
 impl FakeGpu {
     /// Open every device of `config` (creating shared segments as needed).
     pub fn new(config: FakeGpuConfig) -> Result<Arc<FakeGpu>> {
+        config.prepare_shm_dir()?;
         let devices = config
             .devices
             .iter()

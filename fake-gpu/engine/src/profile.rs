@@ -1,16 +1,19 @@
 //! Device profiles of the simulated GPU, from a TOML file (`TF_FAKE_GPU_CONFIG`) or the default.
 //!
 //! ```toml
-//! # Where the shared-memory segments live (default /dev/shm, or $TF_FAKE_GPU_SHM_DIR).
-//! shm_dir = "/dev/shm"
+//! # Where the shared-memory segments live; it must exist. Default: $TF_FAKE_GPU_SHM_DIR, else a
+//! # folder of this user's own, /dev/shm/tf-fake-gpu-<uid> (created, mode 0700), so that users
+//! # never share, or lock each other out of, a simulated machine by accident.
+//! shm_dir = "/dev/shm/my-machine"
 //!
 //! [[device]]
 //! model = "NVIDIA H100 80GB HBM3"
 //! memory = "81559MiB"
 //! sms = 132
 //! fp16_tflops = 989.4
-//! # optional: uuid, vendor, pci_bus_id, numa_node, compute_capability,
-//! #           memory_bandwidth_gbps, launch_overhead_ns, wave_ns, nvlink
+//! # optional: uuid (GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx; default: derived from the
+//! #           profile, so different profiles never collide), vendor, pci_bus_id, numa_node,
+//! #           compute_capability, memory_bandwidth_gbps, launch_overhead_ns, wave_ns, nvlink
 //! ```
 //!
 //! The default is two devices modeled on the NVIDIA H100 SXM5 80GB. Sources: NVIDIA H100 Tensor
@@ -22,7 +25,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use tf_hal::{Error, ErrorKind, Result, Vendor, units::parse_bytes};
+use tf_hal::{DeviceUuid, Error, ErrorKind, Result, Vendor, units::parse_bytes};
 
 /// Environment variable naming the profile file.
 pub const CONFIG_ENV: &str = "TF_FAKE_GPU_CONFIG";
@@ -55,7 +58,11 @@ pub struct DeviceProfile {
 #[derive(Debug, Clone, PartialEq)]
 pub struct FakeGpuConfig {
     pub devices: Vec<DeviceProfile>,
+    /// Where the devices' shared-memory segments live.
     pub shm_dir: PathBuf,
+    /// Whether `shm_dir` is the per-user default (created when missing); a folder named by the
+    /// profile or `$TF_FAKE_GPU_SHM_DIR` must exist.
+    pub shm_dir_is_default: bool,
     /// Where the profile came from (for messages), `None` for the built-in default.
     pub source: Option<PathBuf>,
 }
@@ -93,7 +100,7 @@ impl DeviceProfile {
     pub fn h100_sxm(index: u32) -> Self {
         DeviceProfile {
             model: H100_MODEL.to_string(),
-            uuid: default_uuid(index),
+            uuid: default_uuid(H100_MODEL, 81559 << 20, 132, index),
             vendor: Vendor::Nvidia,
             memory_bytes: 81559 << 20,
             sms: 132,
@@ -109,11 +116,26 @@ impl DeviceProfile {
     }
 }
 
-fn default_uuid(index: u32) -> String {
-    format!(
-        "GPU-7f0c4e11-5a1e-4d2b-9c3a-{:012x}",
-        0xfa4e_0000_0000u64 + index as u64
-    )
+/// A device's UUID derived from what makes its profile (model, memory, SMs) and its index, so
+/// that two different profiles never name their devices alike, and one profile always does.
+fn default_uuid(model: &str, memory_bytes: u64, sms: u32, index: u32) -> String {
+    // FNV-1a over the fields, twice with different seeds for 128 bits.
+    let hash = |seed: u64| {
+        let mut h = seed;
+        for b in model
+            .bytes()
+            .chain(memory_bytes.to_le_bytes())
+            .chain(sms.to_le_bytes())
+            .chain(index.to_le_bytes())
+        {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        h
+    };
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&hash(0xcbf2_9ce4_8422_2325).to_be_bytes());
+    bytes[8..].copy_from_slice(&hash(0x8422_2325_cbf2_9ce4).to_be_bytes());
+    DeviceUuid::from_bytes(bytes).to_string()
 }
 
 fn default_pci_bus_id(index: u32) -> String {
@@ -130,9 +152,11 @@ fn config_error(origin: &Path, msg: impl std::fmt::Display) -> Error {
 impl FakeGpuConfig {
     /// The built-in default: two H100 SXM5 80GB.
     pub fn default_h100x2() -> Self {
+        let (shm_dir, shm_dir_is_default) = default_shm_dir();
         FakeGpuConfig {
             devices: vec![DeviceProfile::h100_sxm(0), DeviceProfile::h100_sxm(1)],
-            shm_dir: default_shm_dir(),
+            shm_dir,
+            shm_dir_is_default,
             source: None,
         }
     }
@@ -201,9 +225,15 @@ impl FakeGpuConfig {
                 return Err(at("memory_bandwidth_gbps must be positive".into()));
             }
             let index = i as u32;
+            let uuid = match &d.uuid {
+                Some(u) => DeviceUuid::parse(u)
+                    .map_err(|e| at(format!("uuid: {}", e.message)))?
+                    .to_string(),
+                None => default_uuid(&d.model, memory_bytes, d.sms, index),
+            };
             devices.push(DeviceProfile {
                 model: d.model,
-                uuid: d.uuid.unwrap_or_else(|| default_uuid(index)),
+                uuid,
                 vendor,
                 memory_bytes,
                 sms: d.sms,
@@ -223,18 +253,65 @@ impl FakeGpuConfig {
                 return Err(config_error(origin, format!("duplicate uuid {}", d.uuid)));
             }
         }
+        let (shm_dir, shm_dir_is_default) = match file.shm_dir {
+            Some(d) => (d, false),
+            None => default_shm_dir(),
+        };
         Ok(FakeGpuConfig {
             devices,
-            shm_dir: file.shm_dir.unwrap_or_else(default_shm_dir),
+            shm_dir,
+            shm_dir_is_default,
             source: Some(origin.to_path_buf()),
         })
     }
+
+    /// Make sure the segment folder is there: the per-user default is created (mode 0700); a
+    /// folder the profile or `$TF_FAKE_GPU_SHM_DIR` names must exist already.
+    pub fn prepare_shm_dir(&self) -> Result<()> {
+        let origin = || match &self.source {
+            Some(p) => format!("the profile {}", p.display()),
+            None => format!("${SHM_DIR_ENV}"),
+        };
+        if self.shm_dir_is_default {
+            use std::os::unix::fs::DirBuilderExt;
+            return std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.shm_dir)
+                .map_err(|e| {
+                    Error::new(
+                        ErrorKind::NotInitialized,
+                        format!(
+                            "cannot create the simulated GPU's folder {}: {e} (set {SHM_DIR_ENV} to a folder of yours)",
+                            self.shm_dir.display()
+                        ),
+                    )
+                });
+        }
+        if !self.shm_dir.is_dir() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "the simulated GPU's shm_dir {} (from {}) does not exist: create it, or name an existing folder",
+                    self.shm_dir.display(),
+                    origin()
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
-fn default_shm_dir() -> PathBuf {
+/// `$TF_FAKE_GPU_SHM_DIR`, else this user's own folder under `/dev/shm`; and whether it is the
+/// latter.
+fn default_shm_dir() -> (PathBuf, bool) {
     match std::env::var_os(SHM_DIR_ENV) {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => PathBuf::from("/dev/shm"),
+        Some(p) if !p.is_empty() => (PathBuf::from(p), false),
+        _ => {
+            // SAFETY: getuid has no preconditions and cannot fail.
+            let uid = unsafe { libc::getuid() };
+            (PathBuf::from(format!("/dev/shm/tf-fake-gpu-{uid}")), true)
+        }
     }
 }
 
@@ -249,6 +326,45 @@ mod tests {
         assert_eq!(c.devices[0].sms, 132);
         assert_eq!(c.devices[0].memory_bytes, 81559 * 1024 * 1024);
         assert_ne!(c.devices[0].uuid, c.devices[1].uuid);
+        // Derived from the profile: stable, valid, and different for a different profile.
+        assert_eq!(
+            c.devices[0].uuid,
+            FakeGpuConfig::default_h100x2().devices[0].uuid
+        );
+        assert!(DeviceUuid::parse(&c.devices[0].uuid).is_ok());
+        let l4 =
+            "[[device]]\nmodel = \"NVIDIA L4\"\nmemory = \"24GiB\"\nsms = 58\nfp16_tflops = 121\n";
+        let other = FakeGpuConfig::parse(l4, Path::new("p.toml")).unwrap();
+        assert_ne!(other.devices[0].uuid, c.devices[0].uuid);
+    }
+
+    #[test]
+    fn uuids_and_folders_are_validated() {
+        let bad =
+            "[[device]]\nmodel=\"x\"\nmemory=\"1GiB\"\nsms=1\nfp16_tflops=1\nuuid=\"not-a-uuid\"\n";
+        let e = FakeGpuConfig::parse(bad, Path::new("p.toml")).unwrap_err();
+        assert!(
+            e.message.contains("not-a-uuid") && e.message.contains("GPU-xxxxxxxx"),
+            "{e}"
+        );
+        let spelled = "[[device]]\nmodel=\"x\"\nmemory=\"1GiB\"\nsms=1\nfp16_tflops=1\nuuid=\"GPU-0035D580-93C6-DD7D-14D6-DF43090ACB4F\"\n";
+        let c = FakeGpuConfig::parse(spelled, Path::new("p.toml")).unwrap();
+        assert_eq!(
+            c.devices[0].uuid,
+            "GPU-0035d580-93c6-dd7d-14d6-df43090acb4f"
+        );
+        let missing = format!("shm_dir = \"/no/such/folder\"\n{spelled}");
+        let c = FakeGpuConfig::parse(&missing, Path::new("p.toml")).unwrap();
+        let e = c.prepare_shm_dir().unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Config);
+        assert!(
+            e.message.contains("/no/such/folder") && e.message.contains("does not exist"),
+            "{e}"
+        );
+        assert!(
+            !Path::new("/no/such/folder").exists(),
+            "not silently created"
+        );
     }
 
     #[test]

@@ -1,31 +1,44 @@
 //! Isolated simulated machines for tests and tools: each gets device UUIDs of its own and a
-//! private shared-memory directory, so concurrent tests never see each other's processes.
+//! private shared-memory folder, so concurrent tests never see each other's processes, and the
+//! folders of finished processes are removed.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, SystemTime};
 
 use crate::profile::{DeviceProfile, FakeGpuConfig};
 
-/// Directory for the segments of isolated machines. Segment files older than a day are removed
-/// when a new machine is made, so crashed test runs do not accumulate.
+/// A fresh, private segment folder for one isolated machine:
+/// `$TMPDIR/tf-fake-gpu-isolated/<pid>-<start time>-<n>`. Folders of processes that are gone
+/// are removed when a new one is made, so finished and crashed runs leave nothing behind.
 pub fn isolated_shm_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join("tf-fake-gpu-isolated");
-    let _ = std::fs::create_dir_all(&dir);
-    if let Ok(entries) = std::fs::read_dir(&dir) {
-        let day = Duration::from_secs(24 * 3600);
+    static N: AtomicU32 = AtomicU32::new(0);
+    let root = std::env::temp_dir().join("tf-fake-gpu-isolated");
+    let _ = std::fs::create_dir_all(&root);
+    if let Ok(entries) = std::fs::read_dir(&root) {
         for e in entries.flatten() {
-            let old = e
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| SystemTime::now().duration_since(t).ok())
-                .is_some_and(|age| age > day);
-            if old {
-                let _ = std::fs::remove_file(e.path());
+            let name = e.file_name().to_string_lossy().into_owned();
+            let mut parts = name.split('-');
+            let owner = parts.next().and_then(|p| p.parse::<u32>().ok());
+            let start = parts.next().and_then(|s| s.parse::<u64>().ok());
+            let gone = match (owner, start) {
+                (Some(pid), Some(start)) => crate::sys::process_start_time(pid) != Some(start),
+                _ => true, // not ours (older layouts): nobody can be using it by name
+            };
+            if gone {
+                let path = e.path();
+                let _ = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
             }
         }
     }
+    let pid = std::process::id();
+    let start = crate::sys::process_start_time(pid).unwrap_or(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let dir = root.join(format!("{pid}-{start}-{n}"));
+    let _ = std::fs::create_dir_all(&dir);
     dir
 }
 
@@ -57,6 +70,7 @@ pub fn isolated_config(tag: &str, devices: u32) -> FakeGpuConfig {
     FakeGpuConfig {
         devices,
         shm_dir: isolated_shm_dir(),
+        shm_dir_is_default: false,
         source: None,
     }
 }

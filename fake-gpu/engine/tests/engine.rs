@@ -183,3 +183,31 @@ fn snapshot_and_restore_bring_back_memory_at_the_same_addresses() {
     c.copy_dtoh(&mut qb, q).unwrap();
     assert!(qb.iter().all(|&x| x == 0x5a));
 }
+
+/// The device segment and the vGPU region share one process table (`tf_os::proctable`): threads
+/// of one process registering at once with a device all end up with one slot, as they do with a
+/// region (`vgpu/limiter/tests/region_concurrency.rs`).
+#[test]
+fn threads_registering_with_a_device_at_once_share_one_slot() {
+    let config = isolated_config("race", 1);
+    let dir = config.shm_dir.clone();
+    let uuid = config.devices[0].uuid.clone();
+    let memory = config.devices[0].memory_bytes;
+    for round in 0..50 {
+        // A fresh segment each round (the previous one is unmapped when its last user drops).
+        let seg = tf_fake_gpu::shm::DeviceSegment::open(&dir, &format!("{uuid}-{round}"), memory)
+            .unwrap();
+        let me = std::process::id();
+        let slots: Vec<usize> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| seg.register(me).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(
+            slots.iter().all(|&x| x == slots[0]),
+            "round {round}: {slots:?}"
+        );
+        assert_eq!(seg.processes().len(), 1, "round {round}");
+    }
+}

@@ -27,29 +27,11 @@ pub fn device_name(name: *mut c_char, len: i32, dev: i32) -> CuResult {
     write_str_truncated(name, len, &device(dev)?.profile().model)
 }
 
-/// The 16 bytes of a device UUID ("GPU-xxxxxxxx-xxxx-...").
+/// The 16 bytes of a device UUID (profiles are validated, so every UUID parses).
 pub fn uuid_bytes(uuid: &str) -> [u8; 16] {
-    let hex: Vec<u8> = uuid
-        .trim_start_matches("GPU-")
-        .chars()
-        .filter_map(|c| c.to_digit(16).map(|d| d as u8))
-        .collect();
-    let mut b = [0u8; 16];
-    if hex.len() >= 32 {
-        for (i, byte) in b.iter_mut().enumerate() {
-            *byte = hex[2 * i] << 4 | hex[2 * i + 1];
-        }
-    } else {
-        // Not hex: derive stable bytes from the text.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for (i, byte) in b.iter_mut().enumerate() {
-            for c in uuid.bytes().chain([i as u8]) {
-                h = (h ^ c as u64).wrapping_mul(0x0100_0000_01b3);
-            }
-            *byte = (h >> 24) as u8;
-        }
-    }
-    b
+    tf_hal::DeviceUuid::parse(uuid)
+        .map(|u| u.bytes())
+        .unwrap_or_default()
 }
 
 pub fn device_uuid(uuid: *mut core::ffi::c_void, dev: i32) -> CuResult {

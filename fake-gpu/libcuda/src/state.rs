@@ -233,14 +233,14 @@ pub fn visible_devices(
     for item in spec.split(',').map(str::trim) {
         let found = if let Ok(i) = item.parse::<usize>() {
             all.get(i)
-        } else if item.starts_with("GPU-") {
+        } else if item
+            .get(..4)
+            .is_some_and(|p| p.eq_ignore_ascii_case("GPU-") || p.eq_ignore_ascii_case("MIG-"))
+        {
             let matches: Vec<_> = all
                 .iter()
                 .filter(|d| {
-                    d.profile()
-                        .uuid
-                        .to_ascii_lowercase()
-                        .starts_with(&item.to_ascii_lowercase())
+                    tf_hal::DeviceUuid::parse(&d.profile().uuid).is_ok_and(|u| u.has_prefix(item))
                 })
                 .collect();
             if matches.len() == 1 {
