@@ -10,81 +10,79 @@ use std::ffi::{CStr, c_char, c_void};
 // either jumping to our hook (`cu…`, `nv…` looked up in a handle) or tail-jumping to the real
 // dlsym with the stack untouched. `RTLD_NEXT` lookups always go to the real dlsym: their meaning
 // depends on the caller, which only the real dlsym can see. If the real dlsym is not known yet
-// (a constructor that ran before ours), a slow path finds it first.
-#[cfg(target_arch = "x86_64")]
-#[unsafe(naked)]
-#[unsafe(no_mangle)]
-/// # Safety
-/// Called by the dynamic loader's users with the arguments of `dlsym(3)`.
-pub unsafe extern "C" fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void {
-    core::arch::naked_asm!(
-        "cmp rdi, -1", // RTLD_NEXT
-        "je 2f",
-        "test rsi, rsi",
-        "jz 2f",
-        "movzx eax, byte ptr [rsi]",
-        "cmp al, 0x63", // 'c'
-        "jne 3f",
-        "cmp byte ptr [rsi + 1], 0x75", // 'u'
-        "je 1f",
-        "jmp 2f",
-        "3:",
-        "cmp al, 0x6e", // 'n'
-        "jne 2f",
-        "cmp byte ptr [rsi + 1], 0x76", // 'v'
-        "jne 2f",
-        "1:",
-        "jmp {hook}",
-        "2:",
-        "mov rax, qword ptr [rip + {real}]",
-        "test rax, rax",
-        "jz 4f",
-        "jmp rax",
-        "4:",
-        "jmp {slow}",
-        hook = sym dlsym_hook,
-        real = sym crate::real::TF_REAL_DLSYM,
-        slow = sym dlsym_slow,
-    )
+// (a constructor that ran before ours), a slow path finds it first. One body per architecture.
+macro_rules! exported_dlsym {
+    ($arch:literal: $($asm:literal),* $(,)?) => {
+        #[cfg(target_arch = $arch)]
+        #[unsafe(naked)]
+        #[unsafe(no_mangle)]
+        /// # Safety
+        /// Called by the dynamic loader's users with the arguments of `dlsym(3)`.
+        pub unsafe extern "C" fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void {
+            core::arch::naked_asm!(
+                $($asm),*,
+                hook = sym dlsym_hook,
+                real = sym crate::real::TF_REAL_DLSYM,
+                slow = sym dlsym_slow,
+            )
+        }
+    };
 }
 
-#[cfg(target_arch = "aarch64")]
-#[unsafe(naked)]
-#[unsafe(no_mangle)]
-/// # Safety
-/// Called by the dynamic loader's users with the arguments of `dlsym(3)`.
-pub unsafe extern "C" fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void {
-    core::arch::naked_asm!(
-        "cmn x0, #1", // RTLD_NEXT
-        "b.eq 2f",
-        "cbz x1, 2f",
-        "ldrb w9, [x1]",
-        "cmp w9, #0x63",
-        "b.ne 3f",
-        "ldrb w9, [x1, #1]",
-        "cmp w9, #0x75",
-        "b.eq 1f",
-        "b 2f",
-        "3:",
-        "cmp w9, #0x6e",
-        "b.ne 2f",
-        "ldrb w9, [x1, #1]",
-        "cmp w9, #0x76",
-        "b.ne 2f",
-        "1:",
-        "b {hook}",
-        "2:",
-        "adrp x16, {real}",
-        "ldr x16, [x16, :lo12:{real}]",
-        "cbz x16, 4f",
-        "br x16",
-        "4:",
-        "b {slow}",
-        hook = sym dlsym_hook,
-        real = sym crate::real::TF_REAL_DLSYM,
-        slow = sym dlsym_slow,
-    )
-}
+exported_dlsym!("x86_64":
+    "cmp rdi, -1", // RTLD_NEXT
+    "je 2f",
+    "test rsi, rsi",
+    "jz 2f",
+    "movzx eax, byte ptr [rsi]",
+    "cmp al, 0x63", // 'c'
+    "jne 3f",
+    "cmp byte ptr [rsi + 1], 0x75", // 'u'
+    "je 1f",
+    "jmp 2f",
+    "3:",
+    "cmp al, 0x6e", // 'n'
+    "jne 2f",
+    "cmp byte ptr [rsi + 1], 0x76", // 'v'
+    "jne 2f",
+    "1:",
+    "jmp {hook}",
+    "2:",
+    "mov rax, qword ptr [rip + {real}]",
+    "test rax, rax",
+    "jz 4f",
+    "jmp rax",
+    "4:",
+    "jmp {slow}",
+);
+
+exported_dlsym!("aarch64":
+    "cmn x0, #1", // RTLD_NEXT
+    "b.eq 2f",
+    "cbz x1, 2f",
+    "ldrb w9, [x1]",
+    "cmp w9, #0x63",
+    "b.ne 3f",
+    "ldrb w9, [x1, #1]",
+    "cmp w9, #0x75",
+    "b.eq 1f",
+    "b 2f",
+    "3:",
+    "cmp w9, #0x6e",
+    "b.ne 2f",
+    "ldrb w9, [x1, #1]",
+    "cmp w9, #0x76",
+    "b.ne 2f",
+    "1:",
+    "b {hook}",
+    "2:",
+    "adrp x16, {real}",
+    "ldr x16, [x16, :lo12:{real}]",
+    "cbz x16, 4f",
+    "br x16",
+    "4:",
+    "b {slow}",
+);
 
 /// Our `dlsym` before the constructor found the real one: find it and forward (the caller is
 /// then seen as this library, which only matters for `RTLD_NEXT` this early).

@@ -22,16 +22,6 @@ pub const INITIAL_LAUNCH_NS: f64 = 200_000.0;
 /// How far back measured share is averaged.
 pub const SHARE_WINDOW_NS: u64 = 1_000_000_000;
 
-#[derive(Debug, Clone, Copy)]
-struct Sample {
-    at: u64,
-    busy: u64,
-    launches: u64,
-    throttled: u64,
-    sampled_ns: u64,
-    samples: u64,
-}
-
 /// Where the device time of the vGPU's launches comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Estimator {
@@ -127,7 +117,8 @@ pub struct Pacing {
 #[derive(Debug, Clone)]
 pub struct ControlLaw {
     target: f64,
-    history: VecDeque<Sample>,
+    /// Observations over the last share window (with the estimator's busy time).
+    history: VecDeque<Observation>,
     est_launch_ns: f64,
     correction: f64,
     /// When the pacing last changed a lot (the share window must not straddle it to be
@@ -177,29 +168,22 @@ impl ControlLaw {
             Estimator::Busy => busy_ns,
             Estimator::Samples => self.sampled_busy as u64,
         };
-        let s = Sample {
-            at: now,
-            busy: busy_ns,
-            launches,
-            throttled,
-            sampled_ns,
-            samples,
-        };
+        let s = Observation { busy_ns, ..obs };
         let prev = self.history.back().copied();
         self.history.push_back(s);
         while self
             .history
             .front()
-            .is_some_and(|f| now.saturating_sub(f.at) > SHARE_WINDOW_NS && self.history.len() > 2)
+            .is_some_and(|f| now.saturating_sub(f.now) > SHARE_WINDOW_NS && self.history.len() > 2)
         {
             self.history.pop_front();
         }
         let first = *self.history.front().unwrap_or(&s);
-        let wall = now.saturating_sub(first.at);
+        let wall = now.saturating_sub(first.now);
         let measured = if wall == 0 {
             0.0
         } else {
-            (busy_ns.saturating_sub(first.busy) as f64 / wall as f64).clamp(0.0, 1.0)
+            (busy_ns.saturating_sub(first.busy_ns) as f64 / wall as f64).clamp(0.0, 1.0)
         };
         if let Some(p) = prev {
             // Samples: the mean sampled duration in the window (all samples so far if the
@@ -218,13 +202,13 @@ impl ControlLaw {
             } else if launches.saturating_sub(first.launches) >= 4 {
                 (
                     launches - first.launches,
-                    busy_ns.saturating_sub(first.busy),
+                    busy_ns.saturating_sub(first.busy_ns),
                     2,
                 )
             } else {
                 (
                     launches.saturating_sub(p.launches),
-                    busy_ns.saturating_sub(p.busy),
+                    busy_ns.saturating_sub(p.busy_ns),
                     2,
                 )
             };
@@ -251,8 +235,8 @@ impl ControlLaw {
             if throttled == p.throttled {
                 self.unsaturated_at = now;
             }
-            let saturated = self.unsaturated_at < first.at;
-            let settled = first.at >= self.settled_since && wall >= SHARE_WINDOW_NS * 9 / 10;
+            let saturated = self.unsaturated_at < first.now;
+            let settled = first.now >= self.settled_since && wall >= SHARE_WINDOW_NS * 9 / 10;
             let over = measured > self.target * 1.02;
             if settled && measured > 0.0 && (over || saturated) {
                 // Over the target: stretch the interval (whether or not launches wait: a

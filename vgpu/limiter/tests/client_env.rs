@@ -177,37 +177,29 @@ fn a_corrupt_region_with_keep_refuses_allocations() {
     assert_eq!(f.region.vram_used(), 0, "the corrupt region is left alone");
 }
 
+/// `closed` refuses every allocation; `open` means limits are not enforced (README, client.rs
+/// docs).
 #[test]
-fn a_missing_region_with_closed_refuses_allocations() {
+fn a_missing_region_with_closed_refuses_and_with_open_does_not_enforce() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing");
-    assert_eq!(
-        probe(
-            &[
-                (REGION_ENV, path_str(&missing)),
-                (VRAM_ENV, "1000"),
-                (POLICY_ENV, "closed")
-            ],
-            "1,0"
+    for (policy, charges, report) in [
+        (
+            "closed",
+            "1,0",
+            "uuid= quota=None share=None charges=false,false used=0",
         ),
-        "uuid= quota=None share=None charges=false,false used=0"
-    );
-}
-
-/// `open`: a missing or corrupt region means limits are not enforced (README, client.rs docs).
-#[test]
-fn a_missing_region_with_open_does_not_enforce() {
-    let dir = tempfile::tempdir().unwrap();
-    let missing = dir.path().join("missing");
-    assert_eq!(
-        probe(
-            &[
-                (REGION_ENV, path_str(&missing)),
-                (VRAM_ENV, "1000"),
-                (POLICY_ENV, "open")
-            ],
-            "1000,1"
+        (
+            "open",
+            "1000,1",
+            "uuid= quota=None share=None charges=true,true used=1001",
         ),
-        "uuid= quota=None share=None charges=true,true used=1001"
-    );
+    ] {
+        let env = [
+            (REGION_ENV, path_str(&missing)),
+            (VRAM_ENV, "1000"),
+            (POLICY_ENV, policy),
+        ];
+        assert_eq!(probe(&env, charges), report, "policy {policy}");
+    }
 }
