@@ -18,6 +18,8 @@
 //!
 //! No Kubernetes here: the operator maps Pods onto [`Request`]s.
 
+#![cfg_attr(test, allow(unused_crate_dependencies))] // unit tests see the dev-dependencies too
+
 mod engine;
 mod error;
 pub mod gang;

@@ -1,6 +1,9 @@
 //! Behaviour of the allocation engine: placement, release, constraints, quotas, preemption,
 //! oversubscription and the policies.
 
+// Test targets share the package's dev-dependencies.
+#![allow(unused_crate_dependencies)]
+
 use tf_scheduler::{
     Amount, GpuSpec, NodeSpec, Policy, PoolConfig, ProfileEntry, Qos, Quota, Request, SchedError,
     Scheduler, Vendor, WorkloadProfile,

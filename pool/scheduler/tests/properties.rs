@@ -2,6 +2,9 @@
 //! oversubscription), release restores capacity exactly, and preemption only ever evicts
 //! strictly lower QoS.
 
+// Test targets share the package's dev-dependencies.
+#![allow(unused_crate_dependencies)]
+
 use std::collections::HashMap;
 
 use proptest::prelude::*;

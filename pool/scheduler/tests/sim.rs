@@ -1,5 +1,8 @@
 //! The trace simulator: CSV errors, and a small slice of the real trace.
 
+// Test targets share the package's dev-dependencies.
+#![allow(unused_crate_dependencies)]
+
 use std::path::{Path, PathBuf};
 
 use tf_scheduler::Policy;

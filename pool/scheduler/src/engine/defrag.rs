@@ -125,6 +125,9 @@ struct WAlloc {
     cpu: u64,
     mem: u64,
     dedicated: bool,
+    /// Already moved by the plan: it stays where the plan put it (each allocation moves at
+    /// most once).
+    moved: bool,
 }
 
 /// The planner's copy of a pool.
@@ -373,6 +376,7 @@ impl Scheduler {
                 cpu: r.cpu,
                 mem: r.mem,
                 dedicated: r.dedicated,
+                moved: false,
             });
         }
         let mut w = Work {
@@ -400,9 +404,9 @@ impl Scheduler {
                     continue;
                 }
                 let on = &w.allocs_on[n as usize];
-                if on.iter().any(|&a| w.allocs[a].qos >= w.protect) {
-                    continue;
-                }
+                // Protected or already moved work pins what it sits on, not its neighbours.
+                let pinned = |a: &usize| w.allocs[*a].qos >= w.protect || w.allocs[*a].moved;
+                let node_movable = !on.iter().any(pinned);
                 let r = w.gpu_range(n);
                 let used = r.clone().filter(|&g| w.gpus[g].users > 0).count() as f64;
                 // Whole-GPU work needs empty GPUs elsewhere: no GPU gained for those.
@@ -415,7 +419,8 @@ impl Scheduler {
                     }
                 };
                 let est = used + 1.0 - on.iter().map(whole).sum::<f64>();
-                if on.len() <= budget && est > 0.0 && !dead.contains(&Unit::Node(n)) {
+                if node_movable && on.len() <= budget && est > 0.0 && !dead.contains(&Unit::Node(n))
+                {
                     cands.push((est / on.len() as f64, on.len(), Unit::Node(n)));
                 }
                 for g in r {
@@ -428,7 +433,10 @@ impl Scheduler {
                         .copied()
                         .filter(|&a| w.allocs[a].grants.iter().any(|x| x.gpu == local))
                         .collect();
-                    if members.len() > budget || dead.contains(&Unit::Gpu(g)) {
+                    if members.len() > budget
+                        || members.iter().any(pinned)
+                        || dead.contains(&Unit::Gpu(g))
+                    {
                         continue;
                     }
                     let node_too = members.len() == on.len();
@@ -547,7 +555,11 @@ fn simulate(w: &mut Work<'_>, unit: Unit) -> Option<(i64, usize)> {
 /// moves stay in the planner's state, else they are undone.
 fn simulate_moves(w: &mut Work<'_>, unit: Unit, keep: bool) -> Option<(i64, i64, Vec<Move>)> {
     let (members, avoid_node, avoid_gpus, _) = unit_members(w, unit);
-    if members.is_empty() || members.iter().any(|&a| w.allocs[a].qos >= w.protect) {
+    if members.is_empty()
+        || members
+            .iter()
+            .any(|&a| w.allocs[a].qos >= w.protect || w.allocs[a].moved)
+    {
         return None;
     }
     let before: Vec<WAlloc> = members.iter().map(|&a| w.allocs[a].clone()).collect();
@@ -587,13 +599,12 @@ fn touched(w: &Work<'_>, allocs: &[WAlloc]) -> (Vec<usize>, Vec<u32>) {
 
 /// Commits a unit to the planner's state and freezes what it freed.
 fn commit_unit(w: &mut Work<'_>, unit: Unit) -> Option<DefragStep> {
-    let (_, _, _, empties) = unit_members(w, unit);
-    let before: Vec<WAlloc> = unit_members(w, unit)
-        .0
-        .iter()
-        .map(|&a| w.allocs[a].clone())
-        .collect();
+    let (members, _, _, empties) = unit_members(w, unit);
+    let before: Vec<WAlloc> = members.iter().map(|&a| w.allocs[a].clone()).collect();
     let (gpus_freed, nodes_freed, moves) = simulate_moves(w, unit, true)?;
+    for a in members {
+        w.allocs[a].moved = true;
+    }
     let (src_gpus, src_nodes) = touched(w, &before);
     for g in src_gpus {
         if w.gpus[g].users == 0 {
