@@ -372,3 +372,80 @@ fn default_segments_are_per_user_and_run_leaves_no_copies_behind() {
         0
     );
 }
+
+/// `tensor-fusion install` lays out a product that runs from any folder on its own libraries
+/// (the installed layout wins over the build folder), and a binary without its libraries says
+/// where it looked and how to fix it.
+#[test]
+fn the_installed_product_runs_from_any_folder() {
+    let root = tempfile::tempdir().unwrap();
+    let prefix = root.path().join("prefix");
+    let o = Command::new(BIN)
+        .args(["install", "--prefix", prefix.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let installed = prefix.join("bin/tensor-fusion");
+    let profile = root.path().join("gpu.toml");
+    std::fs::write(&profile, isolated()).unwrap();
+    let cwd = root.path().join("elsewhere");
+    std::fs::create_dir(&cwd).unwrap();
+    let run = |bin: &std::path::Path, args: &[&str]| {
+        Command::new(bin)
+            .args(args)
+            .current_dir(&cwd)
+            .env_remove("TF_LIB_DIR")
+            .env_remove("TF_BACKEND")
+            .env("TF_FAKE_GPU_CONFIG", &profile)
+            .env("TF_VGPU_DIR", &cwd)
+            .output()
+            .unwrap()
+    };
+    let o = run(&installed, &["fake-gpu", "info"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        out.matches("installed beside the binary").count(),
+        2,
+        "{out}"
+    );
+    let o = run(
+        &installed,
+        &[
+            "run",
+            "--vram",
+            "1GiB",
+            "--",
+            installed.to_str().unwrap(),
+            "cuda-probe",
+            "vram",
+            "64",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["total"], 1u64 << 30);
+    let libs = root.path().join("libs");
+    let o = run(&installed, &["fake-gpu", "install", libs.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_link(libs.join("libcuda.so.1")).unwrap(),
+        prefix.join("lib/tensor-fusion/libcuda.so")
+    );
+    // The binary alone, away from every library.
+    let lonely = root.path().join("lonely/bin");
+    std::fs::create_dir_all(&lonely).unwrap();
+    std::fs::copy(&installed, lonely.join("tensor-fusion")).unwrap();
+    let o = run(&lonely.join("tensor-fusion"), &["run", "--", "true"]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("cannot find libtf_cuda_interposer.so"), "{e}");
+    assert!(
+        e.contains(&lonely.display().to_string()),
+        "where it looked: {e}"
+    );
+    assert!(
+        e.contains("TF_LIB_DIR") && e.contains("tensor-fusion install"),
+        "the fix: {e}"
+    );
+}
