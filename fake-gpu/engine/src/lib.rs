@@ -13,6 +13,12 @@
 //!   [`testing`]: isolated machines for tests.
 //!
 //! The drop-in driver libraries (`libcuda.so.1`, `libnvidia-ml.so.1`) are built on this engine.
+//!
+//! Design rules: state shared between processes lives only in the device segments (atomics,
+//! validated header, the shared `tf_os` process table), so any process may die at any moment
+//! without stalling or corrupting another; a profile is validated before anything is opened; a
+//! machine's segments live in its own folder (per user by default), so machines never meet by
+//! accident; errors are the HAL's, with no vendor codes (the drop-in libraries map them).
 #![cfg_attr(test, allow(unused_crate_dependencies))] // unit tests see the dev-dependencies too
 
 pub mod backend;

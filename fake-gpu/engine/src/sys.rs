@@ -7,7 +7,7 @@ pub fn pid() -> u32 {
     std::process::id()
 }
 
-pub use tf_os::{map_shared, now_ns, process_start_time};
+pub use tf_os::{now_ns, process_start_time};
 
 /// Sleep until the monotonic clock reads `deadline_ns` (absolute, so no drift accumulates).
 pub fn sleep_until(deadline_ns: u64) {

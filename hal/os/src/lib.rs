@@ -49,26 +49,6 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
     fields.get(19)?.parse().ok()
 }
 
-/// Map `len` bytes of an open file shared between processes. The mapping is never unmapped.
-pub fn map_shared(fd: libc::c_int, len: usize) -> io::Result<*mut u8> {
-    // SAFETY: a fresh mapping chosen by the kernel; the caller's fd is open and at least `len`
-    // bytes long.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(p as *mut u8)
-}
-
 /// This user's private folder for tensor-fusion's runtime files
 /// (`$TMPDIR/tensor-fusion-<uid>`, mode 0700), created if missing. A folder of that name owned
 /// by someone else, or open to others, is refused rather than used.
