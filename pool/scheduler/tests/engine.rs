@@ -448,3 +448,56 @@ fn policy_names_round_trip() {
     assert_eq!("BE".parse::<Qos>().unwrap(), Qos::Low);
     assert!("gold".parse::<Qos>().is_err());
 }
+
+#[test]
+fn without_preemption_qos_is_a_label_and_a_full_pool_refuses() {
+    let mut s = cluster(Policy::default(), &[("n1", 1)]);
+    s.reserve(&share(1000).with_qos(Qos::Low)).unwrap();
+    s.set_preemption(false);
+    let e = s.reserve(&share(500).with_qos(Qos::Critical)).unwrap_err();
+    assert!(matches!(e, SchedError::Unschedulable { .. }), "{e}");
+    assert_eq!(s.allocation_count(), 1);
+    s.set_preemption(true);
+    let a = s.reserve(&share(500).with_qos(Qos::Critical)).unwrap();
+    assert_eq!(a.preempted.len(), 1);
+}
+
+#[test]
+fn migrate_moves_an_allocation_whole_keeping_its_id_or_changes_nothing() {
+    let mut s = cluster(Policy::default(), &[("n1", 2), ("n2", 2)]);
+    s.set_quota(
+        "ns",
+        Quota {
+            gpus: Some(4),
+            ..Quota::default()
+        },
+    );
+    let a = s
+        .reserve(&share(600).with_pin("n1", &[0]).with_host(2000, GIB))
+        .unwrap();
+    let b = s.reserve(&share(600).with_pin("n2", &[1])).unwrap();
+    // Does not fit (0.6 + 0.6 on one GPU), wrong GPU count, unknown node: nothing changes.
+    assert!(matches!(
+        s.migrate(a.id, "n2", &[1]),
+        Err(SchedError::Unschedulable { .. })
+    ));
+    assert!(matches!(
+        s.migrate(a.id, "n2", &[0, 1]),
+        Err(SchedError::InvalidRequest(_))
+    ));
+    assert!(matches!(
+        s.migrate(a.id, "n9", &[0]),
+        Err(SchedError::UnknownNode(_))
+    ));
+    assert_eq!(s.allocation(a.id).unwrap(), a);
+    let moved = s.migrate(a.id, "n2", &[0]).unwrap();
+    assert_eq!((moved.id, moved.node.as_str()), (a.id, "n2"));
+    assert_eq!(moved.gpus[0].gpu, 0);
+    let n1 = s.node_status("n1").unwrap();
+    assert_eq!(n1.cpu_free, n1.cpu_capacity);
+    assert!(n1.gpus.iter().all(|g| g.allocations == 0));
+    assert_eq!(s.usage("ns").gpus, 2);
+    s.release(moved.id).unwrap();
+    s.release(b.id).unwrap();
+    assert_eq!(s.usage("ns"), Default::default());
+}

@@ -1,6 +1,7 @@
 //! Property tests over random request streams: capacity is never exceeded (with the pool's
-//! oversubscription), release restores capacity exactly, and preemption only ever evicts
-//! strictly lower QoS.
+//! oversubscription), release restores capacity exactly, preemption only ever evicts
+//! strictly lower QoS, a required topology tier holds on the GPUs granted, and a migration
+//! either moves an allocation whole or changes nothing.
 
 // Test targets share the package's dev-dependencies.
 #![allow(unused_crate_dependencies)]
@@ -9,7 +10,8 @@ use std::collections::HashMap;
 
 use proptest::prelude::*;
 use tf_scheduler::{
-    AllocationId, Amount, GpuSpec, NodeSpec, Policy, PoolConfig, Qos, Request, Scheduler, Vendor,
+    AllocationId, Amount, GpuSpec, NodeSpec, Policy, PoolConfig, Qos, Request, Scheduler,
+    TopologyMode, TopologyTier, Vendor,
 };
 
 #[derive(Debug, Clone)]
@@ -22,8 +24,11 @@ enum Op {
         qos: usize,
         cpu: u64,
         pin: Option<(usize, u32)>,
+        topo: usize,
     },
     Release(usize),
+    /// Move live allocation k to node n, starting at GPU g.
+    Migrate(usize, usize, u32),
 }
 
 fn amount(max_abs: u64) -> impl Strategy<Value = Amount> {
@@ -43,8 +48,9 @@ fn op() -> impl Strategy<Value = Op> {
             0usize..4,
             0u64..40_000,
             prop::option::weighted(0.15, (0usize..4, 0u32..4)),
+            0usize..4,
         )
-            .prop_map(|(gpus, tflops, vram, dedicated, qos, cpu, pin)| Op::Reserve {
+            .prop_map(|(gpus, tflops, vram, dedicated, qos, cpu, pin, topo)| Op::Reserve {
                 gpus,
                 tflops,
                 vram,
@@ -52,8 +58,10 @@ fn op() -> impl Strategy<Value = Op> {
                 qos,
                 cpu,
                 pin,
+                topo,
             }),
         1 => (0usize..1000).prop_map(Op::Release),
+        1 => (0usize..1000, 0usize..4, 0u32..4).prop_map(|(k, n, g)| Op::Migrate(k, n, g)),
     ]
 }
 
@@ -130,6 +138,8 @@ proptest! {
                     .map(|k| {
                         let mut g = GpuSpec::new(models[i % 2], Vendor::Nvidia, 80 + 20 * k as u64, 24 + 8 * k as u64);
                         g.topology.numa_node = (k % 2) as u8;
+                        // Even nodes: NVLink pairs (0,1) and (2,3); odd nodes: none.
+                        g.topology.nvlink_domain = (i % 2 == 0).then_some((k / 2) as u16);
                         g
                     })
                     .collect(),
@@ -139,9 +149,18 @@ proptest! {
         let mut live: Vec<(AllocationId, Qos)> = Vec::new();
         for op in ops {
             match op {
-                Op::Reserve { gpus, tflops, vram, dedicated, qos, cpu, pin } => {
+                Op::Reserve { gpus, tflops, vram, dedicated, qos, cpu, pin, topo } => {
                     let qos = Qos::ALL[qos];
-                    let mut r = Request::new("p", "ns", gpus).with_host(cpu, 1 << 30).with_qos(qos);
+                    let topo = [
+                        TopologyMode::Prefer,
+                        TopologyMode::Ignore,
+                        TopologyMode::Require(TopologyTier::NvLink),
+                        TopologyMode::Require(TopologyTier::Numa),
+                    ][topo];
+                    let mut r = Request::new("p", "ns", gpus)
+                        .with_host(cpu, 1 << 30)
+                        .with_qos(qos)
+                        .with_topology(topo);
                     if gpus > 0 {
                         r.tflops = tflops;
                         r.vram = vram;
@@ -160,6 +179,41 @@ proptest! {
                         }
                         live.retain(|(id, _)| !a.preempted.contains(id));
                         live.push((a.id, qos));
+                        // A required tier holds on the GPUs granted (node i: NUMA k % 2,
+                        // NVLink pair k / 2 on even nodes).
+                        if let (TopologyMode::Require(t), true) = (topo, a.gpus.len() > 1) {
+                            let node: usize = a.node[1..].parse().unwrap();
+                            let ks: Vec<u32> = a.gpus.iter().map(|g| g.gpu).collect();
+                            let numa = ks.iter().all(|k| k % 2 == ks[0] % 2);
+                            let link = node % 2 == 0 && ks.iter().all(|k| k / 2 == ks[0] / 2);
+                            let tier = if link {
+                                TopologyTier::NvLink
+                            } else if numa {
+                                TopologyTier::Numa
+                            } else {
+                                TopologyTier::Node
+                            };
+                            prop_assert!(tier >= t, "{policy}: {t} required, got {tier} ({ks:?} on {})", a.node);
+                        }
+                    }
+                }
+                Op::Migrate(k, n, g) => {
+                    if !live.is_empty() {
+                        let (id, _) = live[k % live.len()];
+                        let before = s.allocation(id).unwrap();
+                        let node = &names[n % names.len()];
+                        let width = s.node_status(node).unwrap().gpus.len() as u32;
+                        let count = before.gpus.len() as u32;
+                        if count <= width {
+                            let gpus: Vec<u32> = (0..count).map(|j| (g + j) % width).collect();
+                            match s.migrate(id, node, &gpus) {
+                                Ok(a) => {
+                                    prop_assert_eq!(&a.node, node);
+                                    prop_assert_eq!((a.id, a.qos, a.cpu_milli), (id, before.qos, before.cpu_milli));
+                                }
+                                Err(_) => prop_assert_eq!(s.allocation(id).unwrap(), before),
+                            }
+                        }
                     }
                 }
                 Op::Release(k) => {
