@@ -139,7 +139,7 @@ proptest! {
                         let mut g = GpuSpec::new(models[i % 2], Vendor::Nvidia, 80 + 20 * k as u64, 24 + 8 * k as u64);
                         g.topology.numa_node = (k % 2) as u8;
                         // Even nodes: NVLink pairs (0,1) and (2,3); odd nodes: none.
-                        g.topology.nvlink_domain = (i % 2 == 0).then_some((k / 2) as u16);
+                        g.topology.nvlink_domain = i.is_multiple_of(2).then_some((k / 2) as u16);
                         g
                     })
                     .collect(),
@@ -185,7 +185,7 @@ proptest! {
                             let node: usize = a.node[1..].parse().unwrap();
                             let ks: Vec<u32> = a.gpus.iter().map(|g| g.gpu).collect();
                             let numa = ks.iter().all(|k| k % 2 == ks[0] % 2);
-                            let link = node % 2 == 0 && ks.iter().all(|k| k / 2 == ks[0] / 2);
+                            let link = node.is_multiple_of(2) && ks.iter().all(|k| k / 2 == ks[0] / 2);
                             let tier = if link {
                                 TopologyTier::NvLink
                             } else if numa {
