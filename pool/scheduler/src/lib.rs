@@ -23,6 +23,7 @@
 mod engine;
 mod error;
 pub mod gang;
+pub mod partition;
 mod policy;
 mod profile;
 pub mod sim;
