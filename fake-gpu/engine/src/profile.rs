@@ -116,6 +116,133 @@ impl DeviceProfile {
     }
 }
 
+/// A virtual-NPU template of an Ascend chip (what `npu-smi info -t template-info` lists): a
+/// vNPU gets this many AI cores and AI CPUs and this much memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VnpuTemplate {
+    pub name: &'static str,
+    pub ai_cores: u32,
+    pub ai_cpus: u32,
+    pub memory_bytes: u64,
+}
+
+/// What the simulated DCMI knows of an Ascend chip model beyond its profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AscendChip {
+    /// The profile's model name, e.g. `Ascend910B3`.
+    pub model: &'static str,
+    /// DCMI's chip name (`dcmi_chip_info.chip_name`), e.g. `910B3`.
+    pub chip_name: &'static str,
+    /// AI CPUs available to vNPUs.
+    pub ai_cpus: u32,
+    /// The vNPU templates the chip offers.
+    pub templates: &'static [VnpuTemplate],
+}
+
+const GIB: u64 = 1 << 30;
+
+/// Ascend chips the simulator models, with their vNPU templates. Sources: Huawei's Ascend
+/// virtual instance documentation (MindCluster "Virtualization Rules": template names, AI cores,
+/// AI CPUs and memory per template) and the chips' public specifications: Ascend 910B3, 20 AI
+/// cores, 64 GB HBM2e, about 313 dense FP16 TFLOPS, 1.6 TB/s; Ascend 310P3 (Atlas 300I Pro), 8 AI
+/// cores, 24 GB LPDDR4X at 204.8 GB/s, 70 FP16 TFLOPS, 7 AI CPUs.
+pub const ASCEND_CHIPS: &[AscendChip] = &[
+    AscendChip {
+        model: "Ascend910B3",
+        chip_name: "910B3",
+        ai_cpus: 7,
+        templates: &[
+            VnpuTemplate {
+                name: "vir05_1c_16g",
+                ai_cores: 5,
+                ai_cpus: 1,
+                memory_bytes: 16 * GIB,
+            },
+            VnpuTemplate {
+                name: "vir10_3c_32g",
+                ai_cores: 10,
+                ai_cpus: 3,
+                memory_bytes: 32 * GIB,
+            },
+        ],
+    },
+    AscendChip {
+        model: "Ascend310P3",
+        chip_name: "310P3",
+        ai_cpus: 7,
+        templates: &[
+            VnpuTemplate {
+                name: "vir01",
+                ai_cores: 1,
+                ai_cpus: 1,
+                memory_bytes: 3 * GIB,
+            },
+            VnpuTemplate {
+                name: "vir02",
+                ai_cores: 2,
+                ai_cpus: 2,
+                memory_bytes: 6 * GIB,
+            },
+            VnpuTemplate {
+                name: "vir02_1c",
+                ai_cores: 2,
+                ai_cpus: 1,
+                memory_bytes: 6 * GIB,
+            },
+            VnpuTemplate {
+                name: "vir04",
+                ai_cores: 4,
+                ai_cpus: 4,
+                memory_bytes: 12 * GIB,
+            },
+            VnpuTemplate {
+                name: "vir04_3c",
+                ai_cores: 4,
+                ai_cpus: 3,
+                memory_bytes: 12 * GIB,
+            },
+        ],
+    },
+];
+
+/// The chip data of an Ascend profile's model (`None` for a model the simulator does not know:
+/// it then has no vNPU templates).
+pub fn ascend_chip(model: &str) -> Option<&'static AscendChip> {
+    ASCEND_CHIPS
+        .iter()
+        .find(|c| c.model.eq_ignore_ascii_case(model))
+}
+
+impl DeviceProfile {
+    /// An Ascend 910B3 (see [`ASCEND_CHIPS`] for the sources).
+    pub fn ascend_910b3(index: u32) -> Self {
+        Self::ascend("Ascend910B3", 64 * GIB, 20, 313.0, 1600.0, index)
+    }
+
+    /// An Ascend 310P3, as on an Atlas 300I Pro card (see [`ASCEND_CHIPS`]).
+    pub fn ascend_310p3(index: u32) -> Self {
+        Self::ascend("Ascend310P3", 24 * GIB, 8, 70.0, 204.8, index)
+    }
+
+    fn ascend(model: &str, memory: u64, cores: u32, tflops: f64, bw: f64, index: u32) -> Self {
+        DeviceProfile {
+            model: model.to_string(),
+            uuid: default_uuid(model, memory, cores, index),
+            vendor: Vendor::Ascend,
+            memory_bytes: memory,
+            sms: cores,
+            fp16_tflops: tflops,
+            pci_bus_id: default_pci_bus_id(index),
+            numa_node: 0,
+            compute_capability: (0, 0),
+            memory_bandwidth_gbps: bw,
+            launch_overhead_ns: 2_000,
+            wave_ns: 5_000,
+            nvlink: false,
+        }
+    }
+}
+
 /// A device's UUID derived from what makes its profile (model, memory, SMs) and its index, so
 /// that two different profiles never name their devices alike, and one profile always does.
 fn default_uuid(model: &str, memory_bytes: u64, sms: u32, index: u32) -> String {
@@ -158,6 +285,31 @@ impl FakeGpuConfig {
             shm_dir,
             shm_dir_is_default,
             source: None,
+        }
+    }
+
+    /// The built-in Ascend machine: two Ascend 910B3 (the simulated `libascendcl.so` and
+    /// `libdcmi.so` use it when no profile is named).
+    pub fn default_ascend() -> Self {
+        let (shm_dir, shm_dir_is_default) = default_shm_dir();
+        FakeGpuConfig {
+            devices: vec![
+                DeviceProfile::ascend_910b3(0),
+                DeviceProfile::ascend_910b3(1),
+            ],
+            shm_dir,
+            shm_dir_is_default,
+            source: None,
+        }
+    }
+
+    /// `$TF_FAKE_GPU_CONFIG` if set (it must then be valid), else the built-in machine of
+    /// `vendor` (two H100s for NVIDIA, two 910B3s for Ascend).
+    pub fn from_env_for(vendor: Vendor) -> Result<Self> {
+        match std::env::var_os(CONFIG_ENV) {
+            Some(p) if !p.is_empty() => Self::load(Path::new(&p)),
+            _ if vendor == Vendor::Ascend => Ok(Self::default_ascend()),
+            _ => Ok(Self::default_h100x2()),
         }
     }
 
@@ -336,6 +488,33 @@ mod tests {
             "[[device]]\nmodel = \"NVIDIA L4\"\nmemory = \"24GiB\"\nsms = 58\nfp16_tflops = 121\n";
         let other = FakeGpuConfig::parse(l4, Path::new("p.toml")).unwrap();
         assert_ne!(other.devices[0].uuid, c.devices[0].uuid);
+    }
+
+    #[test]
+    fn ascend_profiles_have_their_chips_and_templates() {
+        let c = FakeGpuConfig::default_ascend();
+        assert_eq!(c.devices.len(), 2);
+        let d = &c.devices[0];
+        assert_eq!(
+            (d.vendor, d.sms, d.memory_bytes),
+            (Vendor::Ascend, 20, 64 << 30)
+        );
+        let chip = ascend_chip(&d.model).unwrap();
+        let names: Vec<_> = chip.templates.iter().map(|t| t.name).collect();
+        assert_eq!(names, ["vir05_1c_16g", "vir10_3c_32g"]);
+        let p = DeviceProfile::ascend_310p3(0);
+        let chip = ascend_chip(&p.model).unwrap();
+        assert!(
+            chip.templates
+                .iter()
+                .any(|t| t.name == "vir04" && t.ai_cores == 4)
+        );
+        assert!(
+            chip.templates
+                .iter()
+                .all(|t| t.ai_cores <= p.sms && t.memory_bytes <= p.memory_bytes)
+        );
+        assert_ne!(p.uuid, d.uuid);
     }
 
     #[test]

@@ -75,6 +75,18 @@ pub fn isolated_config(tag: &str, devices: u32) -> FakeGpuConfig {
     }
 }
 
+/// A machine of Ascend NPUs (profile constructors such as `DeviceProfile::ascend_910b3`, one
+/// per device) whose UUIDs no other machine uses.
+pub fn isolated_ascend_config(tag: &str, devices: &[fn(u32) -> DeviceProfile]) -> FakeGpuConfig {
+    let mut c = isolated_config(tag, devices.len() as u32);
+    for (i, (d, make)) in c.devices.iter_mut().zip(devices).enumerate() {
+        let uuid = std::mem::take(&mut d.uuid);
+        *d = make(i as u32);
+        d.uuid = uuid;
+    }
+    c
+}
+
 /// The TOML text of a configuration, to hand to another process via `TF_FAKE_GPU_CONFIG`.
 pub fn to_toml(config: &FakeGpuConfig) -> String {
     let mut s = format!("shm_dir = {:?}\n", config.shm_dir.display().to_string());
