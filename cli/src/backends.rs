@@ -18,6 +18,7 @@ pub fn open_kind(kind: BackendKind) -> Result<Arc<dyn Backend>> {
             tf_fake_gpu::FakeBackend::from_env().context("opening the simulated GPU")?,
         )),
         BackendKind::Cuda => open_cuda(),
+        BackendKind::Vulkan => open_vulkan(),
         BackendKind::Ascend => anyhow::bail!(
             "the ascend backend is not part of this build of tensor-fusion (available: {})",
             available().join(", ")
@@ -40,11 +41,29 @@ fn open_cuda() -> Result<Arc<dyn Backend>> {
     )
 }
 
+#[cfg(feature = "vulkan")]
+fn open_vulkan() -> Result<Arc<dyn Backend>> {
+    Ok(Arc::new(
+        tf_backend_vulkan::VulkanBackend::new().context("opening the Vulkan backend")?,
+    ))
+}
+
+#[cfg(not(feature = "vulkan"))]
+fn open_vulkan() -> Result<Arc<dyn Backend>> {
+    anyhow::bail!(
+        "the vulkan backend is not part of this build of tensor-fusion (rebuild with --features vulkan; available: {})",
+        available().join(", ")
+    )
+}
+
 /// Backends compiled into this binary.
 pub fn available() -> Vec<&'static str> {
     let mut v = vec!["fake"];
     if cfg!(feature = "cuda") {
         v.push("cuda");
+    }
+    if cfg!(feature = "vulkan") {
+        v.push("vulkan");
     }
     v
 }

@@ -5,7 +5,7 @@ use tf_hal::units::format_bytes;
 
 #[derive(Debug, clap::Args)]
 pub struct DevicesArgs {
-    /// Backend to use: fake, cuda or ascend (default: $TF_BACKEND, the config file, or fake).
+    /// Backend to use: fake, cuda, vulkan or ascend (default: $TF_BACKEND, the config file, or fake).
     #[arg(long)]
     pub backend: Option<String>,
     /// Print a JSON array instead of a table.

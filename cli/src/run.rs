@@ -34,7 +34,7 @@ pub struct RunArgs {
     /// Compute limit in TFLOPS, as a share of the device's peak FP16 TFLOPS.
     #[arg(long, value_parser = args::positive, allow_negative_numbers = true)]
     pub tflops: Option<f64>,
-    /// Backend: fake, cuda or ascend (default: $TF_BACKEND, the config file, or fake).
+    /// Backend: fake, cuda, vulkan or ascend (default: $TF_BACKEND, the config file, or fake).
     #[arg(long)]
     pub backend: Option<String>,
     /// Write the vGPU's statistics as JSON to this file when the command ends (checked before

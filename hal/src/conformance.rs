@@ -7,9 +7,10 @@
 //! tf_hal::hal_conformance_tests!(my_backend_constructor());
 //! ```
 //!
-//! The checks use the PTX kernels in [`crate::conformance::KERNELS_PTX`] (the same text runs on a
-//! real NVIDIA GPU and on the simulated one) and keep their device memory small, so the suite is
-//! safe to run on a shared real GPU.
+//! The checks use the test kernels in the form the backend loads ([`crate::test_kernels`]: the
+//! PTX in [`crate::conformance::KERNELS_PTX`], which runs on a real NVIDIA GPU and on the
+//! simulated one, or the same kernels as SPIR-V for Vulkan) and keep their device memory small,
+//! so the suite is safe to run on a shared real GPU.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -64,10 +65,11 @@ pub struct TestKernels {
     pub busy: FunctionHandle,
 }
 
-pub fn load_test_kernels(ctx: &dyn Context) -> TestKernels {
+/// Load the test kernels in the form a backend of `kind` takes ([`crate::test_kernels`]).
+pub fn load_test_kernels(ctx: &dyn Context, kind: BackendKind) -> TestKernels {
     let module = ctx
-        .load_module(ModuleImage::Ptx(KERNELS_PTX))
-        .expect("load the test kernels PTX");
+        .load_module(crate::test_kernels(kind))
+        .expect("load the test kernels");
     let f = |name| {
         ctx.function(module, name)
             .unwrap_or_else(|e| panic!("resolve {name}: {e}"))
@@ -178,7 +180,7 @@ pub fn out_of_memory_is_an_error(backend: &dyn Backend) {
 /// The test kernels compute the right answers, element by element.
 pub fn kernels_compute_correct_results(backend: &dyn Backend) {
     let (_dev, ctx) = first_context(backend);
-    let k = load_test_kernels(&*ctx);
+    let k = load_test_kernels(&*ctx, backend.kind());
     let n: u32 = 100_003;
     let bytes = n as u64 * 4;
     let a: Vec<f32> = (0..n).map(|i| i as f32 * 0.5).collect();
@@ -238,7 +240,7 @@ pub fn kernels_compute_correct_results(backend: &dyn Backend) {
 /// measure device time.
 pub fn streams_and_events_order_work(backend: &dyn Backend) {
     let (_dev, ctx) = first_context(backend);
-    let k = load_test_kernels(&*ctx);
+    let k = load_test_kernels(&*ctx, backend.kind());
     let n: u32 = 4096;
     let p = ctx.mem_alloc(n as u64 * 4).unwrap();
     ctx.memset_d32(p, 0, n as u64).unwrap();
@@ -305,7 +307,7 @@ pub fn streams_and_events_order_work(backend: &dyn Backend) {
 /// Device utilization rises while kernels run.
 pub fn utilization_rises_under_load(backend: &dyn Backend) {
     let (dev, ctx) = first_context(backend);
-    let k = load_test_kernels(&*ctx);
+    let k = load_test_kernels(&*ctx, backend.kind());
     let s = ctx.stream_create().unwrap();
     // 1 s of back-to-back 25 ms kernels. The window lies inside it whether the backend reads
     // history (the last 300 ms) or samples forward (the next 300 ms).
@@ -338,7 +340,7 @@ pub fn utilization_rises_under_load(backend: &dyn Backend) {
 /// Bad handles are errors, never crashes.
 pub fn invalid_handles_are_rejected(backend: &dyn Backend) {
     let (_dev, ctx) = first_context(backend);
-    let k = load_test_kernels(&*ctx);
+    let k = load_test_kernels(&*ctx, backend.kind());
     let p = ctx.mem_alloc(1024).unwrap();
     ctx.mem_free(p).unwrap();
     let bad_kinds = [ErrorKind::InvalidHandle, ErrorKind::InvalidValue];

@@ -12,6 +12,8 @@ pub enum ErrorKind {
     LibraryNotFound,
     /// No device with that index or UUID.
     InvalidDevice,
+    /// The driver is there but reports no device at all (e.g. a Vulkan loader with no driver).
+    NoDevice,
     /// An argument is out of range or malformed.
     InvalidValue,
     /// A handle (pointer, module, function, stream, event) is unknown or already released.
@@ -44,6 +46,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::NotInitialized => "not initialized",
             ErrorKind::LibraryNotFound => "driver library not found",
             ErrorKind::InvalidDevice => "invalid device",
+            ErrorKind::NoDevice => "no device",
             ErrorKind::InvalidValue => "invalid value",
             ErrorKind::InvalidHandle => "invalid handle",
             ErrorKind::OutOfMemory => "out of memory",

@@ -40,3 +40,21 @@ pub use uuid::DeviceUuid;
 /// and `tf_busy`. The same text runs on a real NVIDIA GPU and on the simulated one (whose engine
 /// recognises these entries and computes the same results on the CPU).
 pub const TEST_KERNELS_PTX: &str = include_str!("../kernels/tf_kernels.ptx");
+
+/// The same four test kernels as one SPIR-V module (for Vulkan), compiled from the GLSL in
+/// `kernels/glsl/` by `kernels/build-spirv.sh` (glslang, then spirv-link), one entry point per
+/// kernel with the PTX entries' names and semantics. The convention the Vulkan backend follows:
+/// the kernel's arguments are its push constants, laid out like CUDA's parameter buffer (each at
+/// its natural alignment, in order), device pointers are buffer device addresses, and the block
+/// shape is specialization constants 0, 1 and 2 (`local_size_x_id = 0`, ...).
+pub const TEST_KERNELS_SPIRV: &[u8] = include_bytes!("../kernels/tf_kernels.spv");
+
+/// The test kernels in the form a backend of `kind` loads: SPIR-V for Vulkan, PTX otherwise.
+pub fn test_kernels(kind: BackendKind) -> ModuleImage<'static> {
+    match kind {
+        BackendKind::Vulkan => ModuleImage::SpirV(TEST_KERNELS_SPIRV),
+        BackendKind::Fake | BackendKind::Cuda | BackendKind::Ascend => {
+            ModuleImage::Ptx(TEST_KERNELS_PTX)
+        }
+    }
+}

@@ -13,28 +13,106 @@ use crate::error::{Error, ErrorKind};
 pub enum Vendor {
     Nvidia,
     Ascend,
+    Amd,
+    Intel,
+    Arm,
+    Qualcomm,
+    /// Imagination Technologies (PowerVR).
+    Imagination,
+    Apple,
+    Broadcom,
+    Samsung,
+    /// Microsoft's software and translation drivers (WARP, Dozen).
+    Microsoft,
+    /// Mesa's software devices (lavapipe: Vulkan on the CPU).
+    Mesa,
+    /// A vendor this list does not know.
+    Other,
+}
+
+impl Vendor {
+    /// The vendor a PCI vendor id (or a Khronos vendor id, `VK_VENDOR_ID_*`, for devices with
+    /// no PCI id) names, as Vulkan and sysfs report them.
+    pub fn from_pci_vendor_id(id: u32) -> Vendor {
+        match id {
+            0x10de => Vendor::Nvidia,
+            0x19e5 => Vendor::Ascend, // Huawei
+            0x1002 | 0x1022 => Vendor::Amd,
+            0x8086 => Vendor::Intel,
+            0x13b5 => Vendor::Arm,
+            0x5143 => Vendor::Qualcomm,
+            0x1010 => Vendor::Imagination,
+            0x106b => Vendor::Apple,
+            0x14e4 => Vendor::Broadcom,
+            0x144d => Vendor::Samsung,
+            0x1414 => Vendor::Microsoft,
+            0x10005 => Vendor::Mesa, // VK_VENDOR_ID_MESA
+            _ => Vendor::Other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Vendor::Nvidia => "nvidia",
+            Vendor::Ascend => "ascend",
+            Vendor::Amd => "amd",
+            Vendor::Intel => "intel",
+            Vendor::Arm => "arm",
+            Vendor::Qualcomm => "qualcomm",
+            Vendor::Imagination => "imagination",
+            Vendor::Apple => "apple",
+            Vendor::Broadcom => "broadcom",
+            Vendor::Samsung => "samsung",
+            Vendor::Microsoft => "microsoft",
+            Vendor::Mesa => "mesa",
+            Vendor::Other => "other",
+        }
+    }
+
+    const ALL: [Vendor; 13] = [
+        Vendor::Nvidia,
+        Vendor::Ascend,
+        Vendor::Amd,
+        Vendor::Intel,
+        Vendor::Arm,
+        Vendor::Qualcomm,
+        Vendor::Imagination,
+        Vendor::Apple,
+        Vendor::Broadcom,
+        Vendor::Samsung,
+        Vendor::Microsoft,
+        Vendor::Mesa,
+        Vendor::Other,
+    ];
 }
 
 impl fmt::Display for Vendor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Vendor::Nvidia => "nvidia",
-            Vendor::Ascend => "ascend",
-        })
+        f.write_str(self.as_str())
     }
 }
 
 impl FromStr for Vendor {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
-        match s.to_ascii_lowercase().as_str() {
-            "nvidia" => Ok(Vendor::Nvidia),
-            "ascend" | "huawei" => Ok(Vendor::Ascend),
-            other => Err(Error::new(
-                ErrorKind::InvalidValue,
-                format!("unknown vendor {other:?} (expected nvidia or ascend)"),
-            )),
-        }
+        let lower = s.trim().to_ascii_lowercase();
+        let alias = match lower.as_str() {
+            "huawei" => "ascend",
+            "imgtec" | "powervr" => "imagination",
+            other => other,
+        };
+        Vendor::ALL
+            .into_iter()
+            .find(|v| v.as_str() == alias)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidValue,
+                    format!(
+                        "unknown vendor {s:?} (expected one of {})",
+                        Vendor::ALL.map(Vendor::as_str).join(", ")
+                    ),
+                )
+            })
     }
 }
 
@@ -48,16 +126,25 @@ pub enum BackendKind {
     Cuda,
     /// Huawei Ascend through ACL and DCMI.
     Ascend,
+    /// Any Vulkan device (AMD, Intel, NVIDIA, Mesa's lavapipe on the CPU, ...) through the
+    /// system's Vulkan loader.
+    Vulkan,
 }
 
 impl BackendKind {
-    pub const ALL: [BackendKind; 3] = [BackendKind::Fake, BackendKind::Cuda, BackendKind::Ascend];
+    pub const ALL: [BackendKind; 4] = [
+        BackendKind::Fake,
+        BackendKind::Cuda,
+        BackendKind::Ascend,
+        BackendKind::Vulkan,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             BackendKind::Fake => "fake",
             BackendKind::Cuda => "cuda",
             BackendKind::Ascend => "ascend",
+            BackendKind::Vulkan => "vulkan",
         }
     }
 }
@@ -75,9 +162,10 @@ impl FromStr for BackendKind {
             "fake" | "sim" | "simulated" => Ok(BackendKind::Fake),
             "cuda" | "nvidia" => Ok(BackendKind::Cuda),
             "ascend" | "npu" => Ok(BackendKind::Ascend),
+            "vulkan" | "vk" => Ok(BackendKind::Vulkan),
             other => Err(Error::new(
                 ErrorKind::Config,
-                format!("unknown backend {other:?}: expected one of fake, cuda, ascend"),
+                format!("unknown backend {other:?}: expected one of fake, cuda, ascend, vulkan"),
             )),
         }
     }
@@ -248,6 +336,10 @@ pub enum ModuleImage<'a> {
     Ptx(&'a str),
     /// A vendor binary (cubin, fatbin, OM).
     Binary(&'a [u8]),
+    /// A SPIR-V module (little-endian 32-bit words, as `glslangValidator` or naga write them).
+    /// Each entry point is a kernel; see `tf_hal::TEST_KERNELS_SPIRV` for the argument
+    /// convention the Vulkan backend uses.
+    SpirV(&'a [u8]),
 }
 
 /// Grid and block shape of a launch.

@@ -455,6 +455,12 @@ impl Context for CudaContext {
                 }
                 (None, Some(words))
             }
+            ModuleImage::SpirV(_) => {
+                return Err(Error::new(
+                    ErrorKind::InvalidImage,
+                    "the CUDA driver loads PTX, cubin or fatbin images, not SPIR-V (use the vulkan backend for SPIR-V)",
+                ));
+            }
         };
         let ptr: *const c_void = match (&ptx, &bin) {
             (Some(c), _) => c.as_ptr().cast(),

@@ -20,6 +20,8 @@
 //!   as a macro list (made from bindgen's output by the same script), from which [`acl_fn`] and
 //!   [`dcmi_fn`] name each function-pointer type and [`Acl`]/[`Dcmi`] load the libraries at run
 //!   time (libloading): a function the library lacks is `None`, a missing library an error;
+//! - [`chips`]: per chip model, the vNPU templates, AI CPUs and peak FP16 TFLOPS (DCMI creates
+//!   vNPUs by template name but cannot list the templates);
 //! - [`AclAbi`], [`DcmiAbi`]: each API's codes for the C-boundary kit (`tf-ffi`), and
 //!   [`acl_error_name`]/[`dcmi_error_name`].
 //!
@@ -27,6 +29,8 @@
 //! this workspace comes from this crate; nobody types one by hand elsewhere.
 #![cfg_attr(test, allow(unused_crate_dependencies))] // unit tests see the dev-dependencies too
 #![allow(non_camel_case_types, non_snake_case)]
+
+pub mod chips;
 
 #[path = "gen/acl.rs"]
 pub mod acl;

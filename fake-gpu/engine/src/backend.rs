@@ -232,6 +232,12 @@ impl Context for HalContext {
         let m = match image {
             ModuleImage::Ptx(text) => Module::from_ptx(text)?,
             ModuleImage::Binary(bytes) => Module::from_image(bytes)?,
+            ModuleImage::SpirV(_) => {
+                return Err(Error::new(
+                    ErrorKind::InvalidImage,
+                    "the simulated GPU runs PTX modules, not SPIR-V (use the vulkan backend for SPIR-V)",
+                ));
+            }
         };
         let h = self.handle();
         lock(&self.tables).modules.insert(h, m);

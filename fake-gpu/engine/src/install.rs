@@ -11,6 +11,8 @@ use tf_hal::{Error, ErrorKind, Result};
 pub const DRIVER_LIBS: &[(&str, &[&str])] = &[
     ("libcuda.so", &["libcuda.so.1", "libcuda.so"]),
     ("libnvidia_ml.so", &["libnvidia-ml.so.1", "libnvidia-ml.so"]),
+    ("libascendcl.so", &["libascendcl.so"]),
+    ("libdcmi.so", &["libdcmi.so"]),
 ];
 
 /// The folder, inside the installed library folder, that holds the drop-in libraries under the

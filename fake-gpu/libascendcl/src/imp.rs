@@ -161,9 +161,13 @@ pub fn memcpy(
             let e = &ctx.engine;
             match (d_dev, s_dev) {
                 (true, false) => {
-                    // SAFETY: the caller's source buffer holds `count` bytes (ACL's contract).
-                    let data = unsafe { std::slice::from_raw_parts(src as *const u8, count) };
-                    hal(e.copy_to_device(dst as u64, data))
+                    // Host to device does not wait for queued work (a fresh argument block is
+                    // written while kernels run); reads of device memory below do.
+                    let r = region(dst)?;
+                    // SAFETY: `r` pins `count` bytes of live device memory at `r.ptr`; the
+                    // caller's source buffer holds `count` bytes (ACL's contract).
+                    unsafe { std::ptr::copy(src as *const u8, r.ptr, count) };
+                    Ok(())
                 }
                 (false, true) => {
                     // SAFETY: the caller's destination buffer holds `destMax >= count` bytes.

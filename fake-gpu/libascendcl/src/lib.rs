@@ -27,6 +27,9 @@
 //! are: a built-in processes every element its count argument names. The argument block is
 //! device memory, read when the launch is queued (write it with a synchronous copy first).
 //!
+//! Copies: `aclrtMemcpy` from host to device writes at once, without waiting for queued work;
+//! copies that read device memory wait for the context's queued work first.
+//!
 //! Design rules: state lives in the engine (device segments) or in this process's handle
 //! registries (handles are object addresses, checked before use); errors come from the engine as
 //! HAL errors and are mapped to `aclError` in one place ([`state::code`]).

@@ -27,7 +27,7 @@ pub fn code(e: &tf_hal::Error) -> u32 {
     match e.kind {
         NotInitialized => ACL_ERROR_UNINITIALIZE,
         LibraryNotFound | DeviceLost => ACL_ERROR_RT_DEV_SETUP_ERROR,
-        InvalidDevice => ACL_ERROR_RT_INVALID_DEVICEID,
+        InvalidDevice | NoDevice => ACL_ERROR_RT_INVALID_DEVICEID,
         InvalidValue | Config => ACL_ERROR_RT_PARAM_INVALID,
         InvalidHandle => ACL_ERROR_RT_INVALID_HANDLE,
         OutOfMemory => ACL_ERROR_RT_MEMORY_ALLOCATION,

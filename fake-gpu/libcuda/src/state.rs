@@ -28,6 +28,7 @@ pub fn code(e: &tf_hal::Error) -> u32 {
         NotInitialized => CUDA_ERROR_NOT_INITIALIZED,
         LibraryNotFound => CUDA_ERROR_SHARED_OBJECT_INIT_FAILED,
         InvalidDevice => CUDA_ERROR_INVALID_DEVICE,
+        NoDevice => CUDA_ERROR_NO_DEVICE,
         InvalidValue => CUDA_ERROR_INVALID_VALUE,
         InvalidHandle => CUDA_ERROR_INVALID_HANDLE,
         OutOfMemory => CUDA_ERROR_OUT_OF_MEMORY,
