@@ -449,3 +449,58 @@ fn the_installed_product_runs_from_any_folder() {
         "the fix: {e}"
     );
 }
+
+/// A full shared-memory folder is an error when the region or a simulated device's segment is
+/// created (space is reserved before anything is mapped), never a SIGBUS later. Runs in a mount
+/// namespace of its own (`unshare`) on a 64 KiB tmpfs that is already full.
+#[test]
+fn a_full_shm_folder_is_an_error_not_a_crash() {
+    let root = tempfile::tempdir().unwrap();
+    let full = root.path().join("full");
+    std::fs::create_dir(&full).unwrap();
+    let profile = root.path().join("gpu.toml");
+    let mut config = isolated_config("full", 1);
+    config.shm_dir = full.clone();
+    std::fs::write(&profile, to_toml(&config)).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size=64k tmpfs {dir} || exit 99; \
+         head -c 60000 /dev/zero > {dir}/filler; \
+         TF_FAKE_GPU_CONFIG={profile} {bin} devices; echo segment=$?; \
+         TF_FAKE_GPU_CONFIG={ok} {bin} run --region-dir {dir} -- true; echo region=$?",
+        dir = full.display(),
+        profile = profile.display(),
+        ok = {
+            let p = root.path().join("ok.toml");
+            std::fs::write(&p, isolated()).unwrap();
+            p.display().to_string()
+        },
+        bin = BIN,
+    );
+    // As root a plain mount namespace will do; otherwise a user namespace maps us to root.
+    let mut o = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .output();
+    if o.as_ref()
+        .is_ok_and(|o| o.status.code() == Some(99) || !o.status.success())
+    {
+        o = Command::new("unshare")
+            .args(["-Urm", "sh", "-c", &script])
+            .output();
+    }
+    let o = match o {
+        Ok(o) if o.status.code() != Some(99) => o,
+        _ => {
+            eprintln!("SKIPPED: cannot mount a tmpfs in a private mount namespace here");
+            return;
+        }
+    };
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = stderr(&o);
+    assert!(out.contains("segment=1"), "{out}\n{err}");
+    assert!(out.contains("region=1"), "{out}\n{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(
+        !err.contains("SIGBUS") && !err.contains("Bus error"),
+        "{err}"
+    );
+}

@@ -89,13 +89,11 @@ fn the_cuda_backend_lists_the_simulated_devices() {
     let dir = tempfile::tempdir().unwrap();
     // The libraries as `tensor-fusion fake-gpu install DIR` lays them out (libcuda alone while
     // the simulated NVML is not built).
-    if let Err(e) =
-        tf_fake_gpu::install::install(dir.path(), tf_fake_gpu::install::InstallMode::Link)
     {
-        eprintln!("note: {e}: installing libcuda only");
-        let built = tf_fake_gpu::install::find_built("libcuda.so").unwrap();
-        for name in ["libcuda.so.1", "libcuda.so"] {
-            std::fs::copy(&built, dir.path().join(name)).unwrap();
+        use tf_fake_gpu::install::{DRIVER_LIBS, InstallMode, NVIDIA_LIBS, install_libs};
+        if let Err(e) = install_libs(dir.path(), InstallMode::Link, NVIDIA_LIBS) {
+            eprintln!("note: {e}: installing libcuda only");
+            install_libs(dir.path(), InstallMode::Link, &DRIVER_LIBS[..1]).unwrap();
         }
     }
     let config = machine(dir.path());

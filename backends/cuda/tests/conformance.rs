@@ -351,18 +351,14 @@ fn run_on_fake_libraries(args: &Args) -> ExitCode {
     }
 }
 
-/// `tf_fake_gpu::install::install`, or only libcuda while the fake NVML is not built. Returns
-/// whether NVML was installed.
+/// The simulated NVIDIA libraries (`tf_fake_gpu::install::install_libs`), or only libcuda
+/// while the fake NVML is not built. Returns whether NVML was installed.
 fn install_fake_libraries(dir: &Path) -> tf_hal::Result<bool> {
-    match tf_fake_gpu::install::install(dir, tf_fake_gpu::install::InstallMode::Link) {
+    use tf_fake_gpu::install::{DRIVER_LIBS, InstallMode, NVIDIA_LIBS, install_libs};
+    match install_libs(dir, InstallMode::Link, NVIDIA_LIBS) {
         Ok(_) => Ok(true),
         Err(e) => {
-            let cuda = tf_fake_gpu::install::find_built("libcuda.so")?;
-            for name in ["libcuda.so.1", "libcuda.so"] {
-                std::fs::copy(&cuda, dir.join(name)).map_err(|io| {
-                    tf_hal::Error::new(tf_hal::ErrorKind::Other, format!("copy {name}: {io}"))
-                })?;
-            }
+            install_libs(dir, InstallMode::Link, &DRIVER_LIBS[..1])?;
             eprintln!("note: {e}\nnote: running with the fake libcuda only (no NVML)");
             Ok(false)
         }

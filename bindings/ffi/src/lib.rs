@@ -81,6 +81,39 @@ impl<A: Abi> Answer<A> for u32 {
     }
 }
 
+/// APIs whose status is a signed 32-bit enum (Vulkan's `VkResult`, whose errors are negative)
+/// describe their codes in [`Abi`] by the same 32 bits (`VK_ERROR_UNKNOWN as u32`), and their
+/// functions answer an `i32` with those bits.
+impl<A: Abi> Answer<A> for i32 {
+    fn not_supported() -> i32 {
+        A::NOT_SUPPORTED as i32
+    }
+    fn internal_error() -> i32 {
+        A::INTERNAL_ERROR as i32
+    }
+    fn is_failure(&self) -> bool {
+        let code = *self as u32;
+        code != A::SUCCESS && !A::QUIET.contains(&code)
+    }
+}
+
+/// Functions that return nothing (`void`): a panic is logged and the call simply returns.
+impl<A: Abi> Answer<A> for () {
+    fn not_supported() {}
+    fn internal_error() {}
+}
+
+/// Functions that answer an optional pointer (a proc-address lookup): `None` (C's `NULL`)
+/// when unsupported or after a panic.
+impl<A: Abi, T> Answer<A> for Option<T> {
+    fn not_supported() -> Option<T> {
+        None
+    }
+    fn internal_error() -> Option<T> {
+        None
+    }
+}
+
 /// Functions that answer with a static string (`nvmlErrorString`).
 impl<A: Abi> Answer<A> for *const c_char {
     fn not_supported() -> *const c_char {
@@ -140,26 +173,64 @@ pub fn not_supported<A: Abi, R: Answer<A>>(library: &'static str, function: &'st
     R::not_supported()
 }
 
+/// Store `v` at `p`: directly (the caller's contract vouches for `p`), or, `CHECKED`, through
+/// `tf_os::copy_checked`, so that a bad address is an error rather than a crash.
+fn store<T, const CHECKED: bool>(p: *mut T, v: T) -> bool {
+    if CHECKED {
+        let ok = tf_os::copy_checked(p as usize, &v as *const T as usize, size_of::<T>()).is_ok();
+        std::mem::forget(v); // its bytes now live at `p` (T is plain C data)
+        ok
+    } else {
+        // SAFETY: the C API's contract is that a non-null out-parameter points at writable
+        // storage for a T (the caller checked null). Unaligned-safe.
+        unsafe { p.write_unaligned(v) };
+        true
+    }
+}
+
+/// Load the `T` at `p` (see [`store`]).
+fn load<T: Copy, const CHECKED: bool>(p: *const T) -> Option<T> {
+    if CHECKED {
+        let mut v = std::mem::MaybeUninit::<T>::uninit();
+        tf_os::copy_checked(v.as_mut_ptr() as usize, p as usize, size_of::<T>()).ok()?;
+        // SAFETY: all size_of::<T>() bytes were copied in; T is plain C data (Copy), valid for
+        // the bit patterns a C caller passes.
+        Some(unsafe { v.assume_init() })
+    } else {
+        // SAFETY: the C API's contract is that a non-null input pointer points at a valid T
+        // (the caller checked null). Unaligned-safe.
+        Some(unsafe { p.read_unaligned() })
+    }
+}
+
 /// Write `v` through an out-parameter.
 pub fn out<A: Abi, T>(p: *mut T, v: T) -> CResult {
-    if p.is_null() {
+    out_with::<A, T, false>(p, v)
+}
+
+/// [`out`], trusting the pointer (`CHECKED = false`) or checking it (`true`).
+pub fn out_with<A: Abi, T, const CHECKED: bool>(p: *mut T, v: T) -> CResult {
+    if p.is_null() || !store::<T, CHECKED>(p, v) {
         return Err(A::INVALID_VALUE);
     }
-    // SAFETY: the C API's contract is that a non-null out-parameter points at writable storage
-    // for a T; null was rejected above. Unaligned-safe.
-    unsafe { p.write_unaligned(v) };
     Ok(())
 }
 
 /// Read the `T` an input pointer points at.
 pub fn read<A: Abi, T: Copy>(p: *const T) -> CResult<T> {
+    read_with::<A, T, false>(p)
+}
+
+/// [`read`], trusting the pointer or checking it.
+pub fn read_with<A: Abi, T: Copy, const CHECKED: bool>(p: *const T) -> CResult<T> {
     if p.is_null() {
         return Err(A::INVALID_VALUE);
     }
-    // SAFETY: the C API's contract is that a non-null input pointer points at a valid T; null
-    // was rejected above. Unaligned-safe.
-    Ok(unsafe { p.read_unaligned() })
+    load::<T, CHECKED>(p).ok_or(A::INVALID_VALUE)
 }
+
+/// The longest C string a checked read follows before giving up (a PTX module can be large).
+pub const MAX_CHECKED_STR: usize = 64 << 20;
 
 /// Read a NUL-terminated UTF-8 string argument.
 pub fn cstr<'a, A: Abi>(p: *const c_char) -> CResult<&'a str> {
@@ -173,6 +244,31 @@ pub fn cstr<'a, A: Abi>(p: *const c_char) -> CResult<&'a str> {
         .map_err(|_| A::INVALID_VALUE)
 }
 
+/// [`cstr`], checking every page of the string before reading it: an unmapped pointer or a
+/// string with no NUL within [`MAX_CHECKED_STR`] bytes is an invalid value. Returns an owned
+/// copy (the bytes were copied to be checked).
+pub fn cstr_checked<A: Abi>(p: *const c_char) -> CResult<String> {
+    if p.is_null() {
+        return Err(A::INVALID_VALUE);
+    }
+    const PAGE: usize = 4096;
+    let mut bytes = Vec::new();
+    let mut at = p as usize;
+    while bytes.len() < MAX_CHECKED_STR {
+        // Up to the end of this page: a later page may be unmapped after the NUL.
+        let n = PAGE - at % PAGE;
+        let mut chunk = vec![0u8; n];
+        tf_os::copy_checked(chunk.as_mut_ptr() as usize, at, n).map_err(|_| A::INVALID_VALUE)?;
+        if let Some(end) = chunk.iter().position(|&b| b == 0) {
+            bytes.extend_from_slice(&chunk[..end]);
+            return String::from_utf8(bytes).map_err(|_| A::INVALID_VALUE);
+        }
+        bytes.extend_from_slice(&chunk);
+        at += n;
+    }
+    Err(A::INVALID_VALUE)
+}
+
 /// A caller's buffer length as a `usize` (a negative length is an invalid value).
 fn buffer_len<A: Abi>(len: impl TryInto<usize>) -> CResult<usize> {
     len.try_into().map_err(|_| A::INVALID_VALUE)
@@ -181,6 +277,15 @@ fn buffer_len<A: Abi>(len: impl TryInto<usize>) -> CResult<usize> {
 /// Copy `s` and a NUL into a caller's buffer of `len` bytes; a buffer too small for all of it
 /// is the API's insufficient-size code, with nothing written.
 pub fn write_str<A: Abi>(buf: *mut c_char, len: impl TryInto<usize>, s: &str) -> CResult {
+    write_str_with::<A, false>(buf, len, s)
+}
+
+/// [`write_str`], trusting the buffer or checking it.
+pub fn write_str_with<A: Abi, const CHECKED: bool>(
+    buf: *mut c_char,
+    len: impl TryInto<usize>,
+    s: &str,
+) -> CResult {
     let len = buffer_len::<A>(len)?;
     if buf.is_null() {
         return Err(A::INVALID_VALUE);
@@ -188,18 +293,32 @@ pub fn write_str<A: Abi>(buf: *mut c_char, len: impl TryInto<usize>, s: &str) ->
     if len < s.len() + 1 {
         return Err(A::INSUFFICIENT_SIZE);
     }
-    // SAFETY: the caller's buffer has `len` writable bytes (the C API's contract) and we write
-    // s.len() + 1 <= len of them.
-    unsafe {
-        std::ptr::copy_nonoverlapping(s.as_ptr(), buf as *mut u8, s.len());
-        *buf.add(s.len()) = 0;
+    let mut bytes = Vec::with_capacity(s.len() + 1);
+    bytes.extend_from_slice(s.as_bytes());
+    bytes.push(0);
+    if CHECKED {
+        tf_os::copy_checked(buf as usize, bytes.as_ptr() as usize, bytes.len())
+            .map_err(|_| A::INVALID_VALUE)
+    } else {
+        // SAFETY: the caller's buffer has `len` writable bytes (the C API's contract) and we
+        // write s.len() + 1 <= len of them.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf as *mut u8, bytes.len()) };
+        Ok(())
     }
-    Ok(())
 }
 
 /// Like [`write_str`], but a buffer too small gets the string truncated at a character
 /// boundary (still NUL-terminated); only an empty buffer is an invalid value.
 pub fn write_str_truncated<A: Abi>(buf: *mut c_char, len: impl TryInto<usize>, s: &str) -> CResult {
+    write_str_truncated_with::<A, false>(buf, len, s)
+}
+
+/// [`write_str_truncated`], trusting the buffer or checking it.
+pub fn write_str_truncated_with<A: Abi, const CHECKED: bool>(
+    buf: *mut c_char,
+    len: impl TryInto<usize>,
+    s: &str,
+) -> CResult {
     let len = buffer_len::<A>(len)?;
     if len == 0 {
         return Err(A::INVALID_VALUE);
@@ -208,7 +327,7 @@ pub fn write_str_truncated<A: Abi>(buf: *mut c_char, len: impl TryInto<usize>, s
     while !s.is_char_boundary(n) {
         n -= 1;
     }
-    write_str::<A>(buf, len, &s[..n])
+    write_str_with::<A, CHECKED>(buf, len, &s[..n])
 }
 
 /// The list protocol of NVML-style queries: `*count` says how many entries `buf` can hold; on
@@ -216,9 +335,18 @@ pub fn write_str_truncated<A: Abi>(buf: *mut c_char, len: impl TryInto<usize>, s
 /// code (with nothing written), so a caller may ask with a count of 0 to learn the size. An
 /// empty list is success with a count of 0.
 pub fn write_list<A: Abi, T: Copy>(count: *mut u32, buf: *mut T, items: &[T]) -> CResult {
-    let cap = read::<A, u32>(count)?;
+    write_list_with::<A, T, false>(count, buf, items)
+}
+
+/// [`write_list`], trusting the buffers or checking them.
+pub fn write_list_with<A: Abi, T: Copy, const CHECKED: bool>(
+    count: *mut u32,
+    buf: *mut T,
+    items: &[T],
+) -> CResult {
+    let cap = read_with::<A, u32, CHECKED>(count)?;
     let n = u32::try_from(items.len()).map_err(|_| A::INTERNAL_ERROR)?;
-    out::<A, u32>(count, n)?;
+    out_with::<A, u32, CHECKED>(count, n)?;
     if n == 0 {
         return Ok(());
     }
@@ -229,9 +357,11 @@ pub fn write_list<A: Abi, T: Copy>(count: *mut u32, buf: *mut T, items: &[T]) ->
         return Err(A::INVALID_VALUE);
     }
     for (i, item) in items.iter().enumerate() {
-        // SAFETY: the caller's buffer holds `cap >= n > i` entries of T (the C API's contract);
-        // null was rejected above. Unaligned-safe.
-        unsafe { buf.add(i).write_unaligned(*item) };
+        // The i-th entry of the caller's buffer (which holds `cap >= n > i` entries by the C
+        // API's contract; checked when CHECKED).
+        if !store::<T, CHECKED>(buf.wrapping_add(i), *item) {
+            return Err(A::INVALID_VALUE);
+        }
     }
     Ok(())
 }
@@ -247,24 +377,38 @@ pub fn fill_chars<const N: usize>(s: &str) -> [c_char; N] {
 
 /// Bind the helpers to one API in the calling module: `tf_ffi::kit!(tf_cuda_abi::CudaDriverAbi);`
 /// defines `out`, `read`, `cstr`, `write_str`, `write_str_truncated`, `write_list` and `status`
-/// answering in that API's codes.
+/// answering in that API's codes, trusting the caller's non-null pointers (for an interposer,
+/// which only touches what the real library just accepted). `tf_ffi::kit!(Abi, checked);`
+/// checks every pointer before touching it (for an implementation of the API, which must answer
+/// a bad pointer with an error code, never crash); its `cstr` returns an owned `String`.
 #[macro_export]
 macro_rules! kit {
     ($abi:ty) => {
-        /// Write `v` through an out-parameter (null: invalid value).
-        #[allow(dead_code)]
-        pub fn out<T>(p: *mut T, v: T) -> $crate::CResult {
-            $crate::out::<$abi, T>(p, v)
-        }
-        /// Read what an input pointer points at (null: invalid value).
-        #[allow(dead_code)]
-        pub fn read<T: Copy>(p: *const T) -> $crate::CResult<T> {
-            $crate::read::<$abi, T>(p)
-        }
+        $crate::kit!(@ $abi, false);
         /// A NUL-terminated UTF-8 string argument.
         #[allow(dead_code)]
         pub fn cstr<'a>(p: *const ::std::ffi::c_char) -> $crate::CResult<&'a str> {
             $crate::cstr::<$abi>(p)
+        }
+    };
+    ($abi:ty, checked) => {
+        $crate::kit!(@ $abi, true);
+        /// A NUL-terminated UTF-8 string argument, every page checked before it is read.
+        #[allow(dead_code)]
+        pub fn cstr(p: *const ::std::ffi::c_char) -> $crate::CResult<String> {
+            $crate::cstr_checked::<$abi>(p)
+        }
+    };
+    (@ $abi:ty, $checked:literal) => {
+        /// Write `v` through an out-parameter (null: invalid value).
+        #[allow(dead_code)]
+        pub fn out<T>(p: *mut T, v: T) -> $crate::CResult {
+            $crate::out_with::<$abi, T, $checked>(p, v)
+        }
+        /// Read what an input pointer points at (null: invalid value).
+        #[allow(dead_code)]
+        pub fn read<T: Copy>(p: *const T) -> $crate::CResult<T> {
+            $crate::read_with::<$abi, T, $checked>(p)
         }
         /// A string into a caller's buffer; too small: the API's insufficient-size code.
         #[allow(dead_code)]
@@ -273,7 +417,7 @@ macro_rules! kit {
             len: impl TryInto<usize>,
             s: &str,
         ) -> $crate::CResult {
-            $crate::write_str::<$abi>(buf, len, s)
+            $crate::write_str_with::<$abi, $checked>(buf, len, s)
         }
         /// A string into a caller's buffer, truncated to fit.
         #[allow(dead_code)]
@@ -282,12 +426,12 @@ macro_rules! kit {
             len: impl TryInto<usize>,
             s: &str,
         ) -> $crate::CResult {
-            $crate::write_str_truncated::<$abi>(buf, len, s)
+            $crate::write_str_truncated_with::<$abi, $checked>(buf, len, s)
         }
         /// A list into a caller's buffer (NVML's count protocol).
         #[allow(dead_code)]
         pub fn write_list<T: Copy>(count: *mut u32, buf: *mut T, items: &[T]) -> $crate::CResult {
-            $crate::write_list::<$abi, T>(count, buf, items)
+            $crate::write_list_with::<$abi, T, $checked>(count, buf, items)
         }
         /// The status code of a result.
         #[allow(dead_code)]
@@ -315,6 +459,40 @@ mod tests {
 
     mod bound {
         crate::kit!(super::Test);
+    }
+
+    mod checked {
+        crate::kit!(super::Test, checked);
+    }
+
+    #[test]
+    fn checked_helpers_answer_bad_pointers_with_the_invalid_value_code() {
+        let bad = 0x10 as *mut u64;
+        assert_eq!(checked::out(bad, 7), Err(1));
+        assert_eq!(checked::read(bad as *const u64), Err(1));
+        let mut v = 0u64;
+        assert_eq!(checked::out(&mut v, 42), Ok(()));
+        assert_eq!(checked::read(&v), Ok(42));
+        assert_eq!(checked::cstr(0x10 as *const c_char), Err(1));
+        assert_eq!(
+            checked::cstr(c"ptx text".as_ptr()).as_deref(),
+            Ok("ptx text")
+        );
+        let big = "x".repeat(10_000) + "\0";
+        assert_eq!(
+            checked::cstr(big.as_ptr() as *const c_char).map(|s| s.len()),
+            Ok(10_000)
+        );
+        assert_eq!(checked::write_str(0x10 as *mut c_char, 8, "abc"), Err(1));
+        let mut count = 4u32;
+        assert_eq!(
+            checked::write_list(&mut count, 0x10 as *mut u16, &[1, 2]),
+            Err(1)
+        );
+        assert_eq!(
+            checked::write_list(0x10 as *mut u32, std::ptr::null_mut::<u16>(), &[1]),
+            Err(1)
+        );
     }
 
     #[test]

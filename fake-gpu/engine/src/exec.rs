@@ -295,7 +295,7 @@ impl Stream {
         }
         kernels::check_args(&f.name, &f.param_sizes, params)?;
         let job = kernels::decode(f.builtin, params, cfg);
-        let duration_ns = kernels::duration_ns(&job, cfg, self.device.profile());
+        let duration_ns = kernels::duration_ns(&job, cfg, self.device.profile())?;
         let regions = kernels::regions(&job)
             .into_iter()
             .map(|(addr, len)| self.device.resolve(addr, len))

@@ -15,6 +15,9 @@ pub const DRIVER_LIBS: &[(&str, &[&str])] = &[
     ("libdcmi.so", &["libdcmi.so"]),
 ];
 
+/// The NVIDIA ones among [`DRIVER_LIBS`]: what CUDA programs and NVML clients load.
+pub const NVIDIA_LIBS: &[(&str, &[&str])] = &[DRIVER_LIBS[0], DRIVER_LIBS[1]];
+
 /// The folder, inside the installed library folder, that holds the drop-in libraries under the
 /// real drivers' names (laid out by `tensor-fusion install`).
 pub const INSTALLED_DRIVER_DIR: &str = "driver";
@@ -41,12 +44,27 @@ fn io(what: String, e: std::io::Error) -> Error {
 
 /// Lay the libraries out in `dest` under the real drivers' names. Returns the files written.
 pub fn install(dest: &Path, mode: InstallMode) -> Result<Vec<PathBuf>> {
+    install_libs(dest, mode, DRIVER_LIBS)
+}
+
+/// Lay out `libs` (entries of [`DRIVER_LIBS`]) in `dest`. Every library is found before anything
+/// is written, so a missing one changes nothing.
+pub fn install_libs(
+    dest: &Path,
+    mode: InstallMode,
+    libs: &[(&str, &[&str])],
+) -> Result<Vec<PathBuf>> {
+    let sources = libs
+        .iter()
+        .map(|(built, names)| {
+            let src = find_built(built)?;
+            Ok((src.canonicalize().unwrap_or(src), *names))
+        })
+        .collect::<Result<Vec<_>>>()?;
     std::fs::create_dir_all(dest).map_err(|e| io(format!("create {}", dest.display()), e))?;
     let mut written = Vec::new();
-    for (built, names) in DRIVER_LIBS {
-        let src = find_built(built)?;
-        let src = src.canonicalize().unwrap_or(src);
-        for name in *names {
+    for (src, names) in sources {
+        for name in names {
             let to = dest.join(name);
             // Replace atomically, so that a running program that has the old file mapped is
             // unharmed and a concurrent install never sees a half-written file.
@@ -70,13 +88,19 @@ pub fn install(dest: &Path, mode: InstallMode) -> Result<Vec<PathBuf>> {
     Ok(written)
 }
 
-/// A folder holding the drop-in libraries under the real drivers' names, for
+/// A folder holding the simulated NVIDIA libraries under the real drivers' names, for
 /// `LD_LIBRARY_PATH`: the installed layout's own when tensor-fusion is installed, else one per
 /// user (`$TMPDIR/tensor-fusion-<uid>/fake-driver`, links refreshed when they point elsewhere).
 pub fn driver_dir() -> Result<PathBuf> {
-    if let Ok((lib, tf_os::artifacts::Origin::Installed)) = tf_os::artifacts::find(DRIVER_LIBS[0].0)
+    driver_dir_of(NVIDIA_LIBS, "fake-driver")
+}
+
+/// [`driver_dir`] for `libs`, in the per-user folder `name` when not installed.
+pub fn driver_dir_of(libs: &[(&str, &[&str])], name: &str) -> Result<PathBuf> {
+    if let Some((first, _)) = libs.first()
+        && let Ok((lib, tf_os::artifacts::Origin::Installed)) = tf_os::artifacts::find(first)
         && let Some(dir) = lib.parent().map(|d| d.join(INSTALLED_DRIVER_DIR))
-        && DRIVER_LIBS
+        && libs
             .iter()
             .flat_map(|(_, names)| names.iter())
             .all(|n| dir.join(n).exists())
@@ -85,15 +109,15 @@ pub fn driver_dir() -> Result<PathBuf> {
     }
     let dir = tf_os::user_runtime_dir()
         .map_err(|e| io("the per-user runtime folder".into(), e))?
-        .join("fake-driver");
-    let stale = DRIVER_LIBS.iter().any(|(built, names)| {
+        .join(name);
+    let stale = libs.iter().any(|(built, names)| {
         let want = find_built(built).ok().and_then(|p| p.canonicalize().ok());
         names
             .iter()
             .any(|n| std::fs::read_link(dir.join(n)).ok() != want)
     });
     if stale {
-        install(&dir, InstallMode::Link)?;
+        install_libs(&dir, InstallMode::Link, libs)?;
     }
     Ok(dir)
 }

@@ -121,23 +121,48 @@ pub fn decode(builtin: Builtin, params: &[Vec<u8>], cfg: &LaunchConfig) -> Job {
     }
 }
 
-/// Modeled device time of a launch.
-pub fn duration_ns(job: &Job, cfg: &LaunchConfig, profile: &DeviceProfile) -> u64 {
-    let bytes = match job {
-        Job::Busy { ns } => return *ns,
-        Job::VectorAdd { n, .. } => n * 12,
-        Job::Saxpy { n, .. } => n * 12,
-        Job::Fill { n, .. } => n * 4,
+/// The longest kernel the simulated GPU runs: a launch whose modeled duration is longer is
+/// refused, so that no process — dead or alive — can hold a device for everyone else for
+/// longer than this (a real GPU's compute preemption and watchdogs bound kernels too).
+pub const MAX_KERNEL_NS: u64 = 10_000_000_000;
+
+/// Modeled device time of a launch; refused (no wrap-around, no hour-long kernels) above
+/// [`MAX_KERNEL_NS`].
+pub fn duration_ns(job: &Job, cfg: &LaunchConfig, profile: &DeviceProfile) -> Result<u64> {
+    let d = match job {
+        Job::Busy { ns } => Some(*ns),
+        Job::VectorAdd { n, .. } | Job::Saxpy { n, .. } => {
+            transfer_ns(n.saturating_mul(12), profile)
+        }
+        Job::Fill { n, .. } => transfer_ns(n.saturating_mul(4), profile),
         Job::Modeled => {
-            let threads_per_block = (cfg.block.iter().map(|&d| d as u64).product::<u64>()).max(1);
+            let threads_per_block = cfg.block.iter().map(|&d| d as u64).product::<u64>().max(1);
             let blocks_per_sm = (2048 / threads_per_block).clamp(1, 32);
-            let per_wave = profile.sms as u64 * blocks_per_sm;
+            let per_wave = (profile.sms as u64 * blocks_per_sm).max(1);
             let waves = cfg.total_blocks().div_ceil(per_wave).max(1);
-            return profile.launch_overhead_ns + waves * profile.wave_ns;
+            waves
+                .checked_mul(profile.wave_ns)
+                .and_then(|w| w.checked_add(profile.launch_overhead_ns))
         }
     };
-    // GB/s is bytes per ns.
-    profile.launch_overhead_ns + (bytes as f64 / profile.memory_bandwidth_gbps) as u64
+    match d {
+        Some(d) if d <= MAX_KERNEL_NS => Ok(d),
+        _ => Err(Error::new(
+            ErrorKind::InvalidValue,
+            format!(
+                "the kernel would run for {} ns, longer than the simulated GPU's limit of {} s per kernel",
+                d.map_or("more than 2^64".to_string(), |d| d.to_string()),
+                MAX_KERNEL_NS / 1_000_000_000
+            ),
+        )),
+    }
+}
+
+/// Time to move `bytes` through device memory, plus the launch overhead (GB/s is bytes per ns).
+fn transfer_ns(bytes: u64, profile: &DeviceProfile) -> Option<u64> {
+    let t = bytes as f64 / profile.memory_bandwidth_gbps;
+    (t.is_finite() && t < u64::MAX as f64)
+        .then(|| (t as u64).saturating_add(profile.launch_overhead_ns))
 }
 
 /// A resolved view of device memory for a job: `(address, bytes needed)` pairs to validate.

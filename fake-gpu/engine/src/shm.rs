@@ -24,9 +24,13 @@ use tf_os::shm::{Shm, ShmSafe};
 use crate::sys;
 
 pub const MAGIC: u64 = u64::from_le_bytes(*b"TFFAKGPU");
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 pub const MAX_PROCS: usize = 256;
 pub const HISTORY: usize = 8192;
+
+/// A reservation pending further ahead than this is checked for a dead owner before queueing
+/// behind it.
+pub const DEAD_TAIL_CHECK_NS: u64 = 10_000_000;
 
 /// How far in the past a queued kernel may be started (covers the worker's wake-up latency).
 pub const MAX_BACKDATE_NS: u64 = 2_000_000;
@@ -55,6 +59,9 @@ struct HistEntry {
     at_ns: AtomicU64,
     reserved_total: AtomicU64,
     busy_until: AtomicU64,
+    /// The process that made the reservation (0: a release, no reservation).
+    pid: AtomicU32,
+    _pad: u32,
 }
 
 #[repr(C)]
@@ -69,6 +76,12 @@ pub struct DeviceSegment {
     _pad1: u32,
     busy_until_ns: AtomicU64,
     reserved_total_ns: AtomicU64,
+    /// The last reservation (the one that ends at `busy_until_ns`): its start, and the slot of
+    /// the process that made it (`u32::MAX`: none), so that a process that dies with it
+    /// pending gives the device back.
+    tail_start_ns: AtomicU64,
+    tail_slot: AtomicU32,
+    _pad2: u32,
     kernels_total: AtomicU64,
     history_len: AtomicU64,
     history: [HistEntry; HISTORY],
@@ -171,6 +184,8 @@ impl DeviceSegment {
         self.lock_owner.store(0, Ordering::Relaxed);
         self.busy_until_ns.store(0, Ordering::Relaxed);
         self.reserved_total_ns.store(0, Ordering::Relaxed);
+        self.tail_start_ns.store(0, Ordering::Relaxed);
+        self.tail_slot.store(u32::MAX, Ordering::Relaxed);
         self.kernels_total.store(0, Ordering::Relaxed);
         self.history_len.store(0, Ordering::Relaxed);
         self.procs.reset();
@@ -243,26 +258,95 @@ impl DeviceSegment {
         self.used_memory.load(Ordering::Relaxed)
     }
 
-    /// Give back what a dead process held (its slot is being emptied).
-    fn forget(&self, usage: &ProcUsage) {
+    /// Give back what a dead process held (its slot is being emptied): its memory, and the
+    /// device time it reserved and has not used yet when its reservation is the last one (a
+    /// reservation followed by others cannot move: theirs are already scheduled).
+    fn forget(&self, slot: usize, usage: &ProcUsage) {
         let mem = usage.mem_used.swap(0, Ordering::AcqRel);
         self.used_memory.fetch_sub(mem, Ordering::AcqRel);
+        let _g = self.lock();
+        if self.tail_slot.load(Ordering::Relaxed) != slot as u32 {
+            return;
+        }
+        self.tail_slot.store(u32::MAX, Ordering::Relaxed);
+        let now = sys::now_ns();
+        let until = self.busy_until_ns.load(Ordering::Relaxed);
+        let from = now.max(self.tail_start_ns.load(Ordering::Relaxed));
+        if until <= from {
+            return;
+        }
+        let total = self
+            .reserved_total_ns
+            .load(Ordering::Relaxed)
+            .saturating_sub(until - from);
+        self.reserved_total_ns.store(total, Ordering::Relaxed);
+        self.busy_until_ns.store(from, Ordering::Relaxed);
+        self.record(now, total, from, 0);
+    }
+
+    /// Append a history entry (under the arbiter lock).
+    fn record(&self, at: u64, reserved_total: u64, busy_until: u64, pid: u32) {
+        let n = self.history_len.load(Ordering::Relaxed);
+        let h = &self.history[(n % HISTORY as u64) as usize];
+        h.at_ns.store(at, Ordering::Relaxed);
+        h.reserved_total.store(reserved_total, Ordering::Relaxed);
+        h.busy_until.store(busy_until, Ordering::Relaxed);
+        h.pid.store(pid, Ordering::Relaxed);
+        self.history_len.store(n + 1, Ordering::Release);
+    }
+
+    /// Device time each process's kernels held the device within `[from, to)` (monotonic ns),
+    /// from the reservation history (as far back as it reaches): `(pid, busy ns)`, processes
+    /// with none left out. What NVML's per-process utilization over a caller's window means.
+    pub fn busy_by_process(&self, from: u64, to: u64) -> Vec<(u32, u64)> {
+        let _g = self.lock();
+        let len = self.history_len.load(Ordering::Relaxed);
+        let oldest = len.saturating_sub(HISTORY as u64);
+        let mut busy: Vec<(u32, u64)> = Vec::new();
+        // Each entry's reservation is its growth of the reserved total (the first entry's, from
+        // zero, when the history has not wrapped yet).
+        let mut prev_total: Option<u64> = (oldest == 0).then_some(0);
+        for i in oldest..len {
+            let h = &self.history[(i % HISTORY as u64) as usize];
+            let total = h.reserved_total.load(Ordering::Relaxed);
+            let (end, pid) = (
+                h.busy_until.load(Ordering::Relaxed),
+                h.pid.load(Ordering::Relaxed),
+            );
+            if let Some(pt) = prev_total
+                && total > pt
+                && pid != 0
+            {
+                let start = end.saturating_sub(total - pt);
+                let overlap = end.min(to).saturating_sub(start.max(from));
+                if overlap > 0 {
+                    match busy.iter_mut().find(|(p, _)| *p == pid) {
+                        Some((_, b)) => *b += overlap,
+                        None => busy.push((pid, overlap)),
+                    }
+                }
+            }
+            prev_total = Some(total);
+        }
+        busy
     }
 
     /// Find or claim the slot of process `pid` (threads of one process racing to register all
     /// get the same slot).
     pub fn register(&self, pid: u32) -> Result<usize> {
-        self.procs.register(pid, |u| self.forget(u)).ok_or_else(|| {
-            Error::new(
-                ErrorKind::OutOfMemory,
-                format!("simulated GPU: more than {MAX_PROCS} processes use this device"),
-            )
-        })
+        self.procs
+            .register(pid, |slot, u| self.forget(slot, u))
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::OutOfMemory,
+                    format!("simulated GPU: more than {MAX_PROCS} processes use this device"),
+                )
+            })
     }
 
     /// Return the memory of processes that have exited (or were killed). Returns how many.
     pub fn reclaim_dead(&self) -> usize {
-        self.procs.reclaim_dead(|u| self.forget(u))
+        self.procs.reclaim_dead(|slot, u| self.forget(slot, u))
     }
 
     /// Charge `bytes` of device memory to the process in `slot`.
@@ -317,22 +401,33 @@ impl DeviceSegment {
     /// so a kernel may start slightly in the past (up to [`MAX_BACKDATE_NS`]), but never before
     /// the device is free.
     pub fn reserve(&self, slot: usize, duration_ns: u64, ready_ns: u64) -> (u64, u64) {
+        // The device held far ahead by another process that has died: give it back first (a
+        // dead process's reservation never blocks the living; checked only then, so the
+        // common path pays one load).
+        let tail = self.tail_slot.load(Ordering::Relaxed) as usize;
+        if tail != slot
+            && tail < MAX_PROCS
+            && self.busy_until_ns.load(Ordering::Relaxed) > sys::now_ns() + DEAD_TAIL_CHECK_NS
+            && !self.procs.alive(tail)
+        {
+            self.reclaim_dead();
+        }
         let (start, end) = {
             let _g = self.lock();
             let now = sys::now_ns();
             let ready = ready_ns.clamp(now.saturating_sub(MAX_BACKDATE_NS), now);
             let start = ready.max(self.busy_until_ns.load(Ordering::Relaxed));
-            let end = start + duration_ns;
+            let end = start.saturating_add(duration_ns);
             self.busy_until_ns.store(end, Ordering::Relaxed);
-            let total = self.reserved_total_ns.load(Ordering::Relaxed) + duration_ns;
+            self.tail_start_ns.store(start, Ordering::Relaxed);
+            self.tail_slot.store(slot as u32, Ordering::Relaxed);
+            let total = self
+                .reserved_total_ns
+                .load(Ordering::Relaxed)
+                .saturating_add(end - start);
             self.reserved_total_ns.store(total, Ordering::Relaxed);
             self.kernels_total.fetch_add(1, Ordering::Relaxed);
-            let n = self.history_len.load(Ordering::Relaxed);
-            let h = &self.history[(n % HISTORY as u64) as usize];
-            h.at_ns.store(now, Ordering::Relaxed);
-            h.reserved_total.store(total, Ordering::Relaxed);
-            h.busy_until.store(end, Ordering::Relaxed);
-            self.history_len.store(n + 1, Ordering::Release);
+            self.record(now, total, end, self.procs.pid(slot));
             (start, end)
         };
         let p = self.procs.data(slot);

@@ -211,3 +211,39 @@ fn threads_registering_with_a_device_at_once_share_one_slot() {
         assert_eq!(seg.processes().len(), 1, "round {round}");
     }
 }
+
+/// No kernel may hold the device for everyone: an endless or overflowing duration is refused at
+/// launch, and the device stays free for the next kernel.
+#[test]
+fn endless_kernels_are_refused_and_the_device_stays_free() {
+    let b = backend("endless");
+    let c = ctx(&b);
+    let m = c.load_module(ModuleImage::Ptx(TEST_KERNELS_PTX)).unwrap();
+    let busy = c.function(m, "tf_busy").unwrap();
+    for ns in [
+        u64::MAX,
+        60_000_000_000,
+        tf_fake_gpu::kernels::MAX_KERNEL_NS + 1,
+    ] {
+        let err = c
+            .launch(
+                busy,
+                &LaunchConfig::for_elements(1, 1),
+                StreamHandle::DEFAULT,
+                &KernelArgs::new().u64(ns),
+            )
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidValue, "{ns}: {err}");
+        assert!(err.message.contains("limit"), "{err}");
+    }
+    let t = std::time::Instant::now();
+    c.launch(
+        busy,
+        &LaunchConfig::for_elements(1, 1),
+        StreamHandle::DEFAULT,
+        &KernelArgs::new().u64(1_000_000),
+    )
+    .unwrap();
+    c.synchronize().unwrap();
+    assert!(t.elapsed() < std::time::Duration::from_millis(500));
+}

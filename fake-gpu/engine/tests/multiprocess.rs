@@ -120,3 +120,77 @@ fn a_killed_process_returns_its_memory_within_a_second() {
     assert!(dev.processes().unwrap().is_empty());
     child.wait().unwrap();
 }
+
+/// A process that dies holding the device far ahead (a long kernel queued or running) gives it
+/// back: the next process's kernel starts at once, not when the dead one's would have ended.
+#[test]
+fn a_killed_process_does_not_hold_the_device_for_the_living() {
+    let config = isolated_config("deadtail", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gpu.toml");
+    std::fs::write(&path, to_toml(&config)).unwrap();
+    let backend = FakeBackend::with_config(config.clone()).unwrap();
+    let gpu = tf_fake_gpu::FakeGpu::new(config).unwrap();
+    let dev = gpu.device(0).unwrap();
+    let now = sys::now_ns();
+    // Back-to-back 8 s kernels (under the simulated GPU's 10 s limit).
+    let spec = LoadSpec {
+        device: 0,
+        kernel_ns: 8_000_000_000,
+        until_ns: now + 60_000_000_000,
+        window_start_ns: now,
+        window_end_ns: now + 1,
+        alloc_bytes: 0,
+        depth: 1,
+    };
+    let mut child = spawn_load(&path, &spec);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dev.segment().processes().iter().all(|p| p.kernels == 0) {
+        assert!(
+            Instant::now() < deadline,
+            "the load never reserved the device"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let asked = sys::now_ns();
+    let (start, _) = dev.reserve(1_000_000).unwrap();
+    assert!(
+        start.saturating_sub(asked) < 100_000_000,
+        "waited {} ms behind a dead process",
+        start.saturating_sub(asked) / 1_000_000
+    );
+    drop(backend);
+}
+
+/// Per-process busy time over a caller's window (what NVML's `lastSeenTimeStamp` asks for) is
+/// the same however often it is read: a process at 30 % reads 30 % in every window, never 0 %.
+#[test]
+fn per_process_busy_time_is_measured_over_the_callers_window() {
+    let config = isolated_config("window", 1);
+    let gpu = tf_fake_gpu::FakeGpu::new(config).unwrap();
+    let dev = gpu.device(0).unwrap();
+    let me = std::process::id();
+    // 3 ms kernels every 10 ms for 1.2 s: 30 % of the device.
+    let t0 = sys::now_ns();
+    let mut next = t0;
+    for _ in 0..120 {
+        sys::sleep_until(next);
+        dev.reserve(3_000_000).unwrap();
+        next += 10_000_000;
+    }
+    sys::sleep_until(next);
+    let now = sys::now_ns();
+    for window_ms in [100u64, 250, 1000] {
+        let from = now - window_ms * 1_000_000;
+        let busy = dev.segment().busy_by_process(from, now);
+        let mine = busy.iter().find(|(p, _)| *p == me).map_or(0, |b| b.1);
+        let pct = mine as f64 * 100.0 / (window_ms * 1_000_000) as f64;
+        assert!(
+            (pct - 30.0).abs() <= 4.0,
+            "{window_ms} ms window: {pct:.1}%"
+        );
+    }
+    assert!(dev.segment().busy_by_process(now, now + 1).is_empty());
+}

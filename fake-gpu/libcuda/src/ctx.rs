@@ -148,7 +148,7 @@ pub fn pci_bus_id(buf: *mut c_char, len: i32, dev: i32) -> CuResult {
 }
 
 pub fn by_pci_bus_id(dev: *mut i32, id: *const c_char) -> CuResult {
-    let want = pci_parts(crate::ffi::cstr(id)?);
+    let want = pci_parts(&crate::ffi::cstr(id)?);
     let d = driver()?;
     let found = d
         .visible

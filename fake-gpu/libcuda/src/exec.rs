@@ -19,17 +19,16 @@ fn load_image(image: *const c_void) -> CuResult<Arc<Module>> {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     // Binary images start with a magic number; read 4 bytes before treating it as text.
-    // SAFETY: every module image is at least 4 bytes long (a PTX header or a binary magic).
-    let head = unsafe { std::slice::from_raw_parts(image as *const u8, 4) };
-    let magic = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-    if head == b"\x7fELF" || magic == 0xBA55_ED50 || magic == 0x4662_43B1 {
+    let head: [u8; 4] = read(image as *const [u8; 4])?;
+    let magic = u32::from_le_bytes(head);
+    if &head == b"\x7fELF" || magic == 0xBA55_ED50 || magic == 0x4662_43B1 {
         tracing::warn!(
             "binary module images (cubin/fatbin) cannot run on the simulated GPU; load PTX"
         );
         return Err(CUDA_ERROR_NO_BINARY_FOR_GPU);
     }
     let text = cstr(image as *const c_char).map_err(|_| CUDA_ERROR_INVALID_IMAGE)?;
-    hal(Module::from_ptx(text))
+    hal(Module::from_ptx(&text))
 }
 
 fn new_module(module: Arc<Module>) -> usize {
@@ -85,7 +84,7 @@ pub fn module_get_function(f: *mut *mut c_void, h: *mut c_void, name: *const c_c
     driver()?;
     let m = MODULES.get(h as usize)?;
     let name = cstr(name)?;
-    out(f, function_of(h as usize, &m, name)? as *mut c_void)
+    out(f, function_of(h as usize, &m, &name)? as *mut c_void)
 }
 
 pub fn module_get_global(
@@ -192,59 +191,71 @@ fn packed_offsets(sizes: &[usize]) -> Vec<usize> {
 
 // --- launches ---
 
+/// `len` bytes of the caller's memory at `addr`, read through `tf_os::copy_checked`: a bad
+/// pointer in a launch's arguments is `CUDA_ERROR_INVALID_VALUE`, never a crash.
+fn fetch(addr: usize, len: usize) -> CuResult<Vec<u8>> {
+    let mut v = vec![0u8; len];
+    if len > 0 {
+        if addr == 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        tf_os::copy_checked(v.as_mut_ptr() as usize, addr, len)
+            .map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
+    }
+    Ok(v)
+}
+
+/// The pointer-sized word at `addr` in the caller's memory.
+fn fetch_word(addr: usize) -> CuResult<usize> {
+    let b = fetch(addr, size_of::<usize>())?;
+    Ok(usize::from_ne_bytes(
+        b.try_into().map_err(|_| CUDA_ERROR_INVALID_VALUE)?,
+    ))
+}
+
 /// Read the arguments of a launch from `kernelParams` (an array of pointers to each value) or
-/// `extra` (a packed buffer), with sizes from the kernel's PTX signature.
+/// `extra` (a packed buffer), with sizes from the kernel's PTX signature. Every pointer is
+/// checked as it is read.
 fn read_params(
     func: &Function,
     params: *mut *mut c_void,
     extra: *mut *mut c_void,
 ) -> CuResult<Vec<Vec<u8>>> {
     let sizes = &func.param_sizes;
+    let word = size_of::<usize>();
     if !params.is_null() {
-        return Ok(sizes
+        return sizes
             .iter()
             .enumerate()
-            .map(|(i, &n)| {
-                // SAFETY: kernelParams holds one pointer per kernel parameter, each to a value
-                // of the parameter's size (the driver API's contract); sizes come from the PTX.
-                unsafe {
-                    let p = *params.add(i) as *const u8;
-                    std::slice::from_raw_parts(p, n).to_vec()
-                }
-            })
-            .collect());
+            .map(|(i, &n)| fetch(fetch_word(params as usize + i * word)?, n))
+            .collect();
     }
     if !extra.is_null() {
-        let (mut buf, mut len) = (std::ptr::null::<u8>(), None::<usize>);
-        let mut i = 0;
-        loop {
-            // SAFETY: `extra` is a key/value array terminated by CU_LAUNCH_PARAM_END (contract).
-            let key = unsafe { *extra.add(i) } as usize;
+        let (mut buf, mut len) = (0usize, None::<usize>);
+        // A key/value array ended by CU_LAUNCH_PARAM_END; at most a few keys exist.
+        for i in (0..64).step_by(2) {
+            let key = fetch_word(extra as usize + i * word)?;
             match key {
                 tf_cuda_abi::CU_LAUNCH_PARAM_END => break,
                 tf_cuda_abi::CU_LAUNCH_PARAM_BUFFER_POINTER => {
-                    // SAFETY: BUFFER_POINTER is followed by its value in the same array.
-                    buf = unsafe { *extra.add(i + 1) } as *const u8
+                    buf = fetch_word(extra as usize + (i + 1) * word)?
                 }
                 tf_cuda_abi::CU_LAUNCH_PARAM_BUFFER_SIZE => {
-                    // SAFETY: BUFFER_SIZE's value points at a size_t.
-                    len = Some(unsafe { *(*extra.add(i + 1) as *const usize) })
+                    len = Some(fetch_word(fetch_word(extra as usize + (i + 1) * word)?)?)
                 }
                 _ => return Err(CUDA_ERROR_INVALID_VALUE),
             }
-            i += 2;
         }
         let offsets = packed_offsets(sizes);
         let need = offsets.last().map_or(0, |o| o + sizes[sizes.len() - 1]);
-        if buf.is_null() || len.is_none_or(|l| l < need) {
+        if buf == 0 || len.is_none_or(|l| l < need) {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        return Ok(offsets
+        return offsets
             .iter()
             .zip(sizes)
-            // SAFETY: the buffer holds at least `need` bytes (checked against BUFFER_SIZE).
-            .map(|(&o, &n)| unsafe { std::slice::from_raw_parts(buf.add(o), n).to_vec() })
-            .collect());
+            .map(|(&o, &n)| fetch(buf + o, n))
+            .collect();
     }
     if sizes.is_empty() {
         Ok(Vec::new())

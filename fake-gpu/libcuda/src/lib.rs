@@ -133,7 +133,8 @@ fn get_proc_address(
     let name = cstr(symbol)?;
     let per_thread = flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM as u64 != 0;
     let exported = |n: &str| exports().get_key_value(n).map(|(k, _)| *k);
-    let found = tf_cuda_abi::proc_address_symbol(name, version.max(0) as u32, per_thread, exported);
+    let found =
+        tf_cuda_abi::proc_address_symbol(&name, version.max(0) as u32, per_thread, exported);
     let set_status = |s: u32| {
         if status.is_null() {
             Ok(())
@@ -488,37 +489,114 @@ impl Driver for FakeCuda {
 
     // --- copies and memsets ---
     unsafe fn cuMemcpy(d: u64, s: u64, n: usize) -> u32 {
-        r(mem::copy(d, s, n, NO_STREAM))
+        r(mem::copy(
+            d,
+            mem::Expect::Any,
+            s,
+            mem::Expect::Any,
+            n,
+            NO_STREAM,
+        ))
     }
     unsafe fn cuMemcpy_ptds(d: u64, s: u64, n: usize) -> u32 {
-        r(mem::copy(d, s, n, NO_STREAM))
+        r(mem::copy(
+            d,
+            mem::Expect::Any,
+            s,
+            mem::Expect::Any,
+            n,
+            NO_STREAM,
+        ))
     }
     unsafe fn cuMemcpyAsync(d: u64, s: u64, n: usize, st: *mut c_void) -> u32 {
-        r(mem::copy(d, s, n, Some(st)))
+        r(mem::copy(
+            d,
+            mem::Expect::Any,
+            s,
+            mem::Expect::Any,
+            n,
+            Some(st),
+        ))
     }
     unsafe fn cuMemcpyAsync_ptsz(d: u64, s: u64, n: usize, st: *mut c_void) -> u32 {
-        r(mem::copy(d, s, n, Some(st)))
+        r(mem::copy(
+            d,
+            mem::Expect::Any,
+            s,
+            mem::Expect::Any,
+            n,
+            Some(st),
+        ))
     }
     unsafe fn cuMemcpyHtoD_v2(d: u64, s: *const c_void, n: usize) -> u32 {
-        r(mem::copy(d, s as u64, n, NO_STREAM))
+        r(mem::copy(
+            d,
+            mem::Expect::Device,
+            s as u64,
+            mem::Expect::Host,
+            n,
+            NO_STREAM,
+        ))
     }
     unsafe fn cuMemcpyHtoD_v2_ptds(d: u64, s: *const c_void, n: usize) -> u32 {
-        r(mem::copy(d, s as u64, n, NO_STREAM))
+        r(mem::copy(
+            d,
+            mem::Expect::Device,
+            s as u64,
+            mem::Expect::Host,
+            n,
+            NO_STREAM,
+        ))
     }
     unsafe fn cuMemcpyDtoH_v2(d: *mut c_void, s: u64, n: usize) -> u32 {
-        r(mem::copy(d as u64, s, n, NO_STREAM))
+        r(mem::copy(
+            d as u64,
+            mem::Expect::Host,
+            s,
+            mem::Expect::Device,
+            n,
+            NO_STREAM,
+        ))
     }
     unsafe fn cuMemcpyDtoH_v2_ptds(d: *mut c_void, s: u64, n: usize) -> u32 {
-        r(mem::copy(d as u64, s, n, NO_STREAM))
+        r(mem::copy(
+            d as u64,
+            mem::Expect::Host,
+            s,
+            mem::Expect::Device,
+            n,
+            NO_STREAM,
+        ))
     }
     unsafe fn cuMemcpyDtoD_v2(d: u64, s: u64, n: usize) -> u32 {
-        r(mem::copy(d, s, n, NO_STREAM))
+        r(mem::copy(
+            d,
+            mem::Expect::Device,
+            s,
+            mem::Expect::Device,
+            n,
+            NO_STREAM,
+        ))
     }
     unsafe fn cuMemcpyDtoD_v2_ptds(d: u64, s: u64, n: usize) -> u32 {
-        r(mem::copy(d, s, n, NO_STREAM))
+        r(mem::copy(
+            d,
+            mem::Expect::Device,
+            s,
+            mem::Expect::Device,
+            n,
+            NO_STREAM,
+        ))
     }
     unsafe fn cuMemcpyHtoDAsync_v2(d: u64, s: *const c_void, n: usize, st: *mut c_void) -> u32 {
-        r(mem::copy(d, s as u64, n, Some(st)))
+        r(mem::copy(
+            d,
+            mem::Expect::Device,
+            s as u64,
+            mem::Expect::Host,
+            n,
+            Some(st),
+        ))
     }
     unsafe fn cuMemcpyHtoDAsync_v2_ptsz(
         d: u64,
@@ -526,19 +604,54 @@ impl Driver for FakeCuda {
         n: usize,
         st: *mut c_void,
     ) -> u32 {
-        r(mem::copy(d, s as u64, n, Some(st)))
+        r(mem::copy(
+            d,
+            mem::Expect::Device,
+            s as u64,
+            mem::Expect::Host,
+            n,
+            Some(st),
+        ))
     }
     unsafe fn cuMemcpyDtoHAsync_v2(d: *mut c_void, s: u64, n: usize, st: *mut c_void) -> u32 {
-        r(mem::copy(d as u64, s, n, Some(st)))
+        r(mem::copy(
+            d as u64,
+            mem::Expect::Host,
+            s,
+            mem::Expect::Device,
+            n,
+            Some(st),
+        ))
     }
     unsafe fn cuMemcpyDtoHAsync_v2_ptsz(d: *mut c_void, s: u64, n: usize, st: *mut c_void) -> u32 {
-        r(mem::copy(d as u64, s, n, Some(st)))
+        r(mem::copy(
+            d as u64,
+            mem::Expect::Host,
+            s,
+            mem::Expect::Device,
+            n,
+            Some(st),
+        ))
     }
     unsafe fn cuMemcpyDtoDAsync_v2(d: u64, s: u64, n: usize, st: *mut c_void) -> u32 {
-        r(mem::copy(d, s, n, Some(st)))
+        r(mem::copy(
+            d,
+            mem::Expect::Device,
+            s,
+            mem::Expect::Device,
+            n,
+            Some(st),
+        ))
     }
     unsafe fn cuMemcpyDtoDAsync_v2_ptsz(d: u64, s: u64, n: usize, st: *mut c_void) -> u32 {
-        r(mem::copy(d, s, n, Some(st)))
+        r(mem::copy(
+            d,
+            mem::Expect::Device,
+            s,
+            mem::Expect::Device,
+            n,
+            Some(st),
+        ))
     }
     unsafe fn cuMemcpy2D_v2(p: *const c_void) -> u32 {
         r(mem::copy_2d(p, NO_STREAM))

@@ -109,9 +109,20 @@ pub fn address_range(pbase: *mut u64, psize: *mut usize, ptr: u64) -> CuResult {
     Ok(())
 }
 
-/// A side of a copy: device memory (pinned while the copy is queued) or host memory.
+/// What a copy's argument must be, by the entry point's name (`HtoD`: a device destination and
+/// a host source, ...); `cuMemcpy` takes either (unified addressing).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    Device,
+    Host,
+    Any,
+}
+
+/// A side of a copy: device memory or page-locked host memory of ours (checked, and pinned
+/// while the copy is queued), or the caller's own host memory (which we cannot vouch for).
 enum Side {
     Device(Region),
+    Pinned(usize),
     Host(usize),
 }
 
@@ -119,40 +130,75 @@ impl Side {
     fn addr(&self) -> usize {
         match self {
             Side::Device(r) => r.ptr as usize,
-            Side::Host(a) => *a,
+            Side::Pinned(a) | Side::Host(a) => *a,
         }
+    }
+
+    fn trusted(&self) -> bool {
+        !matches!(self, Side::Host(_))
     }
 }
 
-fn side(ptr: u64, len: usize) -> CuResult<Side> {
+/// Check one side of a copy of `len` bytes: a device pointer must lie in one live allocation
+/// (a freed, foreign or short one is `CUDA_ERROR_INVALID_VALUE`, as the driver answers).
+fn side(ptr: u64, len: usize, expect: Expect) -> CuResult<Side> {
+    if ptr == 0 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
     match find(ptr) {
-        Ok((_, _, _, MemKind::Host)) => Ok(Side::Host(ptr as usize)),
-        Ok((dev, _, _, _)) => Ok(Side::Device(hal(dev.resolve(ptr, len as u64))?)),
-        Err(_) => {
-            if ptr == 0 {
+        Ok((_, base, size, MemKind::Host)) => {
+            let end = ptr
+                .checked_add(len as u64)
+                .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+            if expect == Expect::Device || end > base + size {
                 return Err(CUDA_ERROR_INVALID_VALUE);
             }
-            Ok(Side::Host(ptr as usize))
+            Ok(Side::Pinned(ptr as usize))
         }
+        Ok((dev, _, _, _)) if expect != Expect::Host => Ok(Side::Device(
+            dev.resolve(ptr, len as u64)
+                .map_err(|_| CUDA_ERROR_INVALID_VALUE)?,
+        )),
+        Ok(_) => Err(CUDA_ERROR_INVALID_VALUE),
+        Err(_) if expect == Expect::Device => Err(CUDA_ERROR_INVALID_VALUE),
+        Err(_) => Ok(Side::Host(ptr as usize)),
     }
 }
 
-/// Copy `len` bytes between any two addresses (unified addressing: device allocations are
-/// recognised, anything else is host memory). Synchronous when `stream` is None.
-pub fn copy(dst: u64, src: u64, len: usize, stream: Option<*mut c_void>) -> CuResult {
+/// Copy `len` bytes now. When either side is the caller's own host memory, the bytes move
+/// through `tf_os::copy_checked`, so an unmapped or read-only address is
+/// `CUDA_ERROR_INVALID_VALUE` rather than a crash (the simulated GPU never faults on a bad
+/// pointer; a real driver may).
+fn copy_now(d: &Side, s: &Side, len: usize) -> CuResult {
+    if d.trusted() && s.trusted() {
+        // SAFETY: both sides were checked against live allocations of ours covering `len`
+        // bytes and are pinned by the `Side`s; ranges may overlap (memmove semantics).
+        unsafe { std::ptr::copy(s.addr() as *const u8, d.addr() as *mut u8, len) };
+        return Ok(());
+    }
+    tf_os::copy_checked(d.addr(), s.addr(), len).map_err(|_| CUDA_ERROR_INVALID_VALUE)
+}
+
+/// Copy `len` bytes from `src` to `dst`, each checked against what the entry point expects.
+/// Synchronous when `stream` is None.
+pub fn copy(
+    dst: u64,
+    dst_is: Expect,
+    src: u64,
+    src_is: Expect,
+    len: usize,
+    stream: Option<*mut c_void>,
+) -> CuResult {
     if len == 0 {
         driver()?;
         return Ok(());
     }
-    let (d, s) = (side(dst, len)?, side(src, len)?);
+    let (d, s) = (side(dst, len, dst_is)?, side(src, len, src_is)?);
     match stream {
         None => {
             let (_, ctx) = current()?;
             hal(ctx.engine.synchronize())?;
-            // SAFETY: device sides were resolved for `len` bytes and are pinned by `d`/`s`;
-            // host sides are the caller's buffers of at least `len` bytes (API contract).
-            unsafe { std::ptr::copy(s.addr() as *const u8, d.addr() as *mut u8, len) };
-            Ok(())
+            copy_now(&d, &s, len)
         }
         Some(h) => {
             let (st, obj) = crate::state::stream(h)?;
@@ -162,24 +208,22 @@ pub fn copy(dst: u64, src: u64, len: usize, stream: Option<*mut c_void>) -> CuRe
             match (d, s) {
                 // From pageable host memory: like the real driver, take the bytes now (the
                 // caller may reuse its buffer as soon as the call returns).
-                (Side::Device(dst), Side::Host(src)) if !pinned(src as u64) => {
-                    // SAFETY: the caller's source buffer holds `len` bytes (API contract).
-                    let data =
-                        unsafe { std::slice::from_raw_parts(src as *const u8, len) }.to_vec();
+                (Side::Device(dst), src @ Side::Host(_)) => {
+                    let mut data = vec![0u8; len];
+                    let staging = Side::Pinned(data.as_mut_ptr() as usize);
+                    copy_now(&staging, &src, len)?;
                     hal(st.write_async(dst, data))
                 }
                 // To pageable host memory: the real driver returns once the copy is done.
-                (d @ Side::Host(dst), s) if !pinned(dst as u64) => {
-                    let (da, sa) = (d.addr(), s.addr());
-                    // SAFETY: the copy completes before we return (synchronized below), while
-                    // the caller's buffer is certainly alive; device sides are pinned by `keep`.
-                    hal(unsafe { st.copy_async(da, sa, len, keep_of([d, s])) })?;
-                    hal(st.synchronize())
+                (d @ Side::Host(_), s) | (d, s @ Side::Host(_)) => {
+                    hal(st.synchronize())?;
+                    copy_now(&d, &s, len)
                 }
                 (d, s) => {
                     let (da, sa) = (d.addr(), s.addr());
-                    // SAFETY: the remaining host sides are pinned allocations of ours, alive
-                    // until freed (and cuMemFreeHost synchronizes); device sides are pinned.
+                    // SAFETY: both sides are checked allocations of ours: device sides are
+                    // pinned by `keep`, pinned host memory stays until freed (and
+                    // cuMemFreeHost synchronizes).
                     hal(unsafe { st.copy_async(da, sa, len, keep_of([d, s])) })
                 }
             }
@@ -187,54 +231,48 @@ pub fn copy(dst: u64, src: u64, len: usize, stream: Option<*mut c_void>) -> CuRe
     }
 }
 
-/// Whether `addr` lies in page-locked host memory allocated through this driver.
-fn pinned(addr: u64) -> bool {
-    find(addr).is_ok_and(|(_, _, _, kind)| kind == MemKind::Host)
-}
-
 fn keep_of(sides: [Side; 2]) -> Vec<Region> {
     sides
         .into_iter()
         .filter_map(|x| match x {
             Side::Device(r) => Some(r),
-            Side::Host(_) => None,
+            Side::Pinned(_) | Side::Host(_) => None,
         })
         .collect()
 }
 
 pub fn copy_2d(p: *const c_void, stream: Option<*mut c_void>) -> CuResult {
     let c: tf_cuda_abi::CUDA_MEMCPY2D = read(p as *const tf_cuda_abi::CUDA_MEMCPY2D)?;
-    let addr =
-        |ty: u32, host: usize, dev: u64, x: usize, y: usize, pitch: usize| -> CuResult<u64> {
-            let base = match ty {
-                CU_MEMORYTYPE_HOST => host as u64,
-                CU_MEMORYTYPE_DEVICE | CU_MEMORYTYPE_UNIFIED => dev,
-                _ => return Err(CUDA_ERROR_NOT_SUPPORTED),
-            };
-            Ok(base + (y * pitch + x) as u64)
-        };
+    if c.Height > 1 && (c.srcPitch < c.WidthInBytes || c.dstPitch < c.WidthInBytes) {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let side = |ty: u32, host: usize, dev: u64| -> CuResult<(u64, Expect)> {
+        match ty {
+            CU_MEMORYTYPE_HOST => Ok((host as u64, Expect::Host)),
+            CU_MEMORYTYPE_DEVICE => Ok((dev, Expect::Device)),
+            CU_MEMORYTYPE_UNIFIED => Ok((dev, Expect::Any)),
+            _ => Err(CUDA_ERROR_NOT_SUPPORTED),
+        }
+    };
+    // Every offset with checked arithmetic: an overflowing y × pitch is an invalid value.
+    let at = |base: u64, x: usize, y: usize, pitch: usize| -> CuResult<u64> {
+        y.checked_mul(pitch)
+            .and_then(|o| o.checked_add(x))
+            .and_then(|o| base.checked_add(o as u64))
+            .ok_or(CUDA_ERROR_INVALID_VALUE)
+    };
+    let (sbase, s_is) = side(c.srcMemoryType, c.srcHost as usize, c.srcDevice)?;
+    let (dbase, d_is) = side(c.dstMemoryType, c.dstHost as usize, c.dstDevice)?;
     if let Some(h) = stream {
         let (st, _) = crate::state::stream(h)?;
         hal(st.synchronize())?;
     }
     for row in 0..c.Height {
-        let s = addr(
-            c.srcMemoryType,
-            c.srcHost as usize,
-            c.srcDevice,
-            c.srcXInBytes,
-            c.srcY + row,
-            c.srcPitch,
-        )?;
-        let d = addr(
-            c.dstMemoryType,
-            c.dstHost as usize,
-            c.dstDevice,
-            c.dstXInBytes,
-            c.dstY + row,
-            c.dstPitch,
-        )?;
-        copy(d, s, c.WidthInBytes, None)?;
+        let sy = c.srcY.checked_add(row).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let dy = c.dstY.checked_add(row).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let s = at(sbase, c.srcXInBytes, sy, c.srcPitch)?;
+        let d = at(dbase, c.dstXInBytes, dy, c.dstPitch)?;
+        copy(d, d_is, s, s_is, c.WidthInBytes, None)?;
     }
     Ok(())
 }
@@ -249,8 +287,11 @@ pub fn memset(dst: u64, fill: Fill, count: usize, stream: Option<*mut c_void>) -
         Fill::U16(_) => 2,
         Fill::U32(_) => 4,
     };
+    let bytes = count.checked_mul(width).ok_or(CUDA_ERROR_INVALID_VALUE)?;
     let (dev, _, _, _) = find(dst)?;
-    let region = hal(dev.resolve(dst, (count * width) as u64))?;
+    let region = dev
+        .resolve(dst, bytes as u64)
+        .map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
     match stream {
         None => {
             let (_, ctx) = current()?;
@@ -316,8 +357,8 @@ pub fn pointer_attributes(n: u32, attrs: *mut u32, data: *mut *mut c_void, ptr: 
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     for i in 0..n as usize {
-        // SAFETY: the caller passes arrays of n attributes and n data pointers (API contract).
-        let (a, d) = unsafe { (*attrs.add(i), *data.add(i)) };
+        // The caller passes arrays of n attributes and n data pointers; each is read checked.
+        let (a, d) = (read(attrs.wrapping_add(i))?, read(data.wrapping_add(i))?);
         pointer_attribute(d, a, ptr)?;
     }
     Ok(())

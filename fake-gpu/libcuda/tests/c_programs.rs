@@ -117,3 +117,32 @@ fn cuda_visible_devices_remaps_ordinals_like_the_real_driver() {
         }
     }
 }
+
+/// A tenant calling the driver and NVML with bad arguments on purpose (null, freed, foreign and
+/// overflowing pointers and sizes, stale handles, impossible launches): every call is refused
+/// with an error code, none crashes, and the device then serves the next process normally.
+#[test]
+fn malformed_driver_and_nvml_calls_are_refused_and_the_device_keeps_serving() {
+    let lib = FakeDriverDir::new();
+    let exe = lib.compile_c("malformed.c", &[]);
+    let out = lib.run(&exe, &[ptx_path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("refused "))
+        .unwrap_or_else(|| panic!("no summary: {}", show(&out)));
+    let nums: Vec<u32> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(nums.len(), 2, "{line}");
+    assert_eq!(nums[0], nums[1], "{line}");
+    assert!(nums[1] >= 60, "at least 60 malformed calls: {line}");
+    eprintln!("{line}");
+    // The next process is served normally.
+    let add = lib.compile_c("vector_add.c", &[]);
+    let out = lib.run(&add, &[ptx_path().to_str().unwrap(), "100000"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK 100000 elements checked"));
+}

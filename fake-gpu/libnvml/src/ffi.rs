@@ -3,7 +3,7 @@
 
 pub use tf_ffi::fill_chars;
 
-tf_ffi::kit!(tf_cuda_abi::NvmlAbi);
+tf_ffi::kit!(tf_cuda_abi::NvmlAbi, checked);
 
 /// The result of an NVML call: `Err` holds the `nvmlReturn_t`.
 pub type NvmlResult<T = ()> = tf_ffi::CResult<T>;

@@ -8,11 +8,9 @@
 //!   utilization over the last 10 s (a slower signal, like a heat sink).
 //! - Power: the model's idle power plus (limit − idle) × utilization over the last second; energy
 //!   integrates the same model over the machine's uptime.
-//! - Per-process utilization: the device's utilization split by each process's share of the busy
-//!   time reserved since the previous reading.
-
-use std::collections::HashMap;
-use std::sync::Mutex;
+//! - Per-process utilization: the share of the caller's window (NVML's `lastSeenTimeStamp` to
+//!   now) during which each process's kernels held the device, from the device's reservation
+//!   history — the same for every caller, however often it asks.
 
 use tf_fake_gpu::sys;
 
@@ -72,22 +70,13 @@ pub fn wall_us() -> u64 {
         .unwrap_or(0)
 }
 
-/// A (monotonic ns, cumulative busy ns) reading of one process.
-type Reading = (u64, u64);
+/// The longest window a per-process query looks back over.
+const MAX_WINDOW_NS: u64 = 10 * SECOND_NS;
 
-/// The two latest readings of one process at least [`MIN_READING_GAP_NS`] apart: (older, newer).
-type Readings = (Option<Reading>, Reading);
-
-/// The readings of each (device, pid), to split utilization between processes.
-static READINGS: Mutex<Option<HashMap<(u32, u32), Readings>>> = Mutex::new(None);
-
-/// Readings closer together than this are too noisy to split utilization by.
-const MIN_READING_GAP_NS: u64 = 100_000_000;
-
-/// Per-process utilization samples of the processes that ran kernels on the device and still
-/// live, over the time since `last_seen_us` (NVML's `lastSeenTimeStamp`; 0 means the last
-/// second). Samples are stamped with the current time, so none are returned when `last_seen_us`
-/// is now or later.
+/// Per-process utilization samples of the live processes whose kernels ran on the device since
+/// `last_seen_us` (NVML's `lastSeenTimeStamp`, CPU time in µs; 0 means the last second), each
+/// the share of that window its kernels held the device. Samples are stamped with the current
+/// time, so none are returned when `last_seen_us` is now or later.
 pub fn process_samples(h: &Handle, last_seen_us: u64) -> Vec<nvmlProcessUtilizationSample_t> {
     let now_us = wall_us();
     if last_seen_us >= now_us {
@@ -96,61 +85,22 @@ pub fn process_samples(h: &Handle, last_seen_us: u64) -> Vec<nvmlProcessUtilizat
     let window_ns = if last_seen_us == 0 {
         SECOND_NS
     } else {
-        ((now_us - last_seen_us) * 1000).clamp(MIN_READING_GAP_NS, 10 * SECOND_NS)
+        (now_us - last_seen_us)
+            .saturating_mul(1000)
+            .clamp(1, MAX_WINDOW_NS)
     };
-    let device_util = utilization(h, window_ns);
+    let seg = h.dev.segment();
+    let live: Vec<u32> = seg.processes().iter().map(|p| p.pid).collect();
     let now_ns = sys::now_ns();
-    let procs: Vec<_> = h
-        .dev
-        .segment()
-        .processes()
+    seg.busy_by_process(now_ns.saturating_sub(window_ns), now_ns)
         .into_iter()
-        .filter(|p| p.busy_ns > 0)
-        .collect();
-    let mut guard = READINGS.lock().unwrap_or_else(|p| p.into_inner());
-    let readings = guard.get_or_insert_with(HashMap::new);
-    // Busy time of each process since its latest reading that is old enough to mean something
-    // (its whole life when there is none).
-    let deltas: Vec<u64> = procs
-        .iter()
-        .map(|p| {
-            let key = (h.index, p.pid);
-            let base = match readings.get_mut(&key) {
-                None => {
-                    readings.insert(key, (None, (now_ns, p.busy_ns)));
-                    None
-                }
-                Some((older, newer)) => {
-                    if now_ns.saturating_sub(newer.0) >= MIN_READING_GAP_NS {
-                        let base = *newer;
-                        *older = Some(base);
-                        *newer = (now_ns, p.busy_ns);
-                        Some(base)
-                    } else {
-                        *older
-                    }
-                }
-            };
-            match base {
-                Some((_, then)) if then <= p.busy_ns => p.busy_ns - then,
-                _ => p.busy_ns,
-            }
-        })
-        .collect();
-    readings.retain(|(dev, pid), _| *dev != h.index || procs.iter().any(|p| p.pid == *pid));
-    let total: u64 = deltas.iter().sum();
-    procs
-        .iter()
-        .zip(&deltas)
-        .map(|(p, &d)| {
-            let share = if total == 0 {
-                0.0
-            } else {
-                d as f64 / total as f64
-            };
-            let sm = (device_util * share).round().clamp(0.0, 100.0);
+        .filter(|(pid, _)| live.contains(pid))
+        .map(|(pid, busy)| {
+            let sm = (busy as f64 * 100.0 / window_ns as f64)
+                .round()
+                .clamp(0.0, 100.0);
             nvmlProcessUtilizationSample_t {
-                pid: p.pid,
+                pid,
                 timeStamp: now_us,
                 smUtil: sm as u32,
                 memUtil: (sm * MEMORY_UTIL_SHARE).round() as u32,

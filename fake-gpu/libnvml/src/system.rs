@@ -149,7 +149,7 @@ pub fn handle_by_pci_bus_id(bus_id: *const c_char, p: *mut *mut c_void) -> NvmlR
     if p.is_null() {
         return Err(NVML_ERROR_INVALID_ARGUMENT);
     }
-    let want = PciAddress::parse(text).ok_or(NVML_ERROR_INVALID_ARGUMENT)?;
+    let want = PciAddress::parse(&text).ok_or(NVML_ERROR_INVALID_ARGUMENT)?;
     let h = devices
         .iter()
         .find(|h| h.pci == want)

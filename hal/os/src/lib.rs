@@ -49,6 +49,32 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
     fields.get(19)?.parse().ok()
 }
 
+/// Copy `len` bytes from `src` to `dst` in this process's memory, each address checked by the
+/// kernel (`process_vm_readv` on ourselves): an unmapped, freed or read-only range is an error
+/// (`EFAULT`), never a crash. For memory a caller of a C API handed us and we cannot vouch for.
+/// Overlapping ranges are not supported.
+pub fn copy_checked(dst: usize, src: usize, len: usize) -> io::Result<()> {
+    let local = libc::iovec {
+        iov_base: dst as *mut libc::c_void,
+        iov_len: len,
+    };
+    let remote = libc::iovec {
+        iov_base: src as *mut libc::c_void,
+        iov_len: len,
+    };
+    // SAFETY: process_vm_readv checks every address itself (EFAULT, never a fault in this
+    // process); the iovecs are valid structs describing one range each.
+    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    match n {
+        n if n == len as isize => Ok(()),
+        -1 => Err(io::Error::last_os_error()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "only part of the range is mapped",
+        )),
+    }
+}
+
 /// This user's private folder for tensor-fusion's runtime files
 /// (`$TMPDIR/tensor-fusion-<uid>`, mode 0700), created if missing. A folder of that name owned
 /// by someone else, or open to others, is refused rather than used.
@@ -102,6 +128,21 @@ pub fn first_time(name: &'static str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checked_copies_refuse_bad_addresses_instead_of_crashing() {
+        let src = [1u8, 2, 3, 4];
+        let mut dst = [0u8; 4];
+        copy_checked(dst.as_mut_ptr() as usize, src.as_ptr() as usize, 4).unwrap();
+        assert_eq!(dst, src);
+        assert!(copy_checked(dst.as_mut_ptr() as usize, 0x10, 4).is_err());
+        assert!(copy_checked(0xdead_0000, src.as_ptr() as usize, 4).is_err());
+        let ro = c"read-only".as_ptr() as usize;
+        assert!(
+            copy_checked(ro, src.as_ptr() as usize, 4).is_err(),
+            "read-only target"
+        );
+    }
 
     #[test]
     fn a_live_process_has_a_start_time_and_a_reaped_one_does_not() {

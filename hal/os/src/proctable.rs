@@ -100,8 +100,8 @@ impl<D: SlotData, const N: usize> ProcTable<D, N> {
 
     /// Find or claim the slot of process `pid`; `None` when every slot holds a live process.
     /// Slots of dead processes (and of an earlier process with the same pid) are reclaimed on the
-    /// way, and `on_reclaim` sees what each held before it is cleared.
-    pub fn register(&self, pid: u32, mut on_reclaim: impl FnMut(&D)) -> Option<usize> {
+    /// way, and `on_reclaim` sees each one (its index and what it held) before it is cleared.
+    pub fn register(&self, pid: u32, mut on_reclaim: impl FnMut(usize, &D)) -> Option<usize> {
         let start = crate::process_start_time(pid).unwrap_or(1);
         for attempt in 0..2 {
             if let Some(i) = self.find(pid, start) {
@@ -142,9 +142,9 @@ impl<D: SlotData, const N: usize> ProcTable<D, N> {
         None
     }
 
-    /// Empty slot `i` if it still holds `pid`; `on_reclaim` sees its data first. Whether this
-    /// call emptied it.
-    pub fn reclaim(&self, i: usize, pid: u32, on_reclaim: &mut impl FnMut(&D)) -> bool {
+    /// Empty slot `i` if it still holds `pid`; `on_reclaim` sees it first (index and data).
+    /// Whether this call emptied it.
+    pub fn reclaim(&self, i: usize, pid: u32, on_reclaim: &mut impl FnMut(usize, &D)) -> bool {
         let s = &self.slots[i];
         if s.pid
             .compare_exchange(pid, RECLAIMING, Ordering::AcqRel, Ordering::Relaxed)
@@ -152,7 +152,7 @@ impl<D: SlotData, const N: usize> ProcTable<D, N> {
         {
             return false;
         }
-        on_reclaim(&s.data);
+        on_reclaim(i, &s.data);
         s.data.clear();
         s.start_time.store(0, Ordering::Relaxed);
         s.pid.store(FREE, Ordering::Release);
@@ -160,7 +160,7 @@ impl<D: SlotData, const N: usize> ProcTable<D, N> {
     }
 
     /// Empty the slots of processes that have exited or were killed; returns how many.
-    pub fn reclaim_dead(&self, mut on_reclaim: impl FnMut(&D)) -> usize {
+    pub fn reclaim_dead(&self, mut on_reclaim: impl FnMut(usize, &D)) -> usize {
         let mut n = 0;
         for (i, s) in self.slots.iter().enumerate() {
             let pid = s.pid.load(Ordering::Acquire);
@@ -187,14 +187,18 @@ impl<D: SlotData, const N: usize> ProcTable<D, N> {
             .collect()
     }
 
+    /// Whether slot `i` holds a process that is still alive.
+    pub fn alive(&self, i: usize) -> bool {
+        let s = &self.slots[i];
+        let pid = s.pid.load(Ordering::Acquire);
+        pid != FREE
+            && pid != RECLAIMING
+            && crate::process_start_time(pid) == Some(s.start_time.load(Ordering::Acquire))
+    }
+
     /// Whether any occupied slot's process is still alive.
     pub fn any_alive(&self) -> bool {
-        self.slots.iter().any(|s| {
-            let pid = s.pid.load(Ordering::Acquire);
-            pid != FREE
-                && pid != RECLAIMING
-                && crate::process_start_time(pid) == Some(s.start_time.load(Ordering::Acquire))
-        })
+        (0..N).any(|i| self.alive(i))
     }
 }
 
@@ -224,16 +228,20 @@ mod tests {
     fn a_dead_process_slot_is_reclaimed_with_what_it_held() {
         let t = table::<4>();
         let me = std::process::id();
-        let mine = t.register(me, |_| {}).unwrap();
-        assert_eq!(t.register(me, |_| {}), Some(mine), "one slot per process");
+        let mine = t.register(me, |_, _| {}).unwrap();
+        assert_eq!(
+            t.register(me, |_, _| {}),
+            Some(mine),
+            "one slot per process"
+        );
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
-        let theirs = t.register(pid, |_| {}).unwrap();
+        let theirs = t.register(pid, |_, _| {}).unwrap();
         t.data(theirs).bytes.store(300, Ordering::Relaxed);
         child.wait().unwrap();
         let mut returned = 0;
         assert_eq!(
-            t.reclaim_dead(|d| returned += d.bytes.load(Ordering::Relaxed)),
+            t.reclaim_dead(|_, d| returned += d.bytes.load(Ordering::Relaxed)),
             1
         );
         assert_eq!(returned, 300);
@@ -259,15 +267,15 @@ mod tests {
                     .unwrap()
             })
             .collect();
-        assert!(t.register(kids[0].id(), |_| {}).is_some());
-        assert!(t.register(kids[1].id(), |_| {}).is_some());
-        assert_eq!(t.register(kids[2].id(), |_| {}), None);
+        assert!(t.register(kids[0].id(), |_, _| {}).is_some());
+        assert!(t.register(kids[1].id(), |_, _| {}).is_some());
+        assert_eq!(t.register(kids[2].id(), |_, _| {}), None);
         for k in &mut kids {
             let _ = k.kill();
             let _ = k.wait();
         }
         assert!(
-            t.register(kids[2].id(), |_| {}).is_some(),
+            t.register(kids[2].id(), |_, _| {}).is_some(),
             "dead ones make room"
         );
     }
@@ -280,7 +288,7 @@ mod tests {
             let got: Vec<usize> = (0..6)
                 .map(|_| {
                     let t = t.clone();
-                    std::thread::spawn(move || t.register(me, |_| {}).unwrap())
+                    std::thread::spawn(move || t.register(me, |_, _| {}).unwrap())
                 })
                 .collect::<Vec<_>>()
                 .into_iter()

@@ -327,7 +327,7 @@ impl Region {
     /// once: they all end up with the same entry. `None` when the table is full of live
     /// processes.
     pub fn register(&self, pid: u32) -> Option<usize> {
-        self.procs.register(pid, |u| {
+        self.procs.register(pid, |_, u| {
             self.forget(u);
         })
     }
@@ -335,7 +335,7 @@ impl Region {
     /// Give back the memory of processes that have exited or were killed. Returns the bytes.
     pub fn reclaim_dead(&self) -> u64 {
         let mut bytes = 0;
-        self.procs.reclaim_dead(|u| bytes += self.forget(u));
+        self.procs.reclaim_dead(|_, u| bytes += self.forget(u));
         bytes
     }
 

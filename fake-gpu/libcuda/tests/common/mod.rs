@@ -26,13 +26,18 @@ pub fn show(o: &Output) -> String {
 }
 
 impl FakeDriverDir {
-    /// libcuda.so and libcuda.so.1 (the built library) in a fresh directory, with an isolated
-    /// simulated machine of two devices.
+    /// libcuda.so and libcuda.so.1 (links to the built library), and the simulated NVML under
+    /// its names, in a fresh directory, with an isolated simulated machine of two devices.
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let built = tf_test_support::cdylib("libcuda.so").expect("the fake libcuda is built");
-        for name in ["libcuda.so", "libcuda.so.1"] {
-            std::fs::copy(&built, dir.path().join(name)).unwrap();
+        for (built, names) in [
+            ("libcuda.so", ["libcuda.so", "libcuda.so.1"]),
+            ("libnvidia_ml.so", ["libnvidia-ml.so", "libnvidia-ml.so.1"]),
+        ] {
+            let built = tf_test_support::cdylib(built).expect("the simulated libraries are built");
+            for name in names {
+                std::os::unix::fs::symlink(&built, dir.path().join(name)).unwrap();
+            }
         }
         let config = dir.path().join("gpu.toml");
         std::fs::write(&config, to_toml(&isolated_config("libcuda", 2))).unwrap();

@@ -61,20 +61,15 @@ impl Machine {
     }
 }
 
-/// Lay out the library with `tf_fake_gpu::install::install` (which also copies the fake
-/// `libcuda.so` when it is built: `cargo test --workspace` builds it; `cargo test -p tf-fake-nvml`
-/// may not, and then only the NVML names are written, by hand).
+/// Lay out the built library under NVML's names (links to it: nothing is ever written through
+/// them, so the build's own file stays intact).
 pub fn install_nvml(dir: &Path) {
     let built = tf_test_support::cdylib("libnvidia_ml.so").expect("libnvidia_ml.so is built");
-    match tf_fake_gpu::install::install(dir, tf_fake_gpu::install::InstallMode::Link) {
-        Ok(files) => assert!(files.iter().any(|f| f.ends_with("libnvidia-ml.so.1"))),
-        Err(e) => {
-            eprintln!("install(): {e}; laying out libnvidia-ml.so.1 only");
-            std::fs::create_dir_all(dir).unwrap();
-            for name in ["libnvidia-ml.so.1", "libnvidia-ml.so"] {
-                std::fs::copy(&built, dir.join(name)).unwrap();
-            }
-        }
+    std::fs::create_dir_all(dir).unwrap();
+    for name in ["libnvidia-ml.so.1", "libnvidia-ml.so"] {
+        let to = dir.join(name);
+        let _ = std::fs::remove_file(&to);
+        std::os::unix::fs::symlink(&built, &to).unwrap();
     }
 }
 
