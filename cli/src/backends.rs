@@ -19,10 +19,7 @@ pub fn open_kind(kind: BackendKind) -> Result<Arc<dyn Backend>> {
         )),
         BackendKind::Cuda => open_cuda(),
         BackendKind::Vulkan => open_vulkan(),
-        BackendKind::Ascend => anyhow::bail!(
-            "the ascend backend is not part of this build of tensor-fusion (available: {})",
-            available().join(", ")
-        ),
+        BackendKind::Ascend => open_ascend(),
     }
 }
 
@@ -56,7 +53,26 @@ fn open_vulkan() -> Result<Arc<dyn Backend>> {
     )
 }
 
-/// Backends compiled into this binary.
+#[cfg(feature = "ascend")]
+fn open_ascend() -> Result<Arc<dyn Backend>> {
+    Ok(Arc::new(
+        tf_backend_ascend::AscendBackend::new().context("opening the Ascend backend")?,
+    ))
+}
+
+#[cfg(not(feature = "ascend"))]
+fn open_ascend() -> Result<Arc<dyn Backend>> {
+    anyhow::bail!(
+        "the ascend backend is not part of this build of tensor-fusion (rebuild with --features ascend; available: {})",
+        available().join(", ")
+    )
+}
+
+/// Backends compiled into this binary (named when a backend was left out of the build).
+#[cfg_attr(
+    all(feature = "cuda", feature = "vulkan", feature = "ascend"),
+    allow(dead_code)
+)]
 pub fn available() -> Vec<&'static str> {
     let mut v = vec!["fake"];
     if cfg!(feature = "cuda") {
@@ -64,6 +80,9 @@ pub fn available() -> Vec<&'static str> {
     }
     if cfg!(feature = "vulkan") {
         v.push("vulkan");
+    }
+    if cfg!(feature = "ascend") {
+        v.push("ascend");
     }
     v
 }

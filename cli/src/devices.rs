@@ -20,13 +20,20 @@ pub fn run(args: DevicesArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&devices)?);
         return Ok(());
     }
+    // Compute units are SMs on NVIDIA GPUs and AI cores on Ascend NPUs.
+    let units = if !devices.is_empty() && devices.iter().all(|d| d.vendor == tf_hal::Vendor::Ascend)
+    {
+        "AICORE"
+    } else {
+        "SMS"
+    };
     println!(
-        "{:<5} {:<44} {:<26} {:>10} {:>5} {:>8} {:<7} {:<7}",
-        "INDEX", "UUID", "MODEL", "MEMORY", "SMS", "TFLOPS", "VENDOR", "BACKEND"
+        "{:<5} {:<44} {:<26} {:>10} {:>6} {:>8} {:<7} {:<7}",
+        "INDEX", "UUID", "MODEL", "MEMORY", units, "TFLOPS", "VENDOR", "BACKEND"
     );
     for d in &devices {
         println!(
-            "{:<5} {:<44} {:<26} {:>10} {:>5} {:>8.1} {:<7} {:<7}",
+            "{:<5} {:<44} {:<26} {:>10} {:>6} {:>8.1} {:<7} {:<7}",
             d.index,
             d.uuid,
             d.model,

@@ -10,7 +10,14 @@ use std::process::Command;
 use anyhow::{Context as _, Result, bail};
 
 /// The libraries tensor-fusion ships, as cargo names them.
-pub const SHIPPED: &[&str] = &["libtf_cuda_interposer.so", "libcuda.so", "libnvidia_ml.so"];
+pub const SHIPPED: &[&str] = &[
+    "libtf_cuda_interposer.so",
+    "libcuda.so",
+    "libnvidia_ml.so",
+    "libtf_acl_interposer.so",
+    "libascendcl.so",
+    "libdcmi.so",
+];
 
 #[derive(Debug, clap::Args)]
 #[command(

@@ -49,12 +49,26 @@ pub struct RunArgs {
     pub command: Vec<OsString>,
 }
 
-/// Everything a command needs injected to run on a vGPU of a `kind` backend.
+/// Everything a command needs injected to run on a vGPU of a `kind` backend: the interposer
+/// of the vendor's API (the ACL one on Ascend NPUs, the CUDA one otherwise), and the simulated
+/// driver's folder on the simulated GPU (on Ascend, the folder of `$TF_ASCEND_LIBRARY` when the
+/// backend was pointed at a runtime by path, so the command uses the same one).
 pub fn injection(kind: BackendKind) -> Result<Injection> {
-    let (interposer, _) = tf_os::artifacts::find("libtf_cuda_interposer.so")?;
+    let interposer = match kind {
+        BackendKind::Ascend => "libtf_acl_interposer.so",
+        _ => "libtf_cuda_interposer.so",
+    };
+    let (interposer, _) = tf_os::artifacts::find(interposer)?;
     let mut library_dirs = Vec::new();
     if kind == BackendKind::Fake {
         library_dirs.push(tf_fake_gpu::install::driver_dir()?);
+    }
+    if kind == BackendKind::Ascend
+        && let Some(lib) = std::env::var_os("TF_ASCEND_LIBRARY")
+        && let Some(dir) = std::path::Path::new(&lib).parent()
+        && !dir.as_os_str().is_empty()
+    {
+        library_dirs.push(dir.to_path_buf());
     }
     Ok(Injection {
         interposer,

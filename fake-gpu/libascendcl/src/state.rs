@@ -24,10 +24,11 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The `aclError` of an engine error: the one mapping from HAL kinds to ACL codes.
 pub fn code(e: &tf_hal::Error) -> u32 {
     use tf_hal::ErrorKind::*;
+    #[allow(unreachable_patterns)] // kinds the HAL may add map to the runtime's internal error
     match e.kind {
         NotInitialized => ACL_ERROR_UNINITIALIZE,
         LibraryNotFound | DeviceLost => ACL_ERROR_RT_DEV_SETUP_ERROR,
-        InvalidDevice | NoDevice => ACL_ERROR_RT_INVALID_DEVICEID,
+        InvalidDevice => ACL_ERROR_RT_INVALID_DEVICEID,
         InvalidValue | Config => ACL_ERROR_RT_PARAM_INVALID,
         InvalidHandle => ACL_ERROR_RT_INVALID_HANDLE,
         OutOfMemory => ACL_ERROR_RT_MEMORY_ALLOCATION,
@@ -36,7 +37,7 @@ pub fn code(e: &tf_hal::Error) -> u32 {
         InvalidImage => ACL_ERROR_INVALID_FILE,
         LaunchFailed | IllegalAddress => ACL_ERROR_RT_AICORE_EXCEPTION,
         NotReady => ACL_ERROR_RT_EVENT_NOT_COMPLETE,
-        Other => ACL_ERROR_RT_INTERNAL_ERROR,
+        _ => ACL_ERROR_RT_INTERNAL_ERROR,
     }
 }
 

@@ -99,7 +99,8 @@ impl Vgpu {
 
     /// The environment a program runs with on this vGPU: `TF_VGPU_REGION`, `LD_PRELOAD` (the
     /// interposer first, then what `inherited` had), `LD_LIBRARY_PATH` (the injection's
-    /// directories first) and `CUDA_VISIBLE_DEVICES` (the vGPU's device only). `inherited`
+    /// directories first) and `CUDA_VISIBLE_DEVICES` (the vGPU's device only; on an Ascend NPU
+    /// also `ASCEND_RT_VISIBLE_DEVICES`, by index). `inherited`
     /// looks a variable up in the environment the program would otherwise get.
     pub fn environment(
         &self,
@@ -117,6 +118,13 @@ impl Vgpu {
                 self.device.uuid.clone().into(),
             ),
         ];
+        if self.device.vendor == tf_hal::Vendor::Ascend {
+            // The ACL runtime's own visibility list: the vNPU's device only (by index).
+            env.push((
+                "ASCEND_RT_VISIBLE_DEVICES".into(),
+                self.device.index.to_string().into(),
+            ));
+        }
         if !inject.library_dirs.is_empty() {
             let dirs = std::env::join_paths(&inject.library_dirs).unwrap_or_default();
             env.push((
