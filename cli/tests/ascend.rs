@@ -198,10 +198,52 @@ fn an_acl_program_runs_on_the_simulated_npu_and_under_the_npu_limiter() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        line(&text, "ALLOCATED"),
-        Some(&*(64u64 << 30).to_string()),
-        "{text}"
-    );
+    // (Other tests of this file may hold a few bytes of the same NPU meanwhile.)
+    let got: u64 = line(&text, "ALLOCATED").unwrap().parse().unwrap();
+    assert!(got >= 56 << 30, "{text}");
     assert!(Path::new(&s.regions).exists());
+}
+
+#[test]
+fn launches_are_paced_to_the_compute_share() {
+    let s = setup();
+    let kernels = tf_test_support::workspace_root().join("hal/kernels/tf_kernels.ptx");
+    let (p, k) = (s.program.to_str().unwrap(), kernels.to_str().unwrap());
+    let wall = |extra: &[&str]| {
+        let report = s
+            .regions
+            .with_extension(format!("report-{}.json", extra.len()));
+        let mut args = vec![
+            "run",
+            "--backend",
+            "ascend",
+            "--report",
+            report.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", p, k, "--busy", "100", "10"]);
+        let out = tf(&args);
+        assert!(out.status.success(), "{}", show(&out));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let ms: f64 = line(&text, "BUSY_WALL_MS").unwrap().parse().unwrap();
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        (ms, r)
+    };
+    // 100 kernels of 10 ms, one after the other: 1 s of device time. At 50 % they take about
+    // twice as long.
+    let (alone, _) = wall(&[]);
+    let (half, report) = wall(&["--compute-percent", "50"]);
+    assert!(
+        half > alone * 1.5,
+        "at 50 %: {half:.0} ms, alone: {alone:.0} ms; report {report}"
+    );
+    assert!(
+        report["throttled_launches"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    assert!(
+        report["samples"].as_u64().unwrap() > 0,
+        "launches were timed: {report}"
+    );
 }

@@ -6,7 +6,11 @@
  *   acl_vector_add --probe CHUNK_MIB  allocate CHUNK_MIB chunks until the runtime refuses;
  *                                     prints what it got and what aclrtGetMemInfo reports
  *   acl_vector_add --hold MIB         allocate MIB, say HELD, and wait to be killed
+ *   acl_vector_add KERNELS --busy COUNT MS
+ *                                     COUNT tf_busy kernels of MS ms, each waited for (a loop
+ *                                     whose steps depend on each other); prints the wall time
  */
+#include <time.h>
 #include <unistd.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -74,11 +78,29 @@ int main(int argc, char **argv) {
         return 0;
     }
 
-    uint32_t n = (uint32_t)atol(argv[2]);
     aclrtStream stream;
     CHECK(aclrtCreateStream(&stream));
     aclrtBinHandle bin;
     CHECK(aclrtBinaryLoadFromFile(argv[1], NULL, &bin));
+    if (strcmp(argv[2], "--busy") == 0 && argc == 5) {
+        aclrtFuncHandle busy;
+        CHECK(aclrtBinaryGetFunction(bin, "tf_busy", &busy));
+        uint64_t ns = (uint64_t)atol(argv[4]) * 1000000ull;
+        void *dargs;
+        CHECK(aclrtMalloc(&dargs, sizeof ns, ACL_MEM_MALLOC_HUGE_FIRST));
+        CHECK(aclrtMemcpy(dargs, sizeof ns, &ns, sizeof ns, ACL_MEMCPY_HOST_TO_DEVICE));
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        for (long i = 0; i < atol(argv[3]); i++) {
+            CHECK(aclrtLaunchKernel(busy, 1, dargs, sizeof ns, stream));
+            CHECK(aclrtSynchronizeStream(stream));
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        printf("BUSY_WALL_MS %.1f\n",
+               (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6);
+        return 0;
+    }
+    uint32_t n = (uint32_t)atol(argv[2]);
     aclrtFuncHandle add;
     CHECK(aclrtBinaryGetFunction(bin, "tf_vector_add_f32", &add));
 
