@@ -68,7 +68,11 @@ fn collect(c: &Client, ctx: usize) {
 }
 
 /// Run `launch` on `stream`, timing it when a sample is due.
-pub(crate) fn launch(c: &Client, stream: aclrtStream, launch: impl FnOnce() -> aclError) -> aclError {
+pub(crate) fn launch(
+    c: &Client,
+    stream: aclrtStream,
+    launch: impl FnOnce() -> aclError,
+) -> aclError {
     let ctx = current();
     if ctx == 0 {
         return launch();
