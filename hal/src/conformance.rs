@@ -391,6 +391,95 @@ pub fn invalid_handles_are_rejected(backend: &dyn Backend) {
     ctx.mem_free(q).unwrap();
 }
 
+/// Stream-ordered copies and memsets run after the work queued before them on their stream,
+/// take pageable bytes at once, and move the right bytes; `stream_query` tells a busy stream
+/// from an idle one; `memset_d16` writes 16-bit words; a kernel's parameter sizes are those of
+/// its signature where the backend can tell.
+pub fn async_copies_follow_stream_order(backend: &dyn Backend) {
+    let (_dev, ctx) = first_context(backend);
+    let k = load_test_kernels(&*ctx, backend.kind());
+    let n: u32 = 8192;
+    let bytes = n as u64 * 4;
+    let (p, q) = (ctx.mem_alloc(bytes).unwrap(), ctx.mem_alloc(bytes).unwrap());
+    ctx.memset_d32(p, 0, n as u64).unwrap();
+    ctx.memset_d32(q, 0, n as u64).unwrap();
+    let s = ctx.stream_create().unwrap();
+    // A 50 ms kernel, then a fill of p with 3: everything below is queued behind them.
+    ctx.launch(
+        k.busy,
+        &LaunchConfig::single(),
+        s,
+        &KernelArgs::new().u64(50_000_000),
+    )
+    .unwrap();
+    ctx.launch(
+        k.fill,
+        &LaunchConfig::for_elements(n, 256),
+        s,
+        &KernelArgs::new().ptr(p).u32(3).u32(n),
+    )
+    .unwrap();
+    assert!(
+        !ctx.stream_query(s).expect("stream_query"),
+        "a stream behind a 50 ms kernel cannot be idle at once"
+    );
+    // The first half of p from the host (the buffer is reused at once), ...
+    let mut host = pattern(bytes as usize / 2, 0xa5);
+    ctx.copy_htod_async(p, &host, s).expect("copy_htod_async");
+    let sent = host.clone();
+    host.fill(0);
+    // ... 16 bytes of p set to 0x7f, then p copied to q, then q's tail set to 0x55667788.
+    ctx.memset_d8_async(p.offset(16), 0x7f, 16, s)
+        .expect("memset_d8_async");
+    ctx.copy_dtod_async(q, p, bytes, s)
+        .expect("copy_dtod_async");
+    ctx.memset_d32_async(q.offset(bytes - 64), 0x5566_7788, 16, s)
+        .expect("memset_d32_async");
+    ctx.memset_d16_async(q.offset(bytes - 96), 0xbeef, 16, s)
+        .expect("memset_d16_async");
+    let mut out = vec![0u8; bytes as usize];
+    ctx.copy_dtoh_async(&mut out, q, s)
+        .expect("copy_dtoh_async");
+    let mut want = sent.clone();
+    want[16..32].fill(0x7f);
+    want.extend(std::iter::repeat_n(3u32.to_le_bytes(), n as usize / 2).flatten());
+    let len = want.len();
+    for i in 0..16 {
+        want[len - 96 + 2 * i..len - 96 + 2 * i + 2].copy_from_slice(&0xbeefu16.to_le_bytes());
+    }
+    for i in 0..16 {
+        want[len - 64 + 4 * i..len - 60 + 4 * i].copy_from_slice(&0x5566_7788u32.to_le_bytes());
+    }
+    if let Some(i) = (0..len).find(|&i| out[i] != want[i]) {
+        panic!(
+            "stream-ordered copies and memsets: byte {i} is {:#x}, want {:#x}",
+            out[i], want[i]
+        );
+    }
+    ctx.stream_synchronize(s).unwrap();
+    assert!(ctx.stream_query(s).unwrap(), "an idle stream reports busy");
+
+    ctx.memset_d16(p, 0x1234, 5).expect("memset_d16");
+    let mut w = [0u8; 12];
+    ctx.copy_dtoh(&mut w, p).unwrap();
+    assert_eq!(
+        &w[..10],
+        &0x1234u16.to_le_bytes().repeat(5)[..],
+        "memset_d16"
+    );
+    assert_eq!(&w[10..], &sent[10..12], "memset_d16 past its end");
+
+    match ctx.function_param_sizes(k.vector_add) {
+        Ok(sizes) => assert_eq!(sizes, [8, 8, 8, 4], "tf_vector_add_f32's parameters"),
+        Err(e) => assert_eq!(e.kind, ErrorKind::NotSupported, "{e}"),
+    }
+    ctx.stream_destroy(s).unwrap();
+    for x in [p, q] {
+        ctx.mem_free(x).unwrap();
+    }
+    ctx.unload_module(k.module).unwrap();
+}
+
 /// Generate one `#[test]` per conformance check for a backend constructor expression
 /// (evaluated once per test; it must yield something that derefs to `dyn Backend`).
 #[macro_export]
@@ -403,7 +492,8 @@ macro_rules! hal_conformance_tests {
             kernels_compute_correct_results,
             streams_and_events_order_work,
             utilization_rises_under_load,
-            invalid_handles_are_rejected
+            invalid_handles_are_rejected,
+            async_copies_follow_stream_order
         );
     };
     (@each $make:expr; $($check:ident),*) => {

@@ -49,11 +49,12 @@ pub const TEST_KERNELS_PTX: &str = include_str!("../kernels/tf_kernels.ptx");
 /// shape is specialization constants 0, 1 and 2 (`local_size_x_id = 0`, ...).
 pub const TEST_KERNELS_SPIRV: &[u8] = include_bytes!("../kernels/tf_kernels.spv");
 
-/// The test kernels in the form a backend of `kind` loads: SPIR-V for Vulkan, PTX otherwise.
+/// The test kernels in the form a backend of `kind` loads: SPIR-V for Vulkan, PTX otherwise
+/// (a remote device is taken to be one that runs PTX: the CUDA or the simulated GPU).
 pub fn test_kernels(kind: BackendKind) -> ModuleImage<'static> {
     match kind {
         BackendKind::Vulkan => ModuleImage::SpirV(TEST_KERNELS_SPIRV),
-        BackendKind::Fake | BackendKind::Cuda | BackendKind::Ascend => {
+        BackendKind::Fake | BackendKind::Cuda | BackendKind::Ascend | BackendKind::Remote => {
             ModuleImage::Ptx(TEST_KERNELS_PTX)
         }
     }

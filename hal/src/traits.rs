@@ -137,6 +137,107 @@ pub trait Context: Send + Sync {
     /// Wait for all work on the context.
     fn synchronize(&self) -> Result<()>;
 
+    // --- stream-ordered copies and memsets (defaults: wait for the stream, then the
+    // synchronous call; backends with real streams queue them instead) ---
+    /// Copy `src` to device memory after the work queued on `stream`. The bytes are taken
+    /// before the call returns (the caller may reuse `src` at once), like the driver's
+    /// asynchronous copy from pageable memory.
+    fn copy_htod_async(&self, dst: DevicePtr, src: &[u8], stream: StreamHandle) -> Result<()> {
+        self.stream_synchronize(stream)?;
+        self.copy_htod(dst, src)
+    }
+
+    /// Copy device memory into `dst` after the work queued on `stream`; returns when the bytes
+    /// are in `dst` (the driver's asynchronous copy to pageable memory).
+    fn copy_dtoh_async(&self, dst: &mut [u8], src: DevicePtr, stream: StreamHandle) -> Result<()> {
+        self.stream_synchronize(stream)?;
+        self.copy_dtoh(dst, src)
+    }
+
+    /// Device-to-device copy ordered on `stream`.
+    fn copy_dtod_async(
+        &self,
+        dst: DevicePtr,
+        src: DevicePtr,
+        bytes: u64,
+        stream: StreamHandle,
+    ) -> Result<()> {
+        self.stream_synchronize(stream)?;
+        self.copy_dtod(dst, src, bytes)
+    }
+
+    /// Set `count` 16-bit words. Default: the words are written with [`Context::copy_htod`],
+    /// a megabyte at a time.
+    fn memset_d16(&self, dst: DevicePtr, value: u16, count: u64) -> Result<()> {
+        const CHUNK: u64 = 1 << 19; // words per copy (1 MiB)
+        let buf: Vec<u8> = std::iter::repeat_n(value.to_le_bytes(), count.min(CHUNK) as usize)
+            .flatten()
+            .collect();
+        let mut done = 0u64;
+        while done < count {
+            let n = (count - done).min(CHUNK);
+            self.copy_htod(dst.offset(done * 2), &buf[..n as usize * 2])?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// `memset_d8` ordered on `stream`.
+    fn memset_d8_async(
+        &self,
+        dst: DevicePtr,
+        value: u8,
+        count: u64,
+        stream: StreamHandle,
+    ) -> Result<()> {
+        self.stream_synchronize(stream)?;
+        self.memset_d8(dst, value, count)
+    }
+
+    /// `memset_d16` ordered on `stream`.
+    fn memset_d16_async(
+        &self,
+        dst: DevicePtr,
+        value: u16,
+        count: u64,
+        stream: StreamHandle,
+    ) -> Result<()> {
+        self.stream_synchronize(stream)?;
+        self.memset_d16(dst, value, count)
+    }
+
+    /// `memset_d32` ordered on `stream`.
+    fn memset_d32_async(
+        &self,
+        dst: DevicePtr,
+        value: u32,
+        count: u64,
+        stream: StreamHandle,
+    ) -> Result<()> {
+        self.stream_synchronize(stream)?;
+        self.memset_d32(dst, value, count)
+    }
+
+    /// `Ok(true)` when all work queued on `stream` has finished. Default: an event recorded
+    /// on the stream, queried.
+    fn stream_query(&self, stream: StreamHandle) -> Result<bool> {
+        let e = self.event_create()?;
+        let done = self
+            .event_record(e, stream)
+            .and_then(|()| self.event_query(e));
+        self.event_destroy(e)?;
+        done
+    }
+
+    /// The sizes in bytes of a kernel's parameters, in order (what a driver API needs to read
+    /// `kernelParams`). Optional: `NotSupported` where the backend cannot tell.
+    fn function_param_sizes(&self, function: FunctionHandle) -> Result<Vec<usize>> {
+        let _ = function;
+        Err(Error::not_supported(
+            "this backend cannot tell a kernel's parameter sizes",
+        ))
+    }
+
     // --- snapshot/restore (optional capability) ---
     /// Copy the context's device memory to the host.
     fn snapshot(&self) -> Result<ContextSnapshot> {

@@ -129,14 +129,18 @@ pub enum BackendKind {
     /// Any Vulkan device (AMD, Intel, NVIDIA, Mesa's lavapipe on the CPU, ...) through the
     /// system's Vulkan loader.
     Vulkan,
+    /// A device owned by a tensor-fusion worker on this or another host, reached over a
+    /// connection (`tf-remote`); the worker runs whichever backend it was given.
+    Remote,
 }
 
 impl BackendKind {
-    pub const ALL: [BackendKind; 4] = [
+    pub const ALL: [BackendKind; 5] = [
         BackendKind::Fake,
         BackendKind::Cuda,
         BackendKind::Ascend,
         BackendKind::Vulkan,
+        BackendKind::Remote,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -145,6 +149,7 @@ impl BackendKind {
             BackendKind::Cuda => "cuda",
             BackendKind::Ascend => "ascend",
             BackendKind::Vulkan => "vulkan",
+            BackendKind::Remote => "remote",
         }
     }
 }
@@ -163,9 +168,12 @@ impl FromStr for BackendKind {
             "cuda" | "nvidia" => Ok(BackendKind::Cuda),
             "ascend" | "npu" => Ok(BackendKind::Ascend),
             "vulkan" | "vk" => Ok(BackendKind::Vulkan),
+            "remote" => Ok(BackendKind::Remote),
             other => Err(Error::new(
                 ErrorKind::Config,
-                format!("unknown backend {other:?}: expected one of fake, cuda, ascend, vulkan"),
+                format!(
+                    "unknown backend {other:?}: expected one of fake, cuda, ascend, vulkan, remote"
+                ),
             )),
         }
     }

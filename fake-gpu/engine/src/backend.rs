@@ -340,6 +340,82 @@ impl Context for HalContext {
         self.ctx.synchronize()
     }
 
+    fn copy_htod_async(&self, dst: DevicePtr, src: &[u8], stream: StreamHandle) -> Result<()> {
+        let s = self.stream(stream)?;
+        let region = self.ctx.region(dst.0, src.len() as u64)?;
+        s.write_async(region, src.to_vec())
+    }
+
+    fn copy_dtod_async(
+        &self,
+        dst: DevicePtr,
+        src: DevicePtr,
+        bytes: u64,
+        stream: StreamHandle,
+    ) -> Result<()> {
+        let s = self.stream(stream)?;
+        let (d, r) = (
+            self.ctx.region(dst.0, bytes)?,
+            self.ctx.region(src.0, bytes)?,
+        );
+        let (da, sa) = (d.ptr as usize, r.ptr as usize);
+        // SAFETY: both ranges were resolved against live allocations for `bytes` bytes, and the
+        // regions passed as `keep` hold their mappings until the stream has run the copy.
+        unsafe { s.copy_async(da, sa, bytes as usize, vec![d, r]) }
+    }
+
+    fn memset_d16(&self, dst: DevicePtr, value: u16, count: u64) -> Result<()> {
+        self.ctx.memset(dst.0, Fill::U16(value), count)
+    }
+
+    fn memset_d8_async(
+        &self,
+        dst: DevicePtr,
+        value: u8,
+        count: u64,
+        stream: StreamHandle,
+    ) -> Result<()> {
+        let region = self.ctx.region(dst.0, count)?;
+        self.stream(stream)?
+            .memset_async(region, Fill::U8(value), count)
+    }
+
+    fn memset_d16_async(
+        &self,
+        dst: DevicePtr,
+        value: u16,
+        count: u64,
+        stream: StreamHandle,
+    ) -> Result<()> {
+        let region = self.ctx.region(dst.0, count.saturating_mul(2))?;
+        self.stream(stream)?
+            .memset_async(region, Fill::U16(value), count)
+    }
+
+    fn memset_d32_async(
+        &self,
+        dst: DevicePtr,
+        value: u32,
+        count: u64,
+        stream: StreamHandle,
+    ) -> Result<()> {
+        let region = self.ctx.region(dst.0, count.saturating_mul(4))?;
+        self.stream(stream)?
+            .memset_async(region, Fill::U32(value), count)
+    }
+
+    fn stream_query(&self, stream: StreamHandle) -> Result<bool> {
+        Ok(self.stream(stream)?.query())
+    }
+
+    fn function_param_sizes(&self, function: FunctionHandle) -> Result<Vec<usize>> {
+        lock(&self.tables)
+            .functions
+            .get(&function.0)
+            .map(|f| f.param_sizes.clone())
+            .ok_or_else(|| missing("function", function.0))
+    }
+
     fn snapshot(&self) -> Result<ContextSnapshot> {
         Ok(ContextSnapshot {
             device_uuid: self.ctx.device().info().uuid.clone(),
