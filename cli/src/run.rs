@@ -54,6 +54,17 @@ pub struct RunArgs {
 /// driver's folder on the simulated GPU (on Ascend, the folder of `$TF_ASCEND_LIBRARY` when the
 /// backend was pointed at a runtime by path, so the command uses the same one).
 pub fn injection(kind: BackendKind) -> Result<Injection> {
+    if kind == BackendKind::Vulkan {
+        // The Vulkan loader loads the limiter itself: a layer, enabled by name, whose manifest
+        // the loader finds in VK_ADD_LAYER_PATH.
+        return Ok(Injection {
+            path_lists: vec![
+                ("VK_ADD_LAYER_PATH".into(), vulkan_layer_dir()?.into()),
+                ("VK_INSTANCE_LAYERS".into(), VULKAN_LAYER.into()),
+            ],
+            ..Injection::default()
+        });
+    }
     let interposer = match kind {
         BackendKind::Ascend => "libtf_acl_interposer.so",
         _ => "libtf_cuda_interposer.so",
@@ -71,9 +82,49 @@ pub fn injection(kind: BackendKind) -> Result<Injection> {
         library_dirs.push(dir.to_path_buf());
     }
     Ok(Injection {
-        interposer,
+        preload: vec![interposer],
         library_dirs,
+        path_lists: Vec::new(),
     })
+}
+
+/// The Vulkan layer: its name, library and manifest (`vgpu/layer-vulkan`).
+pub const VULKAN_LAYER: &str = "VK_LAYER_TENSOR_FUSION_vgpu";
+pub const VULKAN_LAYER_LIB: &str = "libtf_vulkan_layer.so";
+pub const VULKAN_LAYER_MANIFEST: &str = "VK_LAYER_TENSOR_FUSION_vgpu.json";
+/// The manifest as shipped: its library beside it (`./libtf_vulkan_layer.so`).
+pub const VULKAN_LAYER_MANIFEST_TEXT: &str =
+    include_str!("../../vgpu/layer-vulkan/VK_LAYER_TENSOR_FUSION_vgpu.json");
+
+/// The folder of the layer's manifest: beside the layer library where it was installed with
+/// it (`tensor-fusion install`, or `$TF_LIB_DIR`); otherwise (a build folder) a copy in the
+/// user's runtime folder naming the library by its full path.
+fn vulkan_layer_dir() -> Result<std::path::PathBuf> {
+    let (lib, _) = tf_os::artifacts::find(VULKAN_LAYER_LIB)?;
+    let beside = lib.parent().map(|d| d.join(VULKAN_LAYER_MANIFEST));
+    if let Some(m) = beside.filter(|m| m.is_file())
+        && let Some(dir) = m.parent()
+    {
+        return Ok(dir.to_path_buf());
+    }
+    let text = VULKAN_LAYER_MANIFEST_TEXT.replace(
+        "\"./libtf_vulkan_layer.so\"",
+        &serde_json::to_string(&lib.to_string_lossy())?,
+    );
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    lib.hash(&mut h);
+    let dir = tf_os::user_runtime_dir()?.join(format!("vulkan-layer-{:016x}", h.finish()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(VULKAN_LAYER_MANIFEST);
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+        // Written whole, then renamed: another run reading it never sees half a file.
+        let tmp = dir.join(format!(".{VULKAN_LAYER_MANIFEST}.{}", std::process::id()));
+        std::fs::write(&tmp, &text)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(dir)
 }
 
 pub fn run(args: RunArgs) -> Result<i32> {

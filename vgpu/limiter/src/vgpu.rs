@@ -30,11 +30,16 @@ pub const TICK: Duration = Duration::from_millis(100);
 /// What a program needs injected to run on a vGPU, found by whoever installed tensor-fusion.
 #[derive(Debug, Clone, Default)]
 pub struct Injection {
-    /// The interposer library (`libtf_cuda_interposer.so`), put first in `LD_PRELOAD`.
-    pub interposer: PathBuf,
+    /// Libraries put first in `LD_PRELOAD` (an interposer: `libtf_cuda_interposer.so`,
+    /// `libtf_acl_interposer.so`); none for an API whose loader loads the limiter itself (the
+    /// Vulkan layer).
+    pub preload: Vec<PathBuf>,
     /// Directories put first on `LD_LIBRARY_PATH` (the simulated driver libraries, when the
     /// device is simulated).
     pub library_dirs: Vec<PathBuf>,
+    /// Other `:`-separated lists the program gets with these entries first: the Vulkan
+    /// loader's `VK_ADD_LAYER_PATH` (the layer manifest's folder) and `VK_INSTANCE_LAYERS`.
+    pub path_lists: Vec<(String, OsString)>,
 }
 
 /// A vGPU: its region (owned, removed on drop) and the device it is on.
@@ -98,8 +103,9 @@ impl Vgpu {
     }
 
     /// The environment a program runs with on this vGPU: `TF_VGPU_REGION`, `LD_PRELOAD` (the
-    /// interposer first, then what `inherited` had), `LD_LIBRARY_PATH` (the injection's
-    /// directories first) and `CUDA_VISIBLE_DEVICES` (the vGPU's device only; on an Ascend NPU
+    /// injection's libraries first, then what `inherited` had; left alone when it has none),
+    /// `LD_LIBRARY_PATH` (the injection's directories first), the injection's other path lists
+    /// (its entries first), and `CUDA_VISIBLE_DEVICES` (the vGPU's device only; on an Ascend NPU
     /// also `ASCEND_RT_VISIBLE_DEVICES`, by index). `inherited`
     /// looks a variable up in the environment the program would otherwise get.
     pub fn environment(
@@ -110,14 +116,17 @@ impl Vgpu {
         let mut env = vec![
             (REGION_ENV.into(), self.path.clone().into_os_string()),
             (
-                "LD_PRELOAD".into(),
-                prepend(inject.interposer.as_os_str(), inherited("LD_PRELOAD")),
-            ),
-            (
                 "CUDA_VISIBLE_DEVICES".into(),
                 self.device.uuid.clone().into(),
             ),
         ];
+        if !inject.preload.is_empty() {
+            let libs = std::env::join_paths(&inject.preload).unwrap_or_default();
+            env.push(("LD_PRELOAD".into(), prepend(&libs, inherited("LD_PRELOAD"))));
+        }
+        for (name, first) in &inject.path_lists {
+            env.push((name.into(), prepend(first, inherited(name))));
+        }
         if self.device.vendor == tf_hal::Vendor::Ascend {
             // The ACL runtime's own visibility list: the vNPU's device only (by index).
             env.push((
