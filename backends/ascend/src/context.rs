@@ -359,6 +359,24 @@ impl tf_hal::Context for AscendContext {
         Ok(())
     }
 
+    /// `aclrtStreamQuery` where the runtime has it (CANN 8); else the HAL's default (an event
+    /// recorded on the stream, queried).
+    fn stream_query(&self, stream: StreamHandle) -> Result<bool> {
+        self.bind()?;
+        let s = self.stream(stream)?;
+        if self.libs.acl.aclrtStreamQuery.is_none() {
+            let e = self.event_create()?;
+            let done = self
+                .event_record(e, stream)
+                .and_then(|()| self.event_query(e));
+            self.event_destroy(e)?;
+            return done;
+        }
+        let mut status = ACL_STREAM_STATUS_NOT_READY;
+        acl_call!(self.libs, aclrtStreamQuery(s, &mut status))?;
+        Ok(status == ACL_STREAM_STATUS_COMPLETE)
+    }
+
     fn stream_wait_event(&self, stream: StreamHandle, event: EventHandle) -> Result<()> {
         self.bind()?;
         let (s, e) = (self.stream(stream)?, self.event(event)?);

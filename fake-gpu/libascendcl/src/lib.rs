@@ -175,6 +175,18 @@ impl Acl for FakeAcl {
     unsafe fn aclrtSynchronizeStream(stream: aclrtStream) -> aclError {
         r(state::stream(stream as usize).and_then(|s| state::hal(s.synchronize())))
     }
+    unsafe fn aclrtStreamQuery(stream: aclrtStream, status: *mut aclrtStreamStatus) -> aclError {
+        r(state::stream(stream as usize).and_then(|s| {
+            ffi::out(
+                status,
+                if s.query() {
+                    ACL_STREAM_STATUS_COMPLETE
+                } else {
+                    ACL_STREAM_STATUS_NOT_READY
+                },
+            )
+        }))
+    }
     unsafe fn aclrtStreamWaitEvent(stream: aclrtStream, event: aclrtEvent) -> aclError {
         r(imp::stream_wait_event(stream as usize, event as usize))
     }

@@ -279,6 +279,10 @@ pub type aclrtMemAttr = ::core::ffi::c_uint;
 pub const ACL_EVENT_RECORDED_STATUS_NOT_READY: aclrtEventRecordedStatus = 0;
 pub const ACL_EVENT_RECORDED_STATUS_COMPLETE: aclrtEventRecordedStatus = 1;
 pub type aclrtEventRecordedStatus = ::core::ffi::c_uint;
+pub const ACL_STREAM_STATUS_COMPLETE: aclrtStreamStatus = 0;
+pub const ACL_STREAM_STATUS_NOT_READY: aclrtStreamStatus = 1;
+pub const ACL_STREAM_STATUS_RESERVED: aclrtStreamStatus = 65535;
+pub type aclrtStreamStatus = ::core::ffi::c_uint;
 pub const ACL_DEVICE: aclrtRunMode = 0;
 pub const ACL_HOST: aclrtRunMode = 1;
 pub type aclrtRunMode = ::core::ffi::c_uint;
@@ -306,6 +310,7 @@ unsafe extern "C" {
     pub fn aclrtDestroyStream(stream: aclrtStream) -> aclError;
     pub fn aclrtSynchronizeStream(stream: aclrtStream) -> aclError;
     pub fn aclrtStreamWaitEvent(stream: aclrtStream, event: aclrtEvent) -> aclError;
+    pub fn aclrtStreamQuery(stream: aclrtStream, status: *mut aclrtStreamStatus) -> aclError;
     pub fn aclrtCreateEvent(event: *mut aclrtEvent) -> aclError;
     pub fn aclrtDestroyEvent(event: aclrtEvent) -> aclError;
     pub fn aclrtRecordEvent(event: aclrtEvent, stream: aclrtStream) -> aclError;

@@ -43,6 +43,7 @@ macro_rules! acl_functions {
             fn aclrtResetDevice(deviceId: i32) -> $crate::acl::aclError;
             fn aclrtSetCurrentContext(context: $crate::acl::aclrtContext) -> $crate::acl::aclError;
             fn aclrtSetDevice(deviceId: i32) -> $crate::acl::aclError;
+            fn aclrtStreamQuery(stream: $crate::acl::aclrtStream, status: *mut $crate::acl::aclrtStreamStatus) -> $crate::acl::aclError;
             fn aclrtStreamWaitEvent(stream: $crate::acl::aclrtStream, event: $crate::acl::aclrtEvent) -> $crate::acl::aclError;
             fn aclrtSynchronizeDevice() -> $crate::acl::aclError;
             fn aclrtSynchronizeEvent(event: $crate::acl::aclrtEvent) -> $crate::acl::aclError;
