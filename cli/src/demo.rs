@@ -9,6 +9,9 @@
 //!
 //! Everything runs on a private simulated machine (its own segments, removed at the end), so
 //! the figures hold whatever else uses the simulated GPU meanwhile — another demo included.
+//!
+//! `--backend NAME` runs steps 1 and 2 on another backend instead (e.g. `vulkan`: the same
+//! vector add as SPIR-V on the first Vulkan device, lavapipe on a machine without a GPU).
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -17,7 +20,7 @@ use std::time::Instant;
 use anyhow::{Context as _, Result, ensure};
 use serde::Serialize;
 use tf_fake_gpu::load::{LoadReport, LoadSpec};
-use tf_hal::{Backend, KernelArgs, LaunchConfig, ModuleImage, StreamHandle};
+use tf_hal::{Backend, KernelArgs, LaunchConfig, StreamHandle};
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -27,6 +30,10 @@ pub struct DemoArgs {
     /// Seconds of the contention step's measurement window.
     #[arg(long, default_value_t = 2.0)]
     pub seconds: f64,
+    /// Run only the device list and the vector add, on this backend's device 0 (e.g. vulkan);
+    /// by default the whole tour runs on a private simulated GPU.
+    #[arg(long)]
+    pub backend: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -73,6 +80,11 @@ pub fn run(args: DemoArgs) -> Result<()> {
         "--seconds must be between 0.2 and 600"
     );
     let json = args.json;
+    if let Some(name) = args.backend.as_deref()
+        && crate::config::select_backend(Some(name))? != tf_hal::BackendKind::Fake
+    {
+        return other_backend(name, json);
+    }
     let template =
         tf_fake_gpu::FakeGpuConfig::from_env().context("reading the simulated GPU's profile")?;
     let machine = Machine {
@@ -159,6 +171,43 @@ pub fn run(args: DemoArgs) -> Result<()> {
     Ok(())
 }
 
+/// Steps 1 and 2 on another backend.
+fn other_backend(name: &str, json: bool) -> Result<()> {
+    let backend = crate::backends::open(Some(name))?;
+    let devices = backend.devices()?;
+    say!(json, "1. {} devices seen through the HAL:", backend.kind());
+    for d in &devices {
+        say!(
+            json,
+            "   [{}] {} {} ({}), {}, driver {}",
+            d.index,
+            d.model,
+            d.uuid,
+            d.vendor,
+            tf_hal::units::format_bytes(d.total_memory_bytes),
+            d.driver_version
+        );
+    }
+    let vector_add = vector_add(&*backend)?;
+    say!(
+        json,
+        "\n2. vector add of {} floats on device 0 ({}): every element checked, {:.1} µs of device time",
+        vector_add.elements,
+        match backend.kind() {
+            tf_hal::BackendKind::Vulkan => "SPIR-V",
+            _ => "PTX",
+        },
+        vector_add.device_time_us
+    );
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "devices": devices, "vector_add": vector_add })
+        );
+    }
+    Ok(())
+}
+
 /// The demo's private simulated machine.
 struct Machine {
     gpu: tf_fake_gpu::machine::PrivateMachine,
@@ -231,7 +280,7 @@ fn fraction(machine: &Machine, seconds: f64) -> Result<Fraction> {
 fn vector_add(backend: &dyn Backend) -> Result<VectorAdd> {
     let dev = backend.device(0)?;
     let ctx = dev.create_context()?;
-    let module = ctx.load_module(ModuleImage::Ptx(tf_hal::TEST_KERNELS_PTX))?;
+    let module = ctx.load_module(tf_hal::test_kernels(backend.kind()))?;
     let add = ctx.function(module, "tf_vector_add_f32")?;
     let n: u32 = 1 << 20;
     let a: Vec<f32> = (0..n).map(|i| i as f32).collect();

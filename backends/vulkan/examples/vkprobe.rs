@@ -1,0 +1,179 @@
+//! A small Vulkan compute program on the system's Vulkan loader (through this backend and
+//! ash), used to check the Vulkan layer from outside: it knows nothing of vGPUs. Each mode
+//! prints one JSON object per line.
+//!
+//! ```text
+//! vkprobe vector-add [N]            # N-element vector add, every element checked (exit 1 if wrong)
+//! vkprobe memory                    # the device's memory as the program sees it
+//! vkprobe alloc-blocks [MIB]        # MIB-sized blocks (default 16) until one fails; free; again
+//! vkprobe hold MIB SECONDS          # allocate MIB, say so, and sleep (to be killed)
+//! vkprobe busy MS SECONDS           # back-to-back MS-millisecond busy kernels for SECONDS
+//! ```
+#![allow(unused_crate_dependencies)] // test targets share the package's dev-dependencies
+
+use std::time::{Duration, Instant};
+
+use tf_backend_vulkan::VulkanBackend;
+use tf_hal::{Backend, BackendKind, Context, KernelArgs, LaunchConfig, StreamHandle};
+
+const MIB: u64 = 1 << 20;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize, default: u64| {
+        args.get(i)
+            .map(|s| s.parse::<u64>().unwrap_or_else(|_| usage()))
+            .unwrap_or(default)
+    };
+    let backend = VulkanBackend::new().unwrap_or_else(|e| fail(&format!("{e}")));
+    let device = backend.device(0).unwrap_or_else(|e| fail(&format!("{e}")));
+    let ctx = device
+        .create_context()
+        .unwrap_or_else(|e| fail(&format!("{e}")));
+    match args.first().map(String::as_str) {
+        Some("vector-add") => vector_add(&*ctx, arg(1, 1 << 20) as u32),
+        Some("memory") => {
+            let m = ctx.mem_info().unwrap_or_else(|e| fail(&format!("{e}")));
+            println!(
+                "{{\"model\":{:?},\"total_bytes\":{},\"used_bytes\":{},\"free_bytes\":{}}}",
+                device.info().model,
+                m.total_bytes,
+                m.used_bytes,
+                m.free_bytes
+            );
+        }
+        Some("alloc-blocks") => {
+            // Until one fails, twice: everything is freed in between.
+            let block = arg(1, 16) * MIB;
+            let fill = || {
+                let mut held = Vec::new();
+                let error = loop {
+                    match ctx.mem_alloc(block) {
+                        Ok(p) => held.push(p),
+                        Err(e) => break e,
+                    }
+                    if held.len() > 100_000 {
+                        fail("no allocation failed after 100000 blocks");
+                    }
+                };
+                let total = held.len() as u64 * block;
+                for p in held {
+                    ctx.mem_free(p)
+                        .unwrap_or_else(|e| fail(&format!("free: {e}")));
+                }
+                (total, error)
+            };
+            let (total, error) = fill();
+            let (again, _) = fill();
+            println!(
+                "{{\"block_bytes\":{block},\"blocks\":{},\"total_bytes\":{total},\"again_total_bytes\":{again},\"error\":{:?},\"vendor_code\":{:?}}}",
+                total / block,
+                error.kind.to_string(),
+                error.vendor.map(|v| v.name).unwrap_or_default()
+            );
+        }
+        Some("hold") => {
+            let p = ctx
+                .mem_alloc(arg(1, 64) * MIB)
+                .unwrap_or_else(|e| fail(&format!("{e}")));
+            println!("{{\"holding_bytes\":{}}}", arg(1, 64) * MIB);
+            std::thread::sleep(Duration::from_secs(arg(2, 60)));
+            let _ = ctx.mem_free(p);
+        }
+        Some("busy") => busy(&*ctx, arg(1, 10), arg(2, 3)),
+        _ => usage(),
+    }
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: vkprobe vector-add [N] | memory | alloc-blocks [MIB] | hold MIB SECONDS | busy MS SECONDS"
+    );
+    std::process::exit(2)
+}
+
+fn fail(why: &str) -> ! {
+    eprintln!("vkprobe: {why}");
+    std::process::exit(1)
+}
+
+fn vector_add(ctx: &dyn Context, n: u32) {
+    let k = tf_hal::conformance::load_test_kernels(ctx, BackendKind::Vulkan);
+    let a: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let b: Vec<f32> = (0..n).map(|i| 2.0 * i as f32 + 1.0).collect();
+    let bytes = n as u64 * 4;
+    let bufs: Vec<_> = (0..3)
+        .map(|_| {
+            ctx.mem_alloc(bytes)
+                .unwrap_or_else(|e| fail(&format!("{e}")))
+        })
+        .collect();
+    let le = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    ctx.copy_htod(bufs[0], &le(&a)).unwrap();
+    ctx.copy_htod(bufs[1], &le(&b)).unwrap();
+    ctx.launch(
+        k.vector_add,
+        &LaunchConfig::for_elements(n, 256),
+        StreamHandle::DEFAULT,
+        &KernelArgs::new()
+            .ptr(bufs[0])
+            .ptr(bufs[1])
+            .ptr(bufs[2])
+            .u32(n),
+    )
+    .unwrap_or_else(|e| fail(&format!("launch: {e}")));
+    ctx.synchronize().unwrap();
+    let mut out = vec![0u8; bytes as usize];
+    ctx.copy_dtoh(&mut out, bufs[2]).unwrap();
+    let wrong = out
+        .chunks_exact(4)
+        .enumerate()
+        .filter(|(i, c)| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) != a[*i] + b[*i])
+        .count();
+    println!("{{\"check\":\"vector_add\",\"n\":{n},\"wrong\":{wrong}}}");
+    if wrong > 0 {
+        std::process::exit(1);
+    }
+}
+
+/// Busy kernels back to back: a new one is submitted as soon as fewer than `IN_FLIGHT` are
+/// queued, so the device never waits for the program; the rate is of completed kernels.
+fn busy(ctx: &dyn Context, ms: u64, seconds: u64) {
+    const IN_FLIGHT: usize = 2;
+    let k = tf_hal::conformance::load_test_kernels(ctx, BackendKind::Vulkan);
+    let launch = || {
+        ctx.launch(
+            k.busy,
+            &LaunchConfig::single(),
+            StreamHandle::DEFAULT,
+            &KernelArgs::new().u64(ms * 1_000_000),
+        )
+        .unwrap_or_else(|e| fail(&format!("launch: {e}")));
+        let e = ctx.event_create().unwrap();
+        ctx.event_record(e, StreamHandle::DEFAULT).unwrap();
+        e
+    };
+    // The driver compiles the kernel on its first run.
+    let first = launch();
+    ctx.event_synchronize(first).unwrap();
+    ctx.event_destroy(first).unwrap();
+    let mut queued = std::collections::VecDeque::new();
+    let start = Instant::now();
+    let mut kernels = 0u64;
+    while start.elapsed() < Duration::from_secs(seconds) {
+        while queued.len() < IN_FLIGHT {
+            queued.push_back(launch());
+        }
+        if let Some(e) = queued.pop_front() {
+            ctx.event_synchronize(e).unwrap();
+            ctx.event_destroy(e).unwrap();
+            kernels += 1;
+        }
+    }
+    let s = start.elapsed().as_secs_f64();
+    ctx.synchronize().unwrap();
+    println!(
+        "{{\"bench\":\"vulkan_busy\",\"kernel_ms\":{ms},\"seconds\":{s:.3},\"kernels\":{kernels},\"rate_per_s\":{:.3}}}",
+        kernels as f64 / s
+    );
+}
