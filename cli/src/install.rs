@@ -17,6 +17,7 @@ pub const SHIPPED: &[&str] = &[
     "libtf_acl_interposer.so",
     "libascendcl.so",
     "libdcmi.so",
+    "libtf_vulkan_layer.so",
 ];
 
 #[derive(Debug, clap::Args)]
@@ -57,6 +58,12 @@ pub fn run(args: InstallArgs) -> Result<()> {
         eprintln!("  {file} ({origin})");
         place(&src, &lib.join(file), strip)?;
     }
+    // The Vulkan layer's manifest beside its library (the folder `run` names to the loader).
+    let manifest = lib.join(crate::run::VULKAN_LAYER_MANIFEST);
+    let tmp = lib.join(format!(".{}.tmp", crate::run::VULKAN_LAYER_MANIFEST));
+    std::fs::write(&tmp, crate::run::VULKAN_LAYER_MANIFEST_TEXT)
+        .and_then(|()| std::fs::rename(&tmp, &manifest))
+        .with_context(|| format!("writing {}", manifest.display()))?;
     // The simulated driver under the real drivers' names, linked to the installed files.
     for (built, names) in tf_fake_gpu::install::DRIVER_LIBS {
         for name in *names {
