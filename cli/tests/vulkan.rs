@@ -225,6 +225,22 @@ fn allocations_stop_at_the_quota_and_come_back() {
 }
 
 #[test]
+fn a_destroyed_device_gives_its_memory_back() {
+    require_vulkan();
+    let dir = regions();
+    let o = tf(dir.path())
+        .args(["run", "--backend", "vulkan", "--vram", "256MiB", "--"])
+        .arg(vkprobe())
+        .args(["device-leak", "128"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let j = json(&o);
+    assert_eq!(j["then_total_bytes"], 256u64 << 20, "{j}");
+    assert_eq!(j["error"], "ERROR_OUT_OF_DEVICE_MEMORY", "{j}");
+}
+
+#[test]
 fn a_killed_process_gives_its_memory_back() {
     require_vulkan();
     let dir = regions();

@@ -8,6 +8,8 @@
 //! vkprobe alloc-blocks [MIB]        # MIB-sized blocks (default 16) until one fails; free; again
 //! vkprobe hold MIB SECONDS          # allocate MIB, say so, and sleep (to be killed)
 //! vkprobe busy MS SECONDS           # back-to-back MS-millisecond busy kernels for SECONDS
+//! vkprobe device-leak MIB           # raw Vulkan: allocate MIB, destroy the device without
+//!                                   # freeing it, then 16 MiB blocks on a new device until one fails
 //! ```
 #![allow(unused_crate_dependencies)] // test targets share the package's dev-dependencies
 
@@ -25,6 +27,9 @@ fn main() {
             .map(|s| s.parse::<u64>().unwrap_or_else(|_| usage()))
             .unwrap_or(default)
     };
+    if args.first().map(String::as_str) == Some("device-leak") {
+        return device_leak(arg(1, 128) * MIB);
+    }
     let backend = VulkanBackend::new().unwrap_or_else(|e| fail(&format!("{e}")));
     let device = backend.device(0).unwrap_or_else(|e| fail(&format!("{e}")));
     let ctx = device
@@ -87,7 +92,7 @@ fn main() {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: vkprobe vector-add [N] | memory | alloc-blocks [MIB] | hold MIB SECONDS | busy MS SECONDS"
+        "usage: vkprobe vector-add [N] | memory | alloc-blocks [MIB] | hold MIB SECONDS | busy MS SECONDS | device-leak MIB"
     );
     std::process::exit(2)
 }
@@ -176,4 +181,74 @@ fn busy(ctx: &dyn Context, ms: u64, seconds: u64) {
         "{{\"bench\":\"vulkan_busy\",\"kernel_ms\":{ms},\"seconds\":{s:.3},\"kernels\":{kernels},\"rate_per_s\":{:.3}}}",
         kernels as f64 / s
     );
+}
+
+/// Straight on ash (no backend): memory a destroyed device still held must not stay counted.
+fn device_leak(bytes: u64) {
+    use ash::vk;
+    // SAFETY: the system's Vulkan loader, used as the Vulkan specification says: every handle
+    // is created here, used on this thread, and destroyed before the instance.
+    unsafe {
+        let entry = ash::Entry::load().unwrap_or_else(|e| fail(&format!("{e}")));
+        let app = vk::ApplicationInfo::default().api_version(vk::API_VERSION_1_1);
+        let instance = entry
+            .create_instance(
+                &vk::InstanceCreateInfo::default().application_info(&app),
+                None,
+            )
+            .unwrap_or_else(|e| fail(&format!("vkCreateInstance: {e}")));
+        let pd = instance.enumerate_physical_devices().unwrap()[0];
+        let memory = instance.get_physical_device_memory_properties(pd);
+        let local = (0..memory.memory_type_count)
+            .find(|&i| {
+                memory.memory_types[i as usize]
+                    .property_flags
+                    .contains(vk::MemoryPropertyFlags::DEVICE_LOCAL)
+            })
+            .unwrap_or_else(|| fail("no device-local memory type"));
+        let priorities = [1.0f32];
+        let queues = [vk::DeviceQueueCreateInfo::default()
+            .queue_family_index(0)
+            .queue_priorities(&priorities)];
+        let new_device = || {
+            instance
+                .create_device(
+                    pd,
+                    &vk::DeviceCreateInfo::default().queue_create_infos(&queues),
+                    None,
+                )
+                .unwrap_or_else(|e| fail(&format!("vkCreateDevice: {e}")))
+        };
+        let alloc = |d: &ash::Device, n: u64| {
+            d.allocate_memory(
+                &vk::MemoryAllocateInfo::default()
+                    .allocation_size(n)
+                    .memory_type_index(local),
+                None,
+            )
+        };
+        let first = new_device();
+        alloc(&first, bytes).unwrap_or_else(|e| fail(&format!("vkAllocateMemory: {e}")));
+        first.destroy_device(None); // the allocation is never freed
+        let second = new_device();
+        let mut held = Vec::new();
+        let error = loop {
+            match alloc(&second, 16 * MIB) {
+                Ok(m) => held.push(m),
+                Err(e) => break e,
+            }
+            if held.len() >= 1024 {
+                fail("no allocation failed after 1024 blocks (16 GiB): is the layer on?");
+            }
+        };
+        println!(
+            "{{\"leaked_bytes\":{bytes},\"then_total_bytes\":{},\"error\":\"{error:?}\"}}",
+            held.len() as u64 * 16 * MIB
+        );
+        for m in held {
+            second.free_memory(m, None);
+        }
+        second.destroy_device(None);
+        instance.destroy_instance(None);
+    }
 }
