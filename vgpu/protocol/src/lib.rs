@@ -16,6 +16,7 @@
 //!   the caller's buffer to the transport and from the transport to its destination with no
 //!   intermediate copy (`writev` on sockets, in place in the shared-memory ring).
 //! - [`auth`]: token files and their constant-time comparison.
+//! - [`session`]: listening, connecting and the handshake, on every transport.
 //!
 //! Design rules: the decoder trusts nothing it reads (lengths, counts, enum values, UTF-8), the
 //! protocol is versioned and a version mismatch is refused with a sentence saying what to do;
@@ -25,6 +26,7 @@
 pub mod addr;
 pub mod auth;
 pub mod link;
+pub mod session;
 pub mod wire;
 
 pub use addr::Address;
