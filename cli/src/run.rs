@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context as _, Result, bail};
 use tf_hal::BackendKind;
+use tf_vgpu_limiter::vgpu::{EscapePolicy, Watch};
 use tf_vgpu_limiter::{Estimator, Injection, Limits, Vgpu};
 
 use crate::args;
@@ -41,12 +42,25 @@ pub struct RunArgs {
     /// the command starts).
     #[arg(long)]
     pub report: Option<PathBuf>,
-    /// Directory for the vGPU region.
+    /// Directory for the vGPU's folder (its region lives in a folder of its own, mode 0700).
     #[arg(long, env = "TF_VGPU_DIR", default_value = "/dev/shm")]
     pub region_dir: PathBuf,
+    /// What to do about a process of the command that escapes the vGPU (the driver's own
+    /// count says it uses more memory or device time than allowed, or it uses the device
+    /// without the interposer): warn (log it, and list it in --report) or kill it.
+    #[arg(long, value_name = "warn|kill", default_value = "warn", value_parser = parse_escape)]
+    pub on_escape: EscapePolicy,
+    /// Let the command keep running if `tensor-fusion run` itself is killed (by default it is
+    /// killed with it, so that nothing runs on a vGPU without its controller and owner).
+    #[arg(long)]
+    pub keep_running: bool,
     /// The command and its arguments.
     #[arg(trailing_var_arg = true, required = true, num_args = 1.., value_name = "COMMAND")]
     pub command: Vec<OsString>,
+}
+
+fn parse_escape(s: &str) -> Result<EscapePolicy, String> {
+    EscapePolicy::parse(s).ok_or_else(|| format!("{s:?} is not a policy: use warn or kill"))
 }
 
 /// Everything a command needs injected to run on a vGPU of a `kind` backend: the interposer
@@ -177,6 +191,32 @@ pub fn run(args: RunArgs) -> Result<i32> {
         .envs(vgpu.environment(&inject, |k| std::env::var_os(k)));
     tracing::info!(region = %vgpu.path().display(), ?limits, device = %info.uuid, "starting the command on its vGPU");
 
+    // Orphaned descendants of the command stay ours (the audit follows them), and unless asked
+    // otherwise the command dies with us.
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes a plain integer and affects only this process.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) };
+    if !args.keep_running {
+        let parent = std::process::id();
+        use std::os::unix::process::CommandExt;
+        // SAFETY: the closure runs in the forked child before exec and calls only
+        // async-signal-safe functions (prctl, getppid, _exit).
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                );
+                // We may have died between fork and prctl: then nobody would send the signal.
+                if libc::getppid() as u32 != parent {
+                    libc::_exit(137);
+                }
+                Ok(())
+            })
+        };
+    }
     // Signals first, so that none can end us between spawning the command and watching it.
     let forwarder = SignalForwarder::install()?;
     let mut child = match cmd.spawn() {
@@ -197,11 +237,21 @@ pub fn run(args: RunArgs) -> Result<i32> {
     forwarder.forward_to(child.id());
 
     let stop = AtomicBool::new(false);
+    let watch = Watch {
+        root_pid: Some(child.id()),
+        policy: args.on_escape,
+        // What a real driver holds for a process's context beyond its allocations.
+        memory_allowance: if kind == BackendKind::Fake {
+            0
+        } else {
+            1 << 30
+        },
+    };
     let status = std::thread::scope(|scope| {
         let controller = std::thread::Builder::new()
             .name("vgpu-controller".into())
             .spawn_scoped(scope, || {
-                vgpu.run_controller(&*device, Estimator::for_backend(kind), &stop)
+                vgpu.run_controller(&*device, Estimator::for_backend(kind), &watch, &stop)
             });
         if controller.is_err() {
             tracing::error!(
@@ -233,6 +283,12 @@ pub fn run(args: RunArgs) -> Result<i32> {
             "samples": s.samples,
             "sampled_ns": s.sampled_ns,
             "launch_interval_ns": s.launch_interval_ns,
+            "escapes": vgpu.escapes().iter().map(|e| serde_json::json!({
+                "pid": e.pid,
+                "kind": e.kind,
+                "detail": e.detail,
+                "killed": e.killed,
+            })).collect::<Vec<_>>(),
             "exit": exit_code(status),
         });
         std::fs::write(report, serde_json::to_string_pretty(&json)? + "\n")

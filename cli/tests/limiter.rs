@@ -375,7 +375,8 @@ fn a_killed_process_returns_its_memory_to_the_quota_within_a_second() {
             "the program never held its memory"
         );
         if let Some(e) = std::fs::read_dir(m.regions()).unwrap().flatten().next()
-            && let Ok(r) = tf_vgpu_limiter::Region::open(&e.path())
+            && let Ok(r) =
+                tf_vgpu_limiter::Region::open(&e.path().join(tf_vgpu_limiter::vgpu::REGION_FILE))
             && r.vram_used() == 768 << 20
         {
             let pid = r.processes()[0].0;

@@ -175,6 +175,9 @@ pub fn ctx_destroy(h: *mut core::ffi::c_void) -> CuResult {
     if ctx.primary {
         return Err(CUDA_ERROR_INVALID_CONTEXT);
     }
+    // Like the driver: what the context holds goes with it.
+    let _ = ctx.engine.synchronize();
+    ctx.engine.device().free_all_of(ctx.engine.id());
     CONTEXTS.remove(h as usize)?;
     forget_current(h as usize);
     // Streams created in it go with it.
@@ -299,6 +302,14 @@ pub fn primary_release(dev: i32) -> CuResult {
         return Err(CUDA_ERROR_INVALID_CONTEXT);
     }
     refs[dev as usize] -= 1;
+    if refs[dev as usize] == 0 {
+        // The last reference: like the driver, the primary context's memory is released.
+        if let Some(h) = lock(&d.primary)[dev as usize] {
+            let ctx = CONTEXTS.get(h)?;
+            let _ = ctx.engine.synchronize();
+            ctx.engine.device().free_all_of(ctx.engine.id());
+        }
+    }
     Ok(())
 }
 

@@ -93,6 +93,31 @@ impl<T: ShmSafe> Shm<T> {
         Self::from_raw(p, size)
     }
 
+    /// Map an open file read-only (`PROT_READ`): any store through it faults, so only `T`s whose
+    /// `&T` API never stores may be read this way. The file must hold at least one `T`.
+    pub fn map_file_read_only(file: &File) -> io::Result<Shm<T>> {
+        let size = size_of::<T>();
+        if file.metadata()?.len() < size as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("file is shorter than {size} bytes"),
+            ));
+        }
+        // SAFETY: a fresh shared read-only mapping chosen by the kernel, of a file at least
+        // `size` bytes long (checked above).
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        Self::from_raw(p, size)
+    }
+
     /// Zero-filled anonymous memory private to this process (a `T` nobody else sees).
     pub fn anonymous() -> io::Result<Shm<T>> {
         let size = size_of::<T>();

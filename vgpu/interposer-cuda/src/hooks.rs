@@ -13,6 +13,7 @@ use tf_cuda_abi::nvml_types::{nvmlMemory_t, nvmlMemory_v2_t};
 use tf_cuda_abi::{CUDA_ARRAY_DESCRIPTOR, CUDA_ARRAY3D_DESCRIPTOR};
 
 use crate::ffi::{LIBRARY, read};
+use crate::ledger::{self, Entry, Kind};
 use crate::real::{Lib, real};
 use crate::state::{self, client};
 
@@ -106,11 +107,18 @@ macro_rules! call {
 
 // ---------- shared bodies ----------
 
-/// Allocate through `alloc` after charging `bytes` to the vGPU; returns OOM past the quota.
-fn charged(bytes: u64, alloc: impl FnOnce() -> u32) -> u32 {
+/// Allocate through `alloc` after charging `bytes` to the vGPU; returns OOM past the quota, and
+/// refuses devices outside the vGPU (they are not the tenant's to use, and would escape its
+/// quota). On success the allocation `key()` names is written in the ledger.
+fn charged(
+    bytes: u64,
+    key: impl FnOnce() -> Option<(Kind, u64)>,
+    alloc: impl FnOnce() -> u32,
+) -> u32 {
     let Some(c) = client() else { return alloc() };
     if !state::current_device_limited(c) {
-        return alloc();
+        tracing::warn!("allocation refused: the current device is not the vGPU's");
+        return CUDA_ERROR_INVALID_DEVICE;
     }
     if !c.charge(bytes) {
         tracing::debug!(bytes, "allocation refused: over the vGPU's VRAM quota");
@@ -119,36 +127,65 @@ fn charged(bytes: u64, alloc: impl FnOnce() -> u32) -> u32 {
     let rc = alloc();
     if rc != CUDA_SUCCESS {
         c.uncharge(bytes);
+        return rc;
+    }
+    match key() {
+        Some((kind, k)) => {
+            let entry = Entry {
+                bytes,
+                ctx: state::current_context(),
+            };
+            if let Some(stale) = ledger::record(kind, k, entry) {
+                // An address the driver handed out again without our seeing its free.
+                c.uncharge(stale.bytes);
+            }
+        }
+        None => c.uncharge(bytes), // nothing to free it by: do not keep a charge we cannot return
     }
     rc
 }
 
-/// Free `ptr` through `free`, giving its size back to the vGPU when the free succeeds.
-fn released(ptr: u64, free: impl FnOnce() -> u32) -> u32 {
-    let Some(c) = client() else { return free() };
-    if ptr == 0 || !state::pointer_limited(c, ptr) {
-        return free();
-    }
-    let size = state::allocation_size(ptr);
+/// Free `key` through `free`, giving back exactly what was charged for it, once, when the
+/// driver frees it. An unknown key (never charged, or already freed) gives nothing back.
+fn released(kind: Kind, key: u64, free: impl FnOnce() -> u32) -> u32 {
+    let entry = ledger::take(kind, key);
     let rc = free();
-    if rc == CUDA_SUCCESS
-        && let Some(size) = size
-    {
-        c.uncharge(size);
+    match entry {
+        Some(e) if rc == CUDA_SUCCESS => {
+            if let Some(c) = client() {
+                c.uncharge(e.bytes);
+            }
+        }
+        Some(e) => ledger::restore(kind, key, e),
+        None => {}
     }
     rc
+}
+
+/// After a context is gone (destroyed, or a primary context released for the last time or
+/// reset): give back what it still held.
+fn context_gone(ctx: usize) {
+    let bytes = ledger::take_context(ctx);
+    if bytes > 0
+        && let Some(c) = client()
+    {
+        c.uncharge(bytes);
+    }
 }
 
 /// Launch on `stream`, paced to the vGPU's compute share (and now and then timed, so the
-/// controller learns what a launch costs). Unlimited vGPUs pay two loads.
+/// controller learns what a launch costs). Launches on a device outside the vGPU are refused
+/// (they would escape its share). Unlimited vGPUs pay two loads.
 fn paced(stream: *mut c_void, launch: impl FnOnce() -> u32) -> u32 {
-    if let Some(c) = client()
-        && c.region().compute_share().is_some()
-        && state::current_device_limited(c)
-        && !state::capturing(stream)
-    {
-        c.before_launch();
-        return crate::sampler::launch(c, stream, launch);
+    if let Some(c) = client() {
+        if !state::current_device_limited(c) {
+            tracing::warn!("launch refused: the current device is not the vGPU's");
+            return CUDA_ERROR_INVALID_DEVICE;
+        }
+        if c.compute_share().is_some() && !state::capturing(stream) {
+            c.before_launch();
+            return crate::sampler::launch(c, stream, launch);
+        }
     }
     launch()
 }
@@ -170,32 +207,12 @@ fn nvml_quota(device: *mut c_void, memory: *mut c_void) -> Option<(u64, u64)> {
         .then(|| (quota, c.vram_used().min(quota)))
 }
 
-/// Arrays, whose size must be remembered until they are destroyed.
-fn sizes() -> &'static Mutex<HashMap<u64, u64>> {
-    static M: OnceLock<Mutex<HashMap<u64, u64>>> = OnceLock::new();
-    M.get_or_init(Default::default)
-}
-
-fn remember(handle: u64, bytes: u64) {
-    sizes()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(handle, bytes);
-}
-
-fn forget(handle: u64) -> Option<u64> {
-    sizes()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&handle)
-}
-
 /// Physical allocations of the VMM API: charged at `cuMemCreate`, given back when the last
 /// reference goes — the handle (`cuMemRelease`), each mapping (`cuMemUnmap`), each retained
 /// handle — as the driver frees them.
 struct Vmm {
-    /// handle -> (bytes charged, references)
-    handles: HashMap<u64, (u64, u32)>,
+    /// handle -> references (the bytes are in the ledger, as `Kind::Physical`)
+    handles: HashMap<u64, u32>,
     /// mapped address -> handle
     mappings: HashMap<u64, u64>,
 }
@@ -214,25 +231,37 @@ fn vmm() -> std::sync::MutexGuard<'static, Vmm> {
 
 /// Drop one reference to a physical allocation; uncharge it when none is left.
 fn vmm_unref(handle: u64) {
-    let freed = {
+    let last = {
         let mut v = vmm();
         match v.handles.get_mut(&handle) {
-            Some((bytes, refs)) => {
+            Some(refs) => {
                 *refs = refs.saturating_sub(1);
-                let b = *bytes;
                 if *refs == 0 {
                     v.handles.remove(&handle);
-                    Some(b)
+                    true
                 } else {
-                    None
+                    false
                 }
             }
-            None => None,
+            None => false,
         }
     };
-    if let (Some(bytes), Some(c)) = (freed, client()) {
-        c.uncharge(bytes);
+    if last
+        && let Some(e) = ledger::take(Kind::Physical, handle)
+        && let Some(c) = client()
+    {
+        c.uncharge(e.bytes);
     }
+}
+
+/// The pointer an allocation wrote through `dptr`, as a ledger key.
+fn pointer(dptr: *mut u64) -> Option<(Kind, u64)> {
+    get(dptr).map(|p| (Kind::Pointer, p))
+}
+
+/// The array handle an allocation wrote through `handle`, as a ledger key.
+fn array(handle: *mut *mut c_void) -> Option<(Kind, u64)> {
+    get(handle).map(|h| (Kind::Array, h as u64))
 }
 
 fn format_bytes(format: u32) -> u64 {
@@ -264,50 +293,63 @@ fn get<T: Copy>(p: *const T) -> Option<T> {
 hooks! {
     // ----- allocation families -----
     Cuda driver_fn fn cuMemAlloc_v2(dptr: *mut u64, bytesize: usize) {
-        charged(bytesize as u64, || call!(Cuda, dptr, bytesize))
+        charged(bytesize as u64, || pointer(dptr), || call!(Cuda, dptr, bytesize))
     }
     Cuda driver_fn fn cuMemAlloc(dptr: *mut u32, bytesize: u32) {
-        charged(bytesize as u64, || call!(Cuda, dptr, bytesize))
+        charged(bytesize as u64, || get(dptr).map(|p| (Kind::Pointer, p as u64)), || call!(Cuda, dptr, bytesize))
     }
     Cuda driver_fn fn cuMemAllocManaged(dptr: *mut u64, bytesize: usize, flags: u32) {
-        charged(bytesize as u64, || call!(Cuda, dptr, bytesize, flags))
+        charged(bytesize as u64, || pointer(dptr), || call!(Cuda, dptr, bytesize, flags))
     }
     Cuda driver_fn fn cuMemAllocAsync(dptr: *mut u64, bytesize: usize, hStream: *mut c_void) {
-        charged(bytesize as u64, || call!(Cuda, dptr, bytesize, hStream))
+        charged(bytesize as u64, || pointer(dptr), || call!(Cuda, dptr, bytesize, hStream))
     }
     Cuda driver_fn fn cuMemAllocAsync_ptsz(dptr: *mut u64, bytesize: usize, hStream: *mut c_void) {
-        charged(bytesize as u64, || call!(Cuda, dptr, bytesize, hStream))
+        charged(bytesize as u64, || pointer(dptr), || call!(Cuda, dptr, bytesize, hStream))
     }
     Cuda driver_fn fn cuMemAllocFromPoolAsync(dptr: *mut u64, bytesize: usize, pool: *mut c_void, hStream: *mut c_void) {
-        charged(bytesize as u64, || call!(Cuda, dptr, bytesize, pool, hStream))
+        charged(bytesize as u64, || pointer(dptr), || call!(Cuda, dptr, bytesize, pool, hStream))
     }
     Cuda driver_fn fn cuMemAllocFromPoolAsync_ptsz(dptr: *mut u64, bytesize: usize, pool: *mut c_void, hStream: *mut c_void) {
-        charged(bytesize as u64, || call!(Cuda, dptr, bytesize, pool, hStream))
+        charged(bytesize as u64, || pointer(dptr), || call!(Cuda, dptr, bytesize, pool, hStream))
     }
     Cuda driver_fn fn cuMemAllocPitch_v2(dptr: *mut u64, pPitch: *mut usize, WidthInBytes: usize, Height: usize, ElementSizeBytes: u32) {
         let asked = WidthInBytes as u64 * Height as u64;
-        let rc = charged(asked, || call!(Cuda, dptr, pPitch, WidthInBytes, Height, ElementSizeBytes));
+        let rc = charged(asked, || pointer(dptr), || call!(Cuda, dptr, pPitch, WidthInBytes, Height, ElementSizeBytes));
         // The pitch may pad each row: charge the padding too, or undo the allocation.
         if rc == CUDA_SUCCESS
             && let (Some(c), Some(pitch), Some(ptr)) = (client(), get(pPitch), get(dptr))
-            && state::current_device_limited(c)
         {
             let extra = (pitch as u64 * Height as u64).saturating_sub(asked);
-            if extra > 0 && !c.charge(extra) {
-                c.uncharge(asked);
-                state::free_raw(ptr);
-                return CUDA_ERROR_OUT_OF_MEMORY;
+            if extra > 0 {
+                if !c.charge(extra) {
+                    if let Some(e) = ledger::take(Kind::Pointer, ptr) {
+                        c.uncharge(e.bytes);
+                    }
+                    state::free_raw(ptr);
+                    return CUDA_ERROR_OUT_OF_MEMORY;
+                }
+                ledger::grow(Kind::Pointer, ptr, extra);
             }
         }
         rc
     }
     Cuda driver_fn fn cuMemCreate(handle: *mut u64, size: usize, prop: *const c_void, flags: u64) {
-        let rc = charged(size as u64, || call!(Cuda, handle, size, prop, flags));
+        // Charged to the device the memory lands on: a location outside the vGPU is refused.
+        if let Some(c) = client()
+            && let Some(p) = get(prop as *const tf_cuda_abi::CUmemAllocationProp)
+            && p.location.type_ == CU_MEM_LOCATION_TYPE_DEVICE
+            && !state::device_limited(c, p.location.id)
+        {
+            tracing::warn!(device = p.location.id, "cuMemCreate refused: the device is not the vGPU's");
+            return CUDA_ERROR_INVALID_DEVICE;
+        }
+        let rc = charged(size as u64, || get(handle).map(|h| (Kind::Physical, h)), || call!(Cuda, handle, size, prop, flags));
         if rc == CUDA_SUCCESS
             && let Some(h) = get(handle)
-            && client().is_some_and(state::current_device_limited)
+            && client().is_some()
         {
-            vmm().handles.insert(h, (size as u64, 1));
+            vmm().handles.insert(h, 1);
         }
         rc
     }
@@ -315,7 +357,7 @@ hooks! {
         let rc = call!(Cuda, ptr, size, offset, handle, flags);
         if rc == CUDA_SUCCESS {
             let mut v = vmm();
-            if let Some((_, refs)) = v.handles.get_mut(&handle) {
+            if let Some(refs) = v.handles.get_mut(&handle) {
                 *refs += 1;
                 v.mappings.insert(ptr, handle);
             }
@@ -336,7 +378,7 @@ hooks! {
         let rc = call!(Cuda, handle, addr);
         if rc == CUDA_SUCCESS
             && let Some(h) = get(handle)
-            && let Some((_, refs)) = vmm().handles.get_mut(&h)
+            && let Some(refs) = vmm().handles.get_mut(&h)
         {
             *refs += 1;
         }
@@ -345,44 +387,32 @@ hooks! {
     Cuda driver_fn fn cuArrayCreate_v2(pHandle: *mut *mut c_void, pAllocateArray: *const c_void) {
         let bytes = get(pAllocateArray as *const CUDA_ARRAY_DESCRIPTOR)
             .map_or(0, |d| array_bytes(d.Width, d.Height, 1, d.Format, d.NumChannels));
-        let rc = charged(bytes, || call!(Cuda, pHandle, pAllocateArray));
-        if rc == CUDA_SUCCESS && let Some(h) = get(pHandle) && client().is_some_and(state::current_device_limited) {
-            remember(h as u64, bytes);
-        }
-        rc
+        charged(bytes, || array(pHandle), || call!(Cuda, pHandle, pAllocateArray))
     }
     Cuda driver_fn fn cuArray3DCreate_v2(pHandle: *mut *mut c_void, pAllocateArray: *const c_void) {
         let bytes = get(pAllocateArray as *const CUDA_ARRAY3D_DESCRIPTOR)
             .map_or(0, |d| array_bytes(d.Width, d.Height, d.Depth, d.Format, d.NumChannels));
-        let rc = charged(bytes, || call!(Cuda, pHandle, pAllocateArray));
-        if rc == CUDA_SUCCESS && let Some(h) = get(pHandle) && client().is_some_and(state::current_device_limited) {
-            remember(h as u64, bytes);
-        }
-        rc
+        charged(bytes, || array(pHandle), || call!(Cuda, pHandle, pAllocateArray))
     }
     Cuda driver_fn fn cuMipmappedArrayCreate(pHandle: *mut *mut c_void, pMipmappedArrayDesc: *const c_void, numMipmapLevels: u32) {
         // All levels together take at most 4/3 of the base level.
         let bytes = get(pMipmappedArrayDesc as *const CUDA_ARRAY3D_DESCRIPTOR)
             .map_or(0, |d| array_bytes(d.Width, d.Height, d.Depth, d.Format, d.NumChannels) * 4 / 3);
-        let rc = charged(bytes, || call!(Cuda, pHandle, pMipmappedArrayDesc, numMipmapLevels));
-        if rc == CUDA_SUCCESS && let Some(h) = get(pHandle) && client().is_some_and(state::current_device_limited) {
-            remember(h as u64, bytes);
-        }
-        rc
+        charged(bytes, || array(pHandle), || call!(Cuda, pHandle, pMipmappedArrayDesc, numMipmapLevels))
     }
 
     // ----- frees -----
     Cuda driver_fn fn cuMemFree_v2(dptr: u64) {
-        released(dptr, || call!(Cuda, dptr))
+        released(Kind::Pointer, dptr, || call!(Cuda, dptr))
     }
     Cuda driver_fn fn cuMemFree(dptr: u32) {
-        released(dptr as u64, || call!(Cuda, dptr))
+        released(Kind::Pointer, dptr as u64, || call!(Cuda, dptr))
     }
     Cuda driver_fn fn cuMemFreeAsync(dptr: u64, hStream: *mut c_void) {
-        released(dptr, || call!(Cuda, dptr, hStream))
+        released(Kind::Pointer, dptr, || call!(Cuda, dptr, hStream))
     }
     Cuda driver_fn fn cuMemFreeAsync_ptsz(dptr: u64, hStream: *mut c_void) {
-        released(dptr, || call!(Cuda, dptr, hStream))
+        released(Kind::Pointer, dptr, || call!(Cuda, dptr, hStream))
     }
     Cuda driver_fn fn cuMemRelease(handle: u64) {
         let rc = call!(Cuda, handle);
@@ -392,16 +422,57 @@ hooks! {
         rc
     }
     Cuda driver_fn fn cuArrayDestroy(hArray: *mut c_void) {
-        let rc = call!(Cuda, hArray);
-        if rc == CUDA_SUCCESS && let (Some(c), Some(bytes)) = (client(), forget(hArray as u64)) {
-            c.uncharge(bytes);
+        released(Kind::Array, hArray as u64, || call!(Cuda, hArray))
+    }
+    Cuda driver_fn fn cuMipmappedArrayDestroy(hMipmappedArray: *mut c_void) {
+        released(Kind::Array, hMipmappedArray as u64, || call!(Cuda, hMipmappedArray))
+    }
+
+    // ----- contexts: what a context held goes when it goes -----
+    Cuda driver_fn fn cuCtxDestroy_v2(ctx: *mut c_void) {
+        let rc = call!(Cuda, ctx);
+        if rc == CUDA_SUCCESS {
+            context_gone(ctx as usize);
         }
         rc
     }
-    Cuda driver_fn fn cuMipmappedArrayDestroy(hMipmappedArray: *mut c_void) {
-        let rc = call!(Cuda, hMipmappedArray);
-        if rc == CUDA_SUCCESS && let (Some(c), Some(bytes)) = (client(), forget(hMipmappedArray as u64)) {
-            c.uncharge(bytes);
+    Cuda driver_fn fn cuCtxDestroy(ctx: *mut c_void) {
+        let rc = call!(Cuda, ctx);
+        if rc == CUDA_SUCCESS {
+            context_gone(ctx as usize);
+        }
+        rc
+    }
+    Cuda driver_fn fn cuDevicePrimaryCtxReset_v2(dev: i32) {
+        let primary = state::primary_context(dev);
+        let rc = call!(Cuda, dev);
+        if rc == CUDA_SUCCESS && let Some(p) = primary {
+            context_gone(p);
+        }
+        rc
+    }
+    Cuda driver_fn fn cuDevicePrimaryCtxReset(dev: i32) {
+        let primary = state::primary_context(dev);
+        let rc = call!(Cuda, dev);
+        if rc == CUDA_SUCCESS && let Some(p) = primary {
+            context_gone(p);
+        }
+        rc
+    }
+    Cuda driver_fn fn cuDevicePrimaryCtxRelease_v2(dev: i32) {
+        let primary = state::primary_context(dev);
+        let rc = call!(Cuda, dev);
+        // The last release destroys the primary context, and frees what it held.
+        if rc == CUDA_SUCCESS && let Some(p) = primary && state::primary_context(dev).is_none() {
+            context_gone(p);
+        }
+        rc
+    }
+    Cuda driver_fn fn cuDevicePrimaryCtxRelease(dev: i32) {
+        let primary = state::primary_context(dev);
+        let rc = call!(Cuda, dev);
+        if rc == CUDA_SUCCESS && let Some(p) = primary && state::primary_context(dev).is_none() {
+            context_gone(p);
         }
         rc
     }

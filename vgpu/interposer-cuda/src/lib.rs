@@ -21,12 +21,14 @@
 //!
 //! Modules, bottom up (no cycles): [`real`] finds the real driver and its functions (the only
 //! place that does); [`ffi`] binds the C-boundary kit to CUDA's codes; [`state`] knows the
-//! process's vGPU and which devices are its; [`sampler`] times a few launches; [`hooks`] are the
+//! process's vGPU and which devices are its; [`ledger`] records what each allocation was charged;
+//! [`sampler`] times a few launches; [`hooks`] are the
 //! interposed functions; [`trampoline`] is our exported `dlsym`, which hands out the hooks.
 #![cfg_attr(test, allow(unused_crate_dependencies))] // unit tests see the dev-dependencies too
 
 mod ffi;
 mod hooks;
+mod ledger;
 mod real;
 mod sampler;
 mod state;

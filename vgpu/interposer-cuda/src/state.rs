@@ -20,7 +20,7 @@ pub fn client() -> Option<&'static Client> {
         tf_os::init_logging();
         let c = Client::from_env();
         if let Some(c) = &c {
-            let l = c.region().limits();
+            let l = c.limits();
             tracing::info!(
                 device = c.device_uuid(),
                 vram_quota = ?l.vram_quota,
@@ -124,33 +124,35 @@ pub fn current_device_limited(c: &Client) -> bool {
     rc != CUDA_SUCCESS || device_limited(c, dev)
 }
 
-/// Whether the allocation `ptr` is on the vGPU's device.
-pub fn pointer_limited(c: &Client, ptr: u64) -> bool {
-    if visible_devices() == 1 {
-        return device_limited(c, 0);
+/// The current context's handle (0: none).
+pub fn current_context() -> usize {
+    let mut ctx: *mut c_void = std::ptr::null_mut();
+    match real!(driver_fn::cuCtxGetCurrent) {
+        // SAFETY: a valid output.
+        Some(f) if unsafe { f(&mut ctx) } == CUDA_SUCCESS => ctx as usize,
+        _ => 0,
     }
-    let mut ordinal = -1i32;
-    let rc = match real!(driver_fn::cuPointerGetAttribute) {
-        // SAFETY: DEVICE_ORDINAL writes an int.
-        Some(f) => unsafe {
-            f(
-                &mut ordinal as *mut i32 as *mut c_void,
-                CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
-                ptr,
-            )
-        },
-        None => return true,
-    };
-    rc != CUDA_SUCCESS || device_limited(c, ordinal)
 }
 
-/// The size of the allocation that starts at `ptr`, from the driver.
-pub fn allocation_size(ptr: u64) -> Option<u64> {
-    let (mut base, mut size) = (0u64, 0usize);
-    let f = real!(driver_fn::cuMemGetAddressRange_v2)?;
+/// The handle of device `dev`'s primary context while it is active (`None`: inactive).
+pub fn primary_context(dev: i32) -> Option<usize> {
+    let (mut flags, mut active) = (0u32, 0i32);
+    let state = real!(driver_fn::cuDevicePrimaryCtxGetState)?;
     // SAFETY: two outputs of the documented types.
-    let rc = unsafe { f(&mut base, &mut size, ptr) };
-    (rc == CUDA_SUCCESS && base == ptr).then_some(size as u64)
+    if unsafe { state(dev, &mut flags, &mut active) } != CUDA_SUCCESS || active == 0 {
+        return None;
+    }
+    // Its handle: retain (it is active, so this creates nothing) and release again.
+    let retain = real!(driver_fn::cuDevicePrimaryCtxRetain)?;
+    let release = real!(driver_fn::cuDevicePrimaryCtxRelease_v2)?;
+    let mut ctx: *mut c_void = std::ptr::null_mut();
+    // SAFETY: a valid output; the retain is balanced by the release below.
+    if unsafe { retain(&mut ctx, dev) } != CUDA_SUCCESS {
+        return None;
+    }
+    // SAFETY: releasing the reference we just took.
+    unsafe { release(dev) };
+    Some(ctx as usize)
 }
 
 /// Free an allocation with the real driver (undoing one we could not charge in full).

@@ -1,8 +1,10 @@
-//! Our exported `dlsym`: a few instructions that look at the handle and the first two characters
-//! of the name. Names starting with `cu` or `nv` looked up in a handle go to [`dlsym_hook`], which
-//! hands out our wrappers for the functions we interpose; every other lookup *jumps* to the real
-//! `dlsym` with the caller's own stack frame, so lookups whose meaning depends on who calls
-//! (`RTLD_NEXT`) keep their exact meaning for the rest of the program.
+//! Our exported `dlsym` and `dlvsym`: a few instructions that look at the handle and the first
+//! two characters of the name. Names starting with `cu` or `nv` looked up in a handle go to
+//! [`dlsym_hook`] (or [`dlvsym_hook`]), which hand out our wrappers for the functions we
+//! interpose; every other lookup *jumps* to the real function with the caller's own stack frame,
+//! so lookups whose meaning depends on who calls (`RTLD_NEXT`) keep their exact meaning for the
+//! rest of the program. `dlvsym` is interposed too, so that asking for a versioned symbol does
+//! not reach the driver around the limiter.
 
 use std::ffi::{CStr, c_char, c_void};
 
@@ -13,17 +15,26 @@ use std::ffi::{CStr, c_char, c_void};
 // (a constructor that ran before ours), a slow path finds it first. One body per architecture.
 macro_rules! exported_dlsym {
     ($arch:literal: $($asm:literal),* $(,)?) => {
+        exported_dlsym!(@ $arch, dlsym(handle: *mut c_void, symbol: *const c_char),
+            dlsym_hook, TF_REAL_DLSYM, dlsym_slow: $($asm),*);
+        exported_dlsym!(@ $arch,
+            dlvsym(handle: *mut c_void, symbol: *const c_char, version: *const c_char),
+            dlvsym_hook, TF_REAL_DLVSYM, dlvsym_slow: $($asm),*);
+    };
+    (@ $arch:literal, $name:ident($($arg:ident: $ty:ty),*), $hook:ident, $real:ident, $slow:ident:
+     $($asm:literal),*) => {
         #[cfg(target_arch = $arch)]
         #[unsafe(naked)]
         #[unsafe(no_mangle)]
         /// # Safety
-        /// Called by the dynamic loader's users with the arguments of `dlsym(3)`.
-        pub unsafe extern "C" fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void {
+        /// Called by the dynamic loader's users with the arguments of the C library's function
+        /// of this name (the trampoline reads only the first two and passes all on untouched).
+        pub unsafe extern "C" fn $name($($arg: $ty),*) -> *mut c_void {
             core::arch::naked_asm!(
                 $($asm),*,
-                hook = sym dlsym_hook,
-                real = sym crate::real::TF_REAL_DLSYM,
-                slow = sym dlsym_slow,
+                hook = sym $hook,
+                real = sym crate::real::$real,
+                slow = sym $slow,
             )
         }
     };
@@ -94,6 +105,39 @@ unsafe extern "C" fn dlsym_slow(handle: *mut c_void, symbol: *const c_char) -> *
     }
 }
 
+/// Our `dlvsym` before the constructor found the real one.
+unsafe extern "C" fn dlvsym_slow(
+    handle: *mut c_void,
+    symbol: *const c_char,
+    version: *const c_char,
+) -> *mut c_void {
+    match crate::real::real_dlvsym() {
+        // SAFETY: forwarding the caller's own arguments to the real dlvsym.
+        Some(f) => unsafe { f(handle, symbol, version) },
+        None => std::ptr::null_mut(),
+    }
+}
+
+/// Our `dlvsym` for names starting with `cu` or `nv`: the real versioned lookup, then our
+/// wrapper instead if the name is one we interpose (whatever version was asked for: the
+/// wrapper forwards to the version the driver resolves for its own name).
+///
+/// # Safety
+/// Called with the arguments of `dlvsym(3)`.
+unsafe extern "C" fn dlvsym_hook(
+    handle: *mut c_void,
+    symbol: *const c_char,
+    version: *const c_char,
+) -> *mut c_void {
+    let Some(real) = crate::real::real_dlvsym() else {
+        return std::ptr::null_mut();
+    };
+    // SAFETY: forwarding the caller's own arguments.
+    let found = unsafe { real(handle, symbol, version) };
+    // SAFETY: the caller's symbol argument, checked non-null by the trampoline.
+    unsafe { ours_instead(found, symbol) }
+}
+
 /// Our `dlsym` for names starting with `cu` or `nv` (see the module documentation): the real
 /// lookup, then our wrapper instead if the name is one we interpose.
 ///
@@ -105,11 +149,19 @@ unsafe extern "C" fn dlsym_hook(handle: *mut c_void, symbol: *const c_char) -> *
     };
     // SAFETY: forwarding the caller's own arguments.
     let found = unsafe { real(handle, symbol) };
+    // SAFETY: the caller's symbol argument, checked non-null by the trampoline.
+    unsafe { ours_instead(found, symbol) }
+}
+
+/// What the real lookup `found` for `symbol`, or our wrapper if we interpose that name.
+///
+/// # Safety
+/// `symbol` is a non-null, NUL-terminated string.
+unsafe fn ours_instead(found: *mut c_void, symbol: *const c_char) -> *mut c_void {
     if found.is_null() {
         return found;
     }
-    // SAFETY: dlsym's symbol argument is a NUL-terminated string (non-null: checked by the
-    // trampoline before it jumps here).
+    // SAFETY: the caller's contract.
     let name = unsafe { CStr::from_ptr(symbol) }.to_bytes();
     match crate::hooks::wrapper(name) {
         Some(w) => w as *mut c_void,

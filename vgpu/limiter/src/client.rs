@@ -1,8 +1,13 @@
 //! The application side of a vGPU: what an interposer calls on every intercepted call.
 //!
 //! Configured from the environment that the vGPU session ([`crate::Vgpu`]) produces:
-//! - `TF_VGPU_REGION`: path of the vGPU region. The limits and the device reach the process
-//!   this one way only: they are read from the region, never from the environment;
+//! - `TF_VGPU_LIMITS`: the vGPU's limits page ([`crate::limits`]): quota, share, pacing and
+//!   device, sealed so that no process can change them. Limits reach the process this one way
+//!   only, never from the environment;
+//! - `TF_VGPU_REGION`: the vGPU region, the state its processes share (usage, launch admission,
+//!   counters). Nothing read from it is trusted: the quota and pacing come from the limits page,
+//!   a launch never waits longer than [`MAX_LAUNCH_WAIT_NS`], and a process never holds more
+//!   than the quota by its own count, whatever the shared total says;
 //! - `TF_VGPU_REGION_POLICY`: what to do when the region is missing or corrupt — `keep`
 //!   (default: keep enforcing the last known limits, per process; a process that never saw its
 //!   region knows none, so it refuses new allocations), `open` (stop enforcing), `closed`
@@ -11,11 +16,17 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
+use crate::limits::{LimitsView, MAX_BURST_NS, MAX_INTERVAL_NS, Pacing};
 use crate::region::{Limits, Region, RegionMap};
 use crate::sys;
 
 pub const REGION_ENV: &str = "TF_VGPU_REGION";
+pub const LIMITS_ENV: &str = "TF_VGPU_LIMITS";
 pub const POLICY_ENV: &str = "TF_VGPU_REGION_POLICY";
+
+/// The longest a launch waits for admission: a longer wait means the shared admission state is
+/// corrupt (or forged), and is treated as such.
+pub const MAX_LAUNCH_WAIT_NS: u64 = 2_000_000_000;
 
 /// What to do when the shared region is missing or corrupt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +49,9 @@ impl LossPolicy {
 
 /// A process's handle on its vGPU.
 pub struct Client {
+    /// The trusted source of limits and pacing (a limits page); `None`: the region's own words
+    /// (a region without a page: tests and tools).
+    page: Option<LimitsView>,
     shared: RegionMap,
     /// Replaces `shared` once it is lost.
     fallback: OnceLock<RegionMap>,
@@ -54,7 +68,13 @@ pub struct Client {
     slot: AtomicUsize,
     slot_pid: AtomicU32,
     register_lock: Mutex<()>,
+    /// This process's own admission time (GCRA), a floor under the shared one: a process never
+    /// launches faster than the vGPU's pacing, whatever another process writes into the region.
+    own_tat: AtomicU64,
 }
+
+/// `usize::MAX`: not registered yet; `FULL`: the region's process table is full.
+const FULL: usize = usize::MAX - 1;
 
 /// Limits and pacing as last seen in the shared region; refreshed on use (loads, and a store
 /// only when something changed).
@@ -80,8 +100,11 @@ impl LastKnown {
     }
 
     #[inline]
-    fn refresh(&self, r: &Region) {
-        let (quota, share, interval, burst) = r.limit_words();
+    fn refresh(&self, (quota, share, interval, burst): (u64, u64, u64, u64)) {
+        // Out-of-range pacing is corruption: the last good values stay.
+        if share > 1_000_000 || interval > MAX_INTERVAL_NS || burst > MAX_BURST_NS {
+            return;
+        }
         for (cell, v) in [
             (&self.quota, quota),
             (&self.share_ppm, share),
@@ -115,36 +138,54 @@ impl Client {
             }),
             Err(_) => LossPolicy::Keep,
         };
+        let lost = |what: String| {
+            tracing::error!(
+                "{what}; policy {policy:?}: {}",
+                match policy {
+                    LossPolicy::Open => "limits are not enforced in this process",
+                    _ => "no limits are known, so new allocations are refused",
+                }
+            );
+            let none = Limits {
+                vram_quota: None,
+                compute_share: None,
+            };
+            let c = Client::new(None, Region::private("", &none), policy, true);
+            let _ = c.fallback.set(Region::private("", &none));
+            Some(c)
+        };
+        let page = match std::env::var_os(LIMITS_ENV).filter(|v| !v.is_empty()) {
+            Some(p) => match LimitsView::open(std::path::Path::new(&p)) {
+                Ok(v) => Some(v),
+                Err(e) => return lost(format!("vGPU limits page {}: {e}", p.to_string_lossy())),
+            },
+            None => None,
+        };
         match Region::open(std::path::Path::new(&region_path)) {
-            Ok(r) => Some(Client::with_region(r, policy)),
-            Err(e) => {
-                tracing::error!(
-                    "{e}; policy {policy:?}: {}",
-                    match policy {
-                        LossPolicy::Open => "limits are not enforced in this process",
-                        _ => "no limits are known, so new allocations are refused",
-                    }
-                );
-                let none = Limits {
-                    vram_quota: None,
-                    compute_share: None,
-                };
-                let c = Client::new(Region::private("", &none), policy, true);
-                let _ = c.fallback.set(Region::private("", &none));
-                Some(c)
-            }
+            Ok(r) => Some(Client::new(page, r, policy, false)),
+            Err(e) => lost(e.to_string()),
         }
     }
 
-    /// A client on an explicit region (tests, tools).
+    /// A client on an explicit region whose own words hold the limits (tests, tools).
     pub fn with_region(region: RegionMap, policy: LossPolicy) -> Client {
-        Client::new(region, policy, false)
+        Client::new(None, region, policy, false)
     }
 
-    fn new(region: RegionMap, policy: LossPolicy, lost: bool) -> Client {
+    /// A client on a region and the limits page that governs it.
+    pub fn with_page(page: LimitsView, region: RegionMap, policy: LossPolicy) -> Client {
+        Client::new(Some(page), region, policy, false)
+    }
+
+    fn new(page: Option<LimitsView>, region: RegionMap, policy: LossPolicy, lost: bool) -> Client {
+        let (limits, uuid) = match &page {
+            Some(p) => (p.limits(), p.device_uuid()),
+            None => (region.limits(), region.device_uuid()),
+        };
         let c = Client {
-            last: LastKnown::new(&region.limits()),
-            uuid: region.device_uuid(),
+            last: LastKnown::new(&limits),
+            uuid,
+            page,
             shared: region,
             fallback: OnceLock::new(),
             lost: AtomicBool::new(lost),
@@ -154,11 +195,44 @@ impl Client {
             slot: AtomicUsize::new(usize::MAX),
             slot_pid: AtomicU32::new(0),
             register_lock: Mutex::new(()),
+            own_tat: AtomicU64::new(0),
         };
         if !lost {
-            c.last.refresh(&c.shared);
+            c.last.refresh(c.words());
         }
         c
+    }
+
+    /// (quota, share ppm, interval, burst) from the trusted source.
+    #[inline]
+    fn words(&self) -> (u64, u64, u64, u64) {
+        match &self.page {
+            Some(p) => {
+                let l = p.limits();
+                let Pacing {
+                    interval_ns,
+                    burst_ns,
+                } = p.pacing();
+                (
+                    p.quota_word(),
+                    l.compute_share.map_or(0, |s| (s * 1e6).round() as u64),
+                    interval_ns,
+                    burst_ns,
+                )
+            }
+            None => self.shared.limit_words(),
+        }
+    }
+
+    /// The limits in force (the last known ones once the region is lost).
+    pub fn limits(&self) -> Limits {
+        self.region();
+        self.last.limits()
+    }
+
+    /// The share of device time, if limited.
+    pub fn compute_share(&self) -> Option<f64> {
+        self.limits().compute_share
     }
 
     /// UUID of the device this vGPU is on.
@@ -171,7 +245,7 @@ impl Client {
     pub fn region(&self) -> &Region {
         if !self.lost.load(Ordering::Relaxed) {
             if self.shared.is_valid() {
-                self.last.refresh(&self.shared);
+                self.last.refresh(self.words());
                 return &self.shared;
             }
             self.lose();
@@ -209,13 +283,18 @@ impl Client {
         );
         let limits = match self.policy {
             LossPolicy::Keep | LossPolicy::Closed => self.last.limits(),
-            LossPolicy::Open => Limits {
-                vram_quota: None,
-                compute_share: None,
-            },
+            LossPolicy::Open => {
+                // Nothing is enforced from now on.
+                self.last
+                    .refresh((0, 0, 0, self.last.burst_ns.load(Ordering::Relaxed)));
+                Limits {
+                    vram_quota: None,
+                    compute_share: None,
+                }
+            }
         };
         let r = Region::private(&self.uuid, &limits);
-        let slot = r.register(sys::pid()).unwrap_or(0);
+        let slot = r.register(sys::pid()).unwrap_or(0); // a private region has room
         if self.policy != LossPolicy::Open {
             // What this process holds still counts, and launches stay paced as they were.
             r.seed_usage(slot, self.held.load(Ordering::Acquire));
@@ -234,37 +313,61 @@ impl Client {
         let _ = self.fallback.set(r);
     }
 
-    /// This process's entry in the region in force (registered on first use and after fork).
+    /// This process's entry in the region in force (registered on first use and after fork);
+    /// `None` when the region's process table is full (the process is then refused memory:
+    /// it is never charged to another process's entry).
     #[inline]
-    pub fn slot(&self) -> usize {
+    pub fn slot(&self) -> Option<usize> {
         let s = self.slot.load(Ordering::Acquire);
         if s != usize::MAX && self.slot_pid.load(Ordering::Relaxed) == cached_pid() {
-            return s;
+            return (s != FULL).then_some(s);
         }
         self.register()
     }
 
     #[cold]
-    fn register(&self) -> usize {
+    fn register(&self) -> Option<usize> {
         let _one_at_a_time = self.register_lock.lock().unwrap_or_else(|p| p.into_inner());
         let s = self.slot.load(Ordering::Acquire);
         if s != usize::MAX && self.slot_pid.load(Ordering::Relaxed) == cached_pid() {
-            return s;
+            return (s != FULL).then_some(s);
         }
         let pid = sys::pid();
-        let s = self.region().register(pid).unwrap_or(0);
+        let s = self.region().register(pid);
+        if s.is_none() {
+            tracing::error!(
+                "the vGPU's process table is full ({} processes): this process is refused device memory",
+                crate::region::MAX_PROCS
+            );
+        }
         self.slot_pid.store(pid, Ordering::Relaxed);
-        self.slot.store(s, Ordering::Release);
+        self.slot.store(s.unwrap_or(FULL), Ordering::Release);
         s
     }
 
-    /// Account for a new allocation of `bytes`; false if it must fail (over quota).
+    /// Account for a new allocation of `bytes`; false if it must fail (over quota, or this
+    /// process has no entry in the region).
     pub fn charge(&self, bytes: u64) -> bool {
         let region = self.region();
         if self.refuse.load(Ordering::Acquire) {
             return false;
         }
-        let ok = region.charge(self.slot(), bytes).is_ok();
+        let Some(slot) = self.slot() else {
+            return false;
+        };
+        let quota = self.last.quota.load(Ordering::Relaxed);
+        // By this process's own count first: the shared total can be forged, this cannot.
+        if quota != 0
+            && self
+                .held
+                .load(Ordering::Acquire)
+                .checked_add(bytes)
+                .is_none_or(|h| h > quota)
+        {
+            region.note_oom();
+            return false;
+        }
+        let ok = region.charge_within(slot, bytes, quota).is_ok();
         if ok {
             self.held.fetch_add(bytes, Ordering::AcqRel);
         }
@@ -272,7 +375,9 @@ impl Client {
     }
 
     pub fn uncharge(&self, bytes: u64) {
-        self.region().uncharge(self.slot(), bytes);
+        if let Some(slot) = self.slot() {
+            self.region().uncharge(slot, bytes);
+        }
         let mut cur = self.held.load(Ordering::Relaxed);
         while let Err(actual) = self.held.compare_exchange_weak(
             cur,
@@ -284,14 +389,23 @@ impl Client {
         }
     }
 
-    /// Called before every kernel launch: waits if the vGPU is over its compute share.
+    /// Called before every kernel launch: waits if the vGPU is over its compute share. The
+    /// pacing comes from the trusted source; the wait is bounded ([`MAX_LAUNCH_WAIT_NS`]); and
+    /// this process's own admission time is a floor under the shared one.
     #[inline]
     pub fn before_launch(&self) {
         let region = self.region();
-        if !region.pacing() {
+        let pacing = Pacing {
+            interval_ns: self.last.interval_ns.load(Ordering::Relaxed),
+            burst_ns: self.last.burst_ns.load(Ordering::Relaxed),
+        };
+        if pacing.interval_ns == 0 {
             return;
         }
-        let wait = region.admit_launch(self.slot(), sys::now_ns());
+        let now = sys::now_ns();
+        let shared = region.admit_launch_with(self.slot(), now, pacing, MAX_LAUNCH_WAIT_NS);
+        let own = crate::region::gcra(&self.own_tat, now, pacing, MAX_LAUNCH_WAIT_NS);
+        let wait = shared.max(own).min(MAX_LAUNCH_WAIT_NS);
         if wait > 0 {
             sys::sleep_ns(wait);
         }
@@ -299,11 +413,18 @@ impl Client {
 
     /// The memory total this vGPU shows the application, if limited.
     pub fn vram_quota(&self) -> Option<u64> {
-        self.region().vram_quota()
+        self.region();
+        let q = self.last.quota.load(Ordering::Relaxed);
+        (q > 0).then_some(q)
     }
 
     pub fn vram_used(&self) -> u64 {
         self.region().vram_used()
+    }
+
+    /// What this process holds by its own count.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::Acquire)
     }
 }
 

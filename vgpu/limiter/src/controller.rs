@@ -15,6 +15,8 @@
 
 use std::collections::VecDeque;
 
+use crate::limits::LimitsOwner;
+pub use crate::limits::Pacing;
 use crate::region::{DEFAULT_BURST_NS, Region};
 
 /// Estimate of device time per launch before anything was measured.
@@ -102,15 +104,6 @@ impl Observation {
             sampled_ns,
         }
     }
-}
-
-/// The pacing the law decided: what the interposers apply.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Pacing {
-    /// Wall-clock ns each admitted launch consumes.
-    pub interval_ns: u64,
-    /// How far ahead of schedule launches may run, ns.
-    pub burst_ns: u64,
 }
 
 /// The pure control law: observations in, pacing out.
@@ -291,13 +284,31 @@ impl Controller {
     /// cumulative busy time of the vGPU's processes, used with [`Estimator::Busy`]), step the
     /// law, write the new pacing into `region`, and return what was decided.
     pub fn tick(&mut self, region: &Region, now: u64, estimator: Estimator, busy_ns: u64) -> Tick {
+        self.tick_with(region, None, now, estimator, busy_ns)
+    }
+
+    /// [`Controller::tick`] for a vGPU with a limits page: the pacing goes to the page (what the
+    /// processes obey; they cannot change it), with a heartbeat, and a copy to the region.
+    pub fn tick_with(
+        &mut self,
+        region: &Region,
+        page: Option<&LimitsOwner>,
+        now: u64,
+        estimator: Estimator,
+        busy_ns: u64,
+    ) -> Tick {
         let (pacing, tick) = self
             .law
             .step(Observation::read(region, now, busy_ns), estimator);
+        let est = tick.est_launch_ns as u64;
+        if let Some(page) = page {
+            page.set_pacing(pacing, est, tick.measured_share);
+            page.heartbeat(now);
+        }
         region.set_pacing(
             pacing.interval_ns,
             pacing.burst_ns,
-            tick.est_launch_ns as u64,
+            est,
             tick.measured_share,
         );
         tick

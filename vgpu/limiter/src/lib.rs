@@ -23,11 +23,13 @@
 
 pub mod client;
 pub mod controller;
+pub mod limits;
 pub mod region;
 pub mod sys;
 pub mod vgpu;
 
 pub use client::{Client, LossPolicy};
-pub use controller::{ControlLaw, Controller, Estimator, Observation, Pacing, Tick};
+pub use controller::{ControlLaw, Controller, Estimator, Observation, Tick};
+pub use limits::{LimitsOwner, LimitsPage, LimitsView, Pacing};
 pub use region::{Limits, OverQuota, Region, RegionError, RegionMap, RegionStats};
 pub use vgpu::{Injection, Vgpu};

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use tf_os::proctable::{ProcTable, SlotData};
 use tf_os::shm::{Shm, ShmSafe};
 
+use crate::limits::Pacing;
 use crate::sys;
 
 pub const MAGIC: u64 = u64::from_le_bytes(*b"TFVGPU\0\x01");
@@ -357,9 +358,15 @@ impl Region {
 
     // ----- VRAM fast path -----
 
-    /// Charge `bytes` to process entry `slot`; fails (changing nothing) past the quota.
+    /// Charge `bytes` to process entry `slot`; fails (changing nothing) past the region's own
+    /// quota word.
     pub fn charge(&self, slot: usize, bytes: u64) -> Result<(), OverQuota> {
-        let quota = self.vram_quota.load(Ordering::Relaxed);
+        self.charge_within(slot, bytes, self.vram_quota.load(Ordering::Relaxed))
+    }
+
+    /// Charge `bytes` to process entry `slot` against `quota` (0 = unlimited; from the trusted
+    /// limits page); fails, changing nothing, past it.
+    pub fn charge_within(&self, slot: usize, bytes: u64, quota: u64) -> Result<(), OverQuota> {
         let mut cur = self.vram_used.load(Ordering::Relaxed);
         let mut reclaimed = false;
         loop {
@@ -398,6 +405,11 @@ impl Region {
         }
     }
 
+    /// Count an allocation refused for the quota before it reached [`Region::charge_within`].
+    pub fn note_oom(&self) {
+        self.oom_events.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Give back `bytes` charged to `slot` (never below zero).
     pub fn uncharge(&self, slot: usize, bytes: u64) {
         let p = &self.procs.data(slot).vram_used;
@@ -430,40 +442,45 @@ impl Region {
         self.launch_interval_ns.load(Ordering::Relaxed) != 0
     }
 
-    /// Admit one launch at time `now` for process entry `slot`: returns how long the caller
-    /// must wait before launching (0 = go now). Lock-free (GCRA: one compare-and-swap).
+    /// Admit one launch at time `now` for process entry `slot` with the region's own pacing
+    /// words: returns how long the caller must wait before launching (0 = go now).
     #[inline]
     pub fn admit_launch(&self, slot: usize, now: u64) -> u64 {
-        let interval = self.launch_interval_ns.load(Ordering::Relaxed);
-        if interval == 0 {
+        let pacing = Pacing {
+            interval_ns: self.launch_interval_ns.load(Ordering::Relaxed),
+            burst_ns: self.burst_ns.load(Ordering::Relaxed),
+        };
+        self.admit_launch_with(Some(slot), now, pacing, u64::MAX)
+    }
+
+    /// Admit one launch at time `now` with `pacing` (from the trusted limits page), counted for
+    /// entry `slot` when the process has one: how long to wait (0 = go now). Lock-free (GCRA:
+    /// one compare-and-swap). A wait longer than `max_wait_ns` can only come from a corrupt or
+    /// forged admission time: it is reset, and the launch waits one interval.
+    #[inline]
+    pub fn admit_launch_with(
+        &self,
+        slot: Option<usize>,
+        now: u64,
+        pacing: Pacing,
+        max_wait_ns: u64,
+    ) -> u64 {
+        if pacing.interval_ns == 0 {
             return 0;
         }
         self.launches.fetch_add(1, Ordering::Relaxed);
-        self.procs
-            .data(slot)
-            .launches
-            .fetch_add(1, Ordering::Relaxed);
-        let burst = self.burst_ns.load(Ordering::Relaxed);
-        let mut tat = self.tat_ns.load(Ordering::Relaxed);
-        loop {
-            let start = tat.max(now);
-            match self.tat_ns.compare_exchange_weak(
-                tat,
-                start + interval,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => {
-                    let wait = start.saturating_sub(now + burst);
-                    if wait > 0 {
-                        self.throttled_launches.fetch_add(1, Ordering::Relaxed);
-                        self.throttled_ns.fetch_add(wait, Ordering::Relaxed);
-                    }
-                    return wait;
-                }
-                Err(actual) => tat = actual,
-            }
+        if let Some(slot) = slot {
+            self.procs
+                .data(slot)
+                .launches
+                .fetch_add(1, Ordering::Relaxed);
         }
+        let wait = gcra(&self.tat_ns, now, pacing, max_wait_ns);
+        if wait > 0 {
+            self.throttled_launches.fetch_add(1, Ordering::Relaxed);
+            self.throttled_ns.fetch_add(wait, Ordering::Relaxed);
+        }
+        wait
     }
 
     /// Record the measured device time of one sampled launch.
@@ -521,6 +538,34 @@ impl Region {
             samples: self.samples.load(Ordering::Relaxed),
             sampled_ns: self.sampled_ns.load(Ordering::Relaxed),
             processes: self.processes(),
+        }
+    }
+}
+
+/// The generic cell rate algorithm on one "theoretical arrival time" (`tat`, monotonic ns):
+/// admit a launch at `now` with `pacing`; returns how long to wait. One compare-and-swap, no
+/// lock. A `tat` so far ahead that the wait would pass `max_wait_ns` is corrupt (or forged): it
+/// restarts from `now`, and the launch waits one interval.
+#[inline]
+pub fn gcra(tat_ns: &AtomicU64, now: u64, pacing: Pacing, max_wait_ns: u64) -> u64 {
+    let Pacing {
+        interval_ns: interval,
+        burst_ns: burst,
+    } = pacing;
+    let mut tat = tat_ns.load(Ordering::Relaxed);
+    loop {
+        let mut start = tat.max(now);
+        if start.saturating_sub(now.saturating_add(burst)) > max_wait_ns {
+            start = now.saturating_add(interval).saturating_add(burst);
+        }
+        match tat_ns.compare_exchange_weak(
+            tat,
+            start.saturating_add(interval),
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => return start.saturating_sub(now.saturating_add(burst)),
+            Err(actual) => tat = actual,
         }
     }
 }

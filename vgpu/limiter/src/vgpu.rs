@@ -1,15 +1,19 @@
-//! One vGPU session: the single owner of a vGPU's region and of everything derived from it.
+//! One vGPU session: the single owner of a vGPU's limits and region and of everything derived
+//! from them.
 //!
-//! A [`Vgpu`] creates its region (a fresh, uniquely named file, readable and writable by its
-//! owner only, after removing regions nobody uses any more), produces the environment a program
-//! needs to run on it ([`Vgpu::environment`]: the region's path, the interposer in `LD_PRELOAD`,
-//! the driver library path, the visible device), and runs the compute-share control loop
-//! against a `&dyn tf_hal::Device` ([`Vgpu::run_controller`]). It owns the region's mapping, and
-//! removes the region file when dropped. `tensor-fusion run` is a thin front end over it; the
-//! node daemon uses it unchanged.
+//! A [`Vgpu`] creates its limits page (a sealed memfd only it can write: see [`crate::limits`])
+//! and its region (in a fresh folder of its own, mode 0700, after removing vGPUs nobody uses any
+//! more), produces the environment a program needs to run on it ([`Vgpu::environment`]: the
+//! page's and the region's paths, the interposer in `LD_PRELOAD`, the driver library path, the
+//! visible device), and runs the control loop against a `&dyn tf_hal::Device`
+//! ([`Vgpu::run_controller`]): pacing, a heartbeat, and an audit of what the driver itself says
+//! the vGPU's processes use ([`Watch`]), which reports (and by policy kills) processes that
+//! escape the interposer. It owns its mappings, and removes its folder when dropped.
+//! `tensor-fusion run` is a thin front end over it; the node daemon uses it unchanged.
 //!
 //! The environment contract (read by `tf_vgpu_limiter::client` inside the program): limits reach
-//! the program one way only, through the region named by `TF_VGPU_REGION`.
+//! the program one way only, through the limits page named by `TF_VGPU_LIMITS`; the region named
+//! by `TF_VGPU_REGION` is shared state its processes may write, and is never trusted.
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
@@ -18,12 +22,16 @@ use std::time::Duration;
 
 use tf_hal::{Device, DeviceInfo};
 
-use crate::client::REGION_ENV;
+use crate::client::{LIMITS_ENV, REGION_ENV};
 use crate::controller::{Controller, Estimator};
+use crate::limits::LimitsOwner;
 use crate::region::{Limits, Region, RegionError, RegionMap, RegionStats};
 
-/// Region files are named `tf-vgpu-<pid>-<start time>-<sequence>`.
+/// Each vGPU's folder is named `tf-vgpu-<pid>-<start time>-<sequence>` and holds its region
+/// file, [`REGION_FILE`].
 pub const REGION_PREFIX: &str = "tf-vgpu-";
+/// The region file inside a vGPU's folder.
+pub const REGION_FILE: &str = "region";
 /// How often the controller ticks.
 pub const TICK: Duration = Duration::from_millis(100);
 
@@ -42,12 +50,16 @@ pub struct Injection {
     pub path_lists: Vec<(String, OsString)>,
 }
 
-/// A vGPU: its region (owned, removed on drop) and the device it is on.
+/// A vGPU: its limits page and region (owned; its folder is removed on drop) and the device it
+/// is on.
 #[derive(Debug)]
 pub struct Vgpu {
+    folder: PathBuf,
     path: PathBuf,
     region: RegionMap,
+    limits: LimitsOwner,
     device: DeviceInfo,
+    escapes: std::sync::Mutex<Vec<Escape>>,
 }
 
 impl Vgpu {
@@ -72,12 +84,38 @@ impl Vgpu {
         let me = std::process::id();
         let started = tf_os::process_start_time(me).unwrap_or(0);
         let n = SEQUENCE.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!("{REGION_PREFIX}{me}-{started}-{n}"));
-        let region = Region::create(&path, &device.uuid, device.index, limits)?;
+        let folder = dir.join(format!("{REGION_PREFIX}{me}-{started}-{n}"));
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&folder)
+                .map_err(|source| RegionError::Io {
+                    path: folder.clone(),
+                    source,
+                })?;
+        }
+        let remove = |e| {
+            let _ = std::fs::remove_dir_all(&folder);
+            e
+        };
+        let path = folder.join(REGION_FILE);
+        let region = Region::create(&path, &device.uuid, device.index, limits).map_err(remove)?;
+        let limits = LimitsOwner::create(&device.uuid, device.index, limits)
+            .map_err(|source| RegionError::Io {
+                path: PathBuf::from("memfd:tf-vgpu-limits"),
+                source,
+            })
+            .map_err(remove)?;
+        let p = limits.page().pacing();
+        region.set_pacing(p.interval_ns, p.burst_ns, 0, 0.0);
         Ok(Vgpu {
+            folder,
             path,
             region,
+            limits,
             device: device.clone(),
+            escapes: Default::default(),
         })
     }
 
@@ -86,9 +124,22 @@ impl Vgpu {
         &self.path
     }
 
-    /// The region (limits, usage, pacing, counters).
+    /// The region (usage, launch admission, counters, and a copy of the limits).
     pub fn region(&self) -> &Region {
         &self.region
+    }
+
+    /// The limits page (the owner's writable side).
+    pub fn limits(&self) -> &LimitsOwner {
+        &self.limits
+    }
+
+    /// What the audit found so far.
+    pub fn escapes(&self) -> Vec<Escape> {
+        self.escapes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The device the vGPU is on.
@@ -115,6 +166,13 @@ impl Vgpu {
     ) -> Vec<(OsString, OsString)> {
         let mut env = vec![
             (REGION_ENV.into(), self.path.clone().into_os_string()),
+            (
+                LIMITS_ENV.into(),
+                self.limits
+                    .path()
+                    .map(PathBuf::into_os_string)
+                    .unwrap_or_default(),
+            ),
             (
                 "CUDA_VISIBLE_DEVICES".into(),
                 self.device.uuid.clone().into(),
@@ -144,13 +202,29 @@ impl Vgpu {
         env
     }
 
-    /// Run the compute-share control loop against `device` until `stop` is set: every
-    /// [`TICK`], give back dead processes' memory and, when the vGPU has a compute share, set
-    /// its pacing from the device time its processes used.
-    pub fn run_controller(&self, device: &dyn Device, estimator: Estimator, stop: &AtomicBool) {
-        let mut controller = self.region.compute_share().map(Controller::new);
+    /// Run the control loop against `device` until `stop` is set: every [`TICK`], a heartbeat
+    /// on the limits page, dead processes' memory given back, and, when the vGPU has a compute
+    /// share, its pacing set from the device time its processes used; twice a second, the
+    /// [`Watch`] audit.
+    pub fn run_controller(
+        &self,
+        device: &dyn Device,
+        estimator: Estimator,
+        watch: &Watch,
+        stop: &AtomicBool,
+    ) {
+        let mut controller = self
+            .limits
+            .page()
+            .limits()
+            .compute_share
+            .map(Controller::new);
         let mut estimator = estimator;
+        let mut audit = Audit::default();
+        let mut ticks = 0u64;
         while !stop.load(Ordering::Acquire) {
+            let now = tf_os::now_ns();
+            self.limits.heartbeat(now);
             self.region.reclaim_dead();
             if let Some(c) = controller.as_mut() {
                 let busy = match estimator {
@@ -163,17 +237,213 @@ impl Vgpu {
                     }),
                     Estimator::Samples => 0,
                 };
-                let t = c.tick(&self.region, tf_os::now_ns(), estimator, busy);
+                let t = c.tick_with(&self.region, Some(&self.limits), now, estimator, busy);
                 tracing::debug!(?t, ?estimator, "controller tick");
             }
+            if ticks.is_multiple_of(5) {
+                for e in audit.check(self, device, watch, now) {
+                    self.escapes
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(e);
+                }
+            }
+            ticks += 1;
             std::thread::sleep(TICK);
         }
     }
 }
 
+/// What to do about a process that escapes the vGPU (the driver's own count says it uses more
+/// memory or time than the vGPU allows, or it uses the device without the interposer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EscapePolicy {
+    /// Report it (log, `--report`).
+    #[default]
+    Warn,
+    /// Report it and kill it (SIGKILL).
+    Kill,
+}
+
+impl EscapePolicy {
+    pub fn parse(s: &str) -> Option<EscapePolicy> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "warn" => Some(EscapePolicy::Warn),
+            "kill" => Some(EscapePolicy::Kill),
+            _ => None,
+        }
+    }
+}
+
+/// How the control loop audits the vGPU's processes against the driver's own view.
+#[derive(Debug, Clone, Default)]
+pub struct Watch {
+    /// The vGPU's root process: it and its descendants belong to the vGPU (besides the
+    /// processes registered in the region), whether or not they loaded the interposer.
+    pub root_pid: Option<u32>,
+    pub policy: EscapePolicy,
+    /// Device memory a process may hold beyond what the region charged it (what a real driver
+    /// reserves for contexts and modules outside allocation calls; 0 on the simulated GPU).
+    pub memory_allowance: u64,
+}
+
+/// One escape the audit found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Escape {
+    pub pid: u32,
+    /// `unregistered` (uses the device without the interposer), `over-quota` or `over-share`.
+    pub kind: &'static str,
+    pub detail: String,
+    /// Whether the policy killed it.
+    pub killed: bool,
+}
+
+/// The audit's memory between checks: busy time per process at the previous check.
+#[derive(Default)]
+struct Audit {
+    last: Option<(u64, Vec<(u32, u64)>)>,
+    reported: std::collections::HashSet<(u32, &'static str)>,
+}
+
+impl Audit {
+    fn check(&mut self, vgpu: &Vgpu, device: &dyn Device, watch: &Watch, now: u64) -> Vec<Escape> {
+        let Ok(driver) = device.processes() else {
+            return Vec::new(); // the backend cannot say: nothing to audit against
+        };
+        let registered: Vec<(u32, u64, u64)> = vgpu.region.processes();
+        let mut members: std::collections::HashSet<u32> = registered.iter().map(|p| p.0).collect();
+        if let Some(root) = watch.root_pid {
+            members.extend(descendants(root));
+        }
+        let mine: Vec<&tf_hal::ProcessUsage> =
+            driver.iter().filter(|p| members.contains(&p.pid)).collect();
+        let limits = vgpu.limits.page().limits();
+        let mut found: Vec<(u32, &'static str, String)> = Vec::new();
+        for p in &mine {
+            let charged = registered.iter().find(|r| r.0 == p.pid).map(|r| r.1);
+            if charged.is_none() && (p.memory_bytes > watch.memory_allowance || p.busy_ns > Some(0))
+            {
+                found.push((
+                    p.pid,
+                    "unregistered",
+                    format!(
+                        "uses the device without the interposer ({} bytes of device memory)",
+                        p.memory_bytes
+                    ),
+                ));
+            }
+        }
+        if let Some(quota) = limits.vram_quota {
+            let total: u64 = mine.iter().map(|p| p.memory_bytes).sum();
+            let allowed = quota.saturating_add(watch.memory_allowance * mine.len() as u64);
+            if total > allowed {
+                // The process holding the most beyond what it was charged.
+                let worst = mine.iter().max_by_key(|p| {
+                    let charged = registered.iter().find(|r| r.0 == p.pid).map_or(0, |r| r.1);
+                    p.memory_bytes.saturating_sub(charged)
+                });
+                if let Some(w) = worst {
+                    found.push((
+                        w.pid,
+                        "over-quota",
+                        format!("the vGPU's processes hold {total} bytes by the driver's count, the quota is {quota}"),
+                    ));
+                }
+            }
+        }
+        let busy: Vec<(u32, u64)> = mine
+            .iter()
+            .filter_map(|p| Some((p.pid, p.busy_ns?)))
+            .collect();
+        if let (Some(share), Some((then, before))) = (limits.compute_share, &self.last)
+            && now > *then + 1_000_000_000
+        {
+            let used: Vec<(u32, u64)> = busy
+                .iter()
+                .map(|&(pid, b)| {
+                    let prev = before.iter().find(|x| x.0 == pid).map_or(0, |x| x.1);
+                    (pid, b.saturating_sub(prev))
+                })
+                .collect();
+            let total: u64 = used.iter().map(|u| u.1).sum();
+            let measured = total as f64 / (now - then) as f64;
+            if measured > share + 0.10
+                && let Some(&(pid, _)) = used.iter().max_by_key(|u| u.1)
+            {
+                found.push((
+                    pid,
+                    "over-share",
+                    format!(
+                        "the vGPU's processes used {:.0} % of the device by the driver's count, the share is {:.0} %",
+                        measured * 100.0,
+                        share * 100.0
+                    ),
+                ));
+            }
+        }
+        if self
+            .last
+            .as_ref()
+            .is_none_or(|(then, _)| now > *then + 1_000_000_000)
+        {
+            self.last = Some((now, busy));
+        }
+        found
+            .into_iter()
+            .filter(|(pid, kind, _)| {
+                watch.policy == EscapePolicy::Kill || self.reported.insert((*pid, *kind))
+            })
+            .map(|(pid, kind, detail)| {
+                let killed = watch.policy == EscapePolicy::Kill
+                    // SAFETY: kill(2) with a pid the driver reports as using the device and that
+                    // belongs to this vGPU; no memory is involved.
+                    && unsafe { libc::kill(pid as i32, libc::SIGKILL) } == 0;
+                tracing::warn!(pid, kind, killed, "a process escapes its vGPU: {detail}");
+                Escape {
+                    pid,
+                    kind,
+                    detail,
+                    killed,
+                }
+            })
+            .collect()
+    }
+}
+
+/// `root` and every process descended from it (from `/proc/*/stat`).
+pub fn descendants(root: u32) -> Vec<u32> {
+    let mut parent_of: Vec<(u32, u32)> = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // Field 4 (ppid) follows the command name, which is in parentheses.
+            let ppid = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
+                .and_then(|p| p.parse().ok());
+            if let Some(ppid) = ppid {
+                parent_of.push((pid, ppid));
+            }
+        }
+    }
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let p = found[i];
+        found.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    found
+}
+
 impl Drop for Vgpu {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_dir_all(&self.folder);
     }
 }
 
@@ -204,8 +474,19 @@ fn process_busy_ns(device: &dyn Device, region: &Region) -> Option<u64> {
     )
 }
 
-/// Remove regions in `dir` left behind by sessions that were killed: only regions nobody uses
-/// any more (their owner and every registered process are gone). Returns how many.
+/// Whether the process that named a vGPU folder `tf-vgpu-<pid>-<start time>-<n>` is alive.
+fn creator_alive(name: &str) -> bool {
+    let mut parts = name.trim_start_matches(REGION_PREFIX).split('-');
+    let pid = parts.next().and_then(|p| p.parse::<u32>().ok());
+    let start = parts.next().and_then(|s| s.parse::<u64>().ok());
+    match (pid, start) {
+        (Some(pid), Some(start)) => tf_os::process_start_time(pid) == Some(start),
+        _ => false,
+    }
+}
+
+/// Remove vGPUs in `dir` left behind by sessions that were killed: only those nobody uses any
+/// more (their owner and every registered process are gone). Returns how many.
 pub fn remove_stale_regions(dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
@@ -215,11 +496,26 @@ pub fn remove_stale_regions(dir: &Path) -> usize {
         if !e.file_name().to_string_lossy().starts_with(REGION_PREFIX) {
             continue;
         }
-        if let Ok(r) = Region::open(&e.path())
-            && !r.in_use()
-        {
-            tracing::info!(path = %e.path().display(), "removing a stale vGPU region");
-            if std::fs::remove_file(e.path()).is_ok() {
+        let path = e.path();
+        let (region, is_folder) = if path.is_dir() {
+            (path.join(REGION_FILE), true)
+        } else {
+            (path.clone(), false) // a region file of an earlier version
+        };
+        let unused = match Region::open(&region) {
+            Ok(r) => !r.in_use(),
+            // A folder without a valid region: stale once its creator (named in the folder's
+            // name, `tf-vgpu-<pid>-<start time>-<n>`) is gone.
+            Err(_) => is_folder && !creator_alive(&e.file_name().to_string_lossy()),
+        };
+        if unused {
+            tracing::info!(path = %path.display(), "removing a stale vGPU");
+            let removed = if is_folder {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            if removed.is_ok() {
                 n += 1;
             }
         }
