@@ -36,14 +36,20 @@ struct NodeState {
     mem_free: u64,
     gpu_start: usize,
     gpu_len: usize,
-    /// Bumped on every change; score caches compare against it.
+    /// Bumped on every change; score caches compare against it (mirrored densely in
+    /// `PoolState::versions` for the scan).
     version: u64,
+    /// Position in its pool's node list.
+    pos: u32,
     allocs: Vec<u64>,
 }
 
 struct PoolState {
     config: PoolConfig,
     nodes: Vec<u32>,
+    /// `NodeState::version` of each pool node, by pool position: the scan reads these
+    /// contiguously instead of touching every node.
+    versions: Vec<u64>,
     max_cpu: u64,
     max_gpu_share: f64,
     profile: Compiled,
@@ -60,8 +66,11 @@ struct PoolState {
     /// Free host CPU and memory summed over the pool's nodes.
     cpu_free: u64,
     mem_free: u64,
-    /// Quantised host-shortage levels (CPU, memory), 0..=HOST_LEVELS (see `host_ratios`).
+    /// Quantised host-shortage levels (CPU, memory), 0..=HOST_LEVELS (see `pool_ctx`).
     host_level: [u32; 2],
+    /// Bumped when a host level changes: cached scores are then re-derived from their parts
+    /// (cheap) instead of re-evaluated.
+    host_epoch: u64,
 }
 
 /// Steps of the host-shortage level: scores are re-computed when a level changes.
@@ -92,6 +101,10 @@ struct ClassCache {
     scores: Vec<f64>,
     /// Model of the GPUs the cached placement would use (model-pressure term).
     models: Vec<u8>,
+    /// The default policy's score parts of each cached placement (`policy::rescore`).
+    parts: Vec<Option<[f64; 4]>>,
+    /// The pool's host epoch the cached scores were taken at.
+    epoch: u64,
 }
 
 /// Weight of the model-pressure term of the default policy (see `model_bias`).
@@ -183,6 +196,7 @@ impl Scheduler {
         self.pools.push(PoolState {
             config,
             nodes: Vec::new(),
+            versions: Vec::new(),
             max_cpu: 0,
             max_gpu_share: 0.0,
             profile: Compiled::default(),
@@ -196,6 +210,7 @@ impl Scheduler {
             cpu_free: 0,
             mem_free: 0,
             host_level: [0; 2],
+            host_epoch: 0,
         });
         Ok(())
     }
@@ -276,6 +291,7 @@ impl Scheduler {
             gpu_start,
             gpu_len: spec.gpus.len(),
             version: 0,
+            pos: self.pools[pool as usize].nodes.len() as u32,
             allocs: Vec::new(),
         });
         let p = &mut self.pools[pool as usize];
@@ -284,6 +300,7 @@ impl Scheduler {
             p.model_present |= 1 << g.model;
         }
         p.nodes.push(id);
+        p.versions.push(0);
         p.cpu_free += spec.cpu_milli;
         p.mem_free += spec.memory_bytes;
         p.max_cpu = p.max_cpu.max(spec.cpu_milli);
@@ -557,35 +574,46 @@ impl Scheduler {
     /// scores (the stranding term depends on it).
     fn refresh_host_levels(&mut self, pool: u32) {
         let p = &self.pools[pool as usize];
-        if !self.policy.uses_profile() {
+        if self.policy != Policy::FragLookahead {
             return;
         }
         let gpu_free: f64 = bits(p.model_present)
             .map(|m| p.model_free[m] as f64)
             .sum::<f64>()
             / 1000.0;
-        let level = |base: f64, only: f64, free: u64| -> u32 {
+        // The shortage in steps of 1 / HOST_LEVELS. A level moves only once the shortage has
+        // drifted a whole step away from it (hysteresis): a pool hovering around a rounding
+        // boundary would otherwise drop its score caches on every decision.
+        let level = |base: f64, only: f64, free: u64, current: u32| -> u32 {
             if only <= 0.0 || gpu_free <= 0.0 {
                 return 0;
             }
             let short = ((base + only) * gpu_free - free as f64) / (only * gpu_free);
-            (short.clamp(0.0, 1.0) * HOST_LEVELS).round() as u32
+            let steps = short.clamp(0.0, 1.0) * HOST_LEVELS;
+            if (steps - current as f64).abs() >= 1.0 {
+                steps.round() as u32
+            } else {
+                current
+            }
         };
         let levels = [
             level(
                 p.profile.cpu_per_gpu,
                 p.profile.cpu_only_per_gpu,
                 p.cpu_free,
+                p.host_level[0],
             ),
             level(
                 p.profile.mem_per_gpu,
                 p.profile.mem_only_per_gpu,
                 p.mem_free,
+                p.host_level[1],
             ),
         ];
         if levels != p.host_level {
-            self.pools[pool as usize].host_level = levels;
-            self.invalidate(pool);
+            let p = &mut self.pools[pool as usize];
+            p.host_level = levels;
+            p.host_epoch += 1;
         }
     }
 
@@ -683,6 +711,7 @@ impl Scheduler {
         n.cpu_free -= rec.cpu;
         n.mem_free -= rec.mem;
         n.version += 1;
+        p.versions[n.pos as usize] = n.version;
         n.allocs.push(id);
         let ns = self.namespaces.entry(rec.namespace.clone()).or_default();
         for g in &rec.grants {
@@ -820,19 +849,34 @@ impl Scheduler {
                 stamps: vec![u64::MAX; p.nodes.len()],
                 scores: vec![f64::NEG_INFINITY; p.nodes.len()],
                 models: vec![0; p.nodes.len()],
+                parts: vec![None; p.nodes.len()],
+                epoch: p.host_epoch,
             });
+        if cache.epoch != p.host_epoch {
+            // The host ratios changed: re-derive the still-valid scores from their parts.
+            for (pos, &nid) in p.nodes.iter().enumerate() {
+                let node = &self.nodes[nid as usize];
+                if cache.stamps[pos] == p.versions[pos]
+                    && let Some(parts) = cache.parts[pos]
+                {
+                    cache.scores[pos] =
+                        crate::policy::rescore(&ctx, need, parts, node.cpu_free, node.mem_free);
+                }
+            }
+            cache.epoch = p.host_epoch;
+        }
         let bias = model_bias(self.policy, p, &self.models, need);
         let random_ties = self.policy.random_ties();
         let mut best = f64::NEG_INFINITY;
         let mut best_pos = usize::MAX;
         let mut ties = 0u32;
-        for (pos, &nid) in p.nodes.iter().enumerate() {
-            let node = &self.nodes[nid as usize];
-            let mut score = if cache.stamps[pos] == node.version {
+        for (pos, (&nid, &version)) in p.nodes.iter().zip(&p.versions).enumerate() {
+            let mut score = if cache.stamps[pos] == version {
                 cache.scores[pos]
             } else {
+                let node = &self.nodes[nid as usize];
                 let gpus = &self.gpus[node.gpu_start..node.gpu_start + node.gpu_len];
-                let (s, model) = match evaluate(
+                let (s, model, parts) = match evaluate(
                     &ctx,
                     need,
                     node.cpu_free,
@@ -847,12 +891,14 @@ impl Scheduler {
                         } else {
                             gpus[c.mask.trailing_zeros() as usize].model
                         },
+                        c.parts,
                     ),
-                    None => (f64::NEG_INFINITY, 0),
+                    None => (f64::NEG_INFINITY, 0, None),
                 };
-                cache.stamps[pos] = node.version;
+                cache.stamps[pos] = version;
                 cache.scores[pos] = s;
                 cache.models[pos] = model;
+                cache.parts[pos] = parts;
                 s
             };
             if score == f64::NEG_INFINITY {
@@ -1038,6 +1084,7 @@ impl Scheduler {
         n.cpu_free -= need.cpu;
         n.mem_free -= need.mem;
         n.version += 1;
+        self.pools[pool as usize].versions[n.pos as usize] = n.version;
         n.allocs.push(id);
         self.pools[pool as usize].cpu_free -= need.cpu;
         self.pools[pool as usize].mem_free -= need.mem;
@@ -1155,6 +1202,7 @@ impl Scheduler {
             n.allocs.swap_remove(pos);
         }
         let p = &mut self.pools[rec.pool as usize];
+        p.versions[n.pos as usize] = n.version;
         p.cpu_free += rec.cpu;
         p.mem_free += rec.mem;
         if let Some(ns) = self.namespaces.get_mut(&rec.namespace) {
@@ -1203,6 +1251,7 @@ fn pinned_fit(cpu: u64, mem: u64, gpus: &[Gpu], need: &Need, mask: u64) -> Optio
         score: 0.0,
         mask,
         fit: mask,
+        parts: None,
     })
 }
 

@@ -14,9 +14,15 @@
 //! nodes that changed since the class was last placed, then scans the cached scores.
 //!
 //! The default policy, [`Policy::FragLookahead`], is fragmentation-aware; see `pool/README.md`.
-//! [`sim`] replays the Alibaba GPU trace by the FGD paper's protocol and benchmarks throughput.
+//! Multi-GPU requests prefer (or require) GPUs of one NVLink domain, then one NUMA node
+//! ([`topology`] builds nodes from the HAL's `devices()` and `topology()`). [`gang`] places groups
+//! all or nothing ([`Scheduler::reserve_all`] and a coordinator with minimum members and a
+//! timeout). [`Scheduler::plan_defrag`] plans moves that free whole GPUs and nodes.
+//! [`sim`] replays the Alibaba GPU trace by the FGD paper's protocol, generates its
+//! GPU-model-constrained and CPU-heavy variants, and benchmarks throughput.
 //!
-//! No Kubernetes here: the operator maps Pods onto [`Request`]s.
+//! No Kubernetes here: the operator maps Pods onto [`Request`]s and gang annotations onto
+//! [`GangSpec`]s.
 
 #![cfg_attr(test, allow(unused_crate_dependencies))] // unit tests see the dev-dependencies too
 

@@ -213,7 +213,7 @@ pub(crate) struct Ctx<'a> {
     /// Largest node GPU capacity in the pool, GPU-permille (best-fit normalisation).
     pub max_gpu_share: f64,
     /// Host CPU (milli) that future requests will take per whole GPU they use, CPU-only
-    /// requests included when the pool's CPU is short (see `Scheduler::host_ratios`).
+    /// requests included when the pool's CPU is short (see `engine::pool_ctx`).
     pub cpu_per_gpu: f64,
     /// The same for host memory (bytes).
     pub mem_per_gpu: f64,
@@ -227,6 +227,9 @@ pub(crate) struct Choice {
     pub mask: u64,
     /// GPUs that could take the request.
     pub fit: u64,
+    /// For the default policy: `[gradient, topology bonus, free GPU before, free GPU after]`,
+    /// from which `score` is re-derived when the pool's host ratios change (see `rescore`).
+    pub parts: Option<[f64; 4]>,
 }
 
 /// Fragmentation of a node against a profile: the expected GPU capacity (permille) that a
@@ -458,7 +461,14 @@ pub(crate) fn evaluate(
     let cpu_after = cpu_free - need.cpu;
     let count = need.gpu_count;
     let share = |i: usize| gpus[i].share();
-    let choice = |score: f64, mask: u64| Some(Choice { score, mask, fit });
+    let choice = |score: f64, mask: u64| {
+        Some(Choice {
+            score,
+            mask,
+            fit,
+            parts: None,
+        })
+    };
     let topo = need.topo;
     // The GPUs a policy's GPU order picks, with the topology bonus; `None` fails a hard tier.
     let picked = |key: &dyn Fn(usize) -> f64| -> Option<(u64, f64)> {
@@ -557,18 +567,22 @@ fn frag_lookahead(
 ) -> Option<Choice> {
     let cpu_after = cpu_free - need.cpu;
     let mem_after = mem_free - need.mem;
+    let mut bonus = 0.0;
     let before = frag(ctx.profile, gpus, cpu_free);
-    let strand_before = stranded(ctx, sum_share(gpus), cpu_free, mem_free);
+    let gpu_before = sum_share(gpus);
+    let strand_before = stranded(ctx, gpu_before, cpu_free, mem_free);
     let count = need.gpu_count;
-    let mut best: Option<(f64, u64)> = None;
+    // (score, mask, gradient, free GPU after)
+    let mut best: Option<(f64, u64, f64, f64)> = None;
     let mut consider = |mask: u64, scratch: &mut Vec<Gpu>| {
         apply(scratch, gpus, need, mask);
         let after = frag(ctx.profile, scratch, cpu_after);
         let gradient = (sigmoid((before - after) / 1000.0) * 100.0).floor();
-        let strand_after = stranded(ctx, sum_share(scratch), cpu_after, mem_after);
+        let gpu_after = sum_share(scratch);
+        let strand_after = stranded(ctx, gpu_after, cpu_after, mem_after);
         let score = gradient + (strand_before - strand_after);
-        if best.is_none_or(|(b, _)| score > b) {
-            best = Some((score, mask));
+        if best.is_none_or(|b| score > b.0) {
+            best = Some((score, mask, gradient, gpu_after));
         }
     };
     if count == 1 && !need.dedicated {
@@ -611,8 +625,8 @@ fn frag_lookahead(
             let gradient = (sigmoid((before - after) / 1000.0) * 100.0).floor();
             let strand_after = stranded(ctx, gpu_free_after, cpu_after, mem_after);
             let score = gradient + (strand_before - strand_after);
-            if best.is_none_or(|(b, _)| score > b) {
-                best = Some((score, 1u64 << i));
+            if best.is_none_or(|b| score > b.0) {
+                best = Some((score, 1u64 << i, gradient, gpu_free_after));
             }
         }
     } else {
@@ -622,9 +636,28 @@ fn frag_lookahead(
             pick(gpus, fit, count, need.topo, |i| gpus[i].share())?
         };
         consider(mask, scratch);
-        if let Some(b) = &mut best {
-            b.0 += tier_bonus(need, tier);
-        }
+        bonus = tier_bonus(need, tier);
     }
-    best.map(|(score, mask)| Choice { score, mask, fit })
+    best.map(|(score, mask, gradient, gpu_after)| Choice {
+        score: score + bonus,
+        mask,
+        fit,
+        parts: Some([gradient, bonus, gpu_before, gpu_after]),
+    })
+}
+
+/// The default policy's score of a cached placement, re-derived for the pool's current host
+/// ratios from its parts (the stranding term is the only part that depends on them). Equal to
+/// what a fresh evaluation gives for the same placement.
+pub(crate) fn rescore(
+    ctx: &Ctx<'_>,
+    need: &Need,
+    parts: [f64; 4],
+    cpu_free: u64,
+    mem_free: u64,
+) -> f64 {
+    let [gradient, bonus, gpu_before, gpu_after] = parts;
+    let strand_before = stranded(ctx, gpu_before, cpu_free, mem_free);
+    let strand_after = stranded(ctx, gpu_after, cpu_free - need.cpu, mem_free - need.mem);
+    gradient + (strand_before - strand_after) + bonus
 }
