@@ -20,9 +20,9 @@ pub fn open_kind(kind: BackendKind) -> Result<Arc<dyn Backend>> {
         BackendKind::Cuda => open_cuda(),
         BackendKind::Vulkan => open_vulkan(),
         BackendKind::Ascend => open_ascend(),
-        BackendKind::Remote => anyhow::bail!(
-            "the remote backend needs a worker's address: --backend remote --remote ADDR (tcp://HOST:PORT, unix:///PATH or shm://NAME)"
-        ),
+        // The worker's address and token from $TF_REMOTE and $TF_REMOTE_TOKEN_FILE (commands
+        // with --remote pass them to crate::remote::open themselves).
+        BackendKind::Remote => crate::remote::open(None, None),
     }
 }
 

@@ -35,6 +35,9 @@ pub enum BenchWhat {
         #[arg(long)]
         json: bool,
     },
+    /// A remote vGPU over one transport: synchronous round trip, pipelined launches, 64 MiB
+    /// copies each way, and the same run's raw floors of the transport.
+    Remote(crate::remote::BenchRemoteArgs),
 }
 
 /// What one probe run measured.
@@ -45,12 +48,15 @@ pub struct ProbeResult {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    let BenchWhat::Limiter {
-        backend,
-        iterations,
-        rounds,
-        json: _,
-    } = args.what;
+    let (backend, iterations, rounds) = match args.what {
+        BenchWhat::Limiter {
+            backend,
+            iterations,
+            rounds,
+            json: _,
+        } => (backend, iterations, rounds),
+        BenchWhat::Remote(a) => return crate::remote::bench(a),
+    };
     ensure!(iterations >= 100, "--iterations must be at least 100");
     ensure!(rounds >= 1, "--rounds must be at least 1");
     let kind = crate::config::select_backend(backend.as_deref())?;

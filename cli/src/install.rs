@@ -18,6 +18,7 @@ pub const SHIPPED: &[&str] = &[
     "libascendcl.so",
     "libdcmi.so",
     "libtf_vulkan_layer.so",
+    "libtf_remote_cuda.so",
 ];
 
 #[derive(Debug, clap::Args)]
@@ -69,6 +70,20 @@ pub fn run(args: InstallArgs) -> Result<()> {
         for name in *names {
             let link = driver.join(name);
             let tmp = driver.join(format!(".{name}.tmp"));
+            let _ = std::fs::remove_file(&tmp);
+            std::os::unix::fs::symlink(Path::new("..").join(built), &tmp)
+                .and_then(|()| std::fs::rename(&tmp, &link))
+                .with_context(|| format!("linking {}", link.display()))?;
+        }
+    }
+    // The remote vGPU's client stub under the drivers' names (what `run --remote` puts on
+    // LD_LIBRARY_PATH).
+    let stub = lib.join(crate::remote::INSTALLED_STUB_DIR);
+    std::fs::create_dir_all(&stub).with_context(|| format!("creating {}", stub.display()))?;
+    for (built, names) in crate::remote::STUB_LIBS {
+        for name in *names {
+            let link = stub.join(name);
+            let tmp = stub.join(format!(".{name}.tmp"));
             let _ = std::fs::remove_file(&tmp);
             std::os::unix::fs::symlink(Path::new("..").join(built), &tmp)
                 .and_then(|()| std::fs::rename(&tmp, &link))

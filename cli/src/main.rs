@@ -13,6 +13,7 @@ mod demo;
 mod devices;
 mod fakegpu;
 mod install;
+mod remote;
 mod run;
 mod sim;
 
@@ -42,6 +43,9 @@ enum Command {
     FakeGpu(fakegpu::FakeGpuArgs),
     /// Run a command on a fraction of one GPU (VRAM quota and compute share), no daemon needed.
     Run(run::RunArgs),
+    /// Serve a device to remote clients (a remote vGPU): tensor-fusion run --remote, the
+    /// client stub libcuda.so.1, or anything written against the HAL connect to it.
+    Worker(remote::WorkerArgs),
     /// Scheduler trace simulator and throughput bench.
     Sim(sim::SimArgs),
     /// Benchmarks that print their figures as JSON lines.
@@ -79,6 +83,7 @@ fn main() -> std::process::ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::FakeGpu(args) => fakegpu::run(args),
         Command::Sim(args) => sim::run(args),
+        Command::Worker(args) => remote::worker(args),
         Command::Bench(args) => bench::run(args),
         Command::Install(args) => install::run(args),
         Command::BenchProbe { iterations } => bench::probe(iterations),

@@ -54,6 +54,15 @@ pub struct RunArgs {
     /// killed with it, so that nothing runs on a vGPU without its controller and owner).
     #[arg(long)]
     pub keep_running: bool,
+    /// Run on a remote vGPU: the worker's address (tcp://HOST:PORT, unix:///PATH or
+    /// shm://NAME). The command gets the client stub as its libcuda.so.1; the worker enforces
+    /// its own limits (the local limits flags do not apply).
+    #[arg(long, value_parser = crate::remote::parse_addr,
+          conflicts_with_all = ["vram", "compute_percent", "tflops", "backend", "report"])]
+    pub remote: Option<tf_remote_protocol::Address>,
+    /// With --remote: the file holding the worker's token.
+    #[arg(long, requires = "remote")]
+    pub token_file: Option<PathBuf>,
     /// The command and its arguments.
     #[arg(trailing_var_arg = true, required = true, num_args = 1.., value_name = "COMMAND")]
     pub command: Vec<OsString>,
@@ -142,6 +151,9 @@ fn vulkan_layer_dir() -> Result<std::path::PathBuf> {
 }
 
 pub fn run(args: RunArgs) -> Result<i32> {
+    if let Some(addr) = &args.remote {
+        return crate::remote::run(addr, args.token_file.as_deref(), &args.command);
+    }
     let kind = crate::config::select_backend(args.backend.as_deref())?;
     let backend = crate::backends::open_kind(kind)?;
     let device = backend
@@ -297,7 +309,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
     Ok(exit_code(status))
 }
 
-fn exit_code(status: ExitStatus) -> i32 {
+pub(crate) fn exit_code(status: ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(c), _) => c,

@@ -11,6 +11,11 @@ pub use tf_os::{now_ns, process_start_time};
 
 /// Sleep until the monotonic clock reads `deadline_ns` (absolute, so no drift accumulates).
 pub fn sleep_until(deadline_ns: u64) {
+    // A deadline already passed needs no timer: arming one costs microseconds in a VM, which
+    // capped back-to-back short kernels at tens of thousands per second.
+    if now_ns() >= deadline_ns {
+        return;
+    }
     let ts = libc::timespec {
         tv_sec: (deadline_ns / 1_000_000_000) as libc::time_t,
         tv_nsec: (deadline_ns % 1_000_000_000) as libc::c_long,

@@ -50,6 +50,35 @@ pub struct Injection {
     pub path_lists: Vec<(String, OsString)>,
 }
 
+impl Injection {
+    /// The variables that inject these libraries into a program: `LD_PRELOAD` (the preloaded
+    /// libraries first, then what `inherited` had; left alone when there are none), the path
+    /// lists (their entries first) and `LD_LIBRARY_PATH` (the directories first). Part of
+    /// [`Vgpu::environment`]; a remote vGPU (`tensor-fusion run --remote`, whose driver is the
+    /// client stub on `LD_LIBRARY_PATH`) uses it alone.
+    pub fn environment(
+        &self,
+        inherited: impl Fn(&str) -> Option<OsString>,
+    ) -> Vec<(OsString, OsString)> {
+        let mut env = Vec::new();
+        if !self.preload.is_empty() {
+            let libs = std::env::join_paths(&self.preload).unwrap_or_default();
+            env.push(("LD_PRELOAD".into(), prepend(&libs, inherited("LD_PRELOAD"))));
+        }
+        for (name, first) in &self.path_lists {
+            env.push((name.into(), prepend(first, inherited(name))));
+        }
+        if !self.library_dirs.is_empty() {
+            let dirs = std::env::join_paths(&self.library_dirs).unwrap_or_default();
+            env.push((
+                "LD_LIBRARY_PATH".into(),
+                prepend(&dirs, inherited("LD_LIBRARY_PATH")),
+            ));
+        }
+        env
+    }
+}
+
 /// A vGPU: its limits page and region (owned; its folder is removed on drop) and the device it
 /// is on.
 #[derive(Debug)]
@@ -178,13 +207,6 @@ impl Vgpu {
                 self.device.uuid.clone().into(),
             ),
         ];
-        if !inject.preload.is_empty() {
-            let libs = std::env::join_paths(&inject.preload).unwrap_or_default();
-            env.push(("LD_PRELOAD".into(), prepend(&libs, inherited("LD_PRELOAD"))));
-        }
-        for (name, first) in &inject.path_lists {
-            env.push((name.into(), prepend(first, inherited(name))));
-        }
         if self.device.vendor == tf_hal::Vendor::Ascend {
             // The ACL runtime's own visibility list: the vNPU's device only (by index).
             env.push((
@@ -192,13 +214,7 @@ impl Vgpu {
                 self.device.index.to_string().into(),
             ));
         }
-        if !inject.library_dirs.is_empty() {
-            let dirs = std::env::join_paths(&inject.library_dirs).unwrap_or_default();
-            env.push((
-                "LD_LIBRARY_PATH".into(),
-                prepend(&dirs, inherited("LD_LIBRARY_PATH")),
-            ));
-        }
+        env.extend(inject.environment(inherited));
         env
     }
 

@@ -312,7 +312,7 @@ impl RemoteBackend {
     /// Connect to the worker at `addr`, authenticating with `token`.
     pub fn connect(addr: &Address, token: &[u8]) -> Result<RemoteBackend> {
         let conn = Connection::connect(addr, token)
-            .map_err(|e| Error::new(ErrorKind::NotInitialized, e.to_string()))?;
+            .map_err(|e| Error::new(ErrorKind::Other, e.to_string()))?;
         let mut devices: Vec<DeviceInfo> = conn.json(&Msg::Devices {})?;
         for (i, d) in devices.iter_mut().enumerate() {
             d.index = i as u32;
@@ -356,6 +356,25 @@ impl RemoteBackend {
     pub fn connection(&self) -> &Arc<Connection> {
         &self.conn
     }
+
+    /// Device `index` with its concrete type (the client stub needs [`RemoteContext`]'s
+    /// extras).
+    pub fn remote_device(&self, index: u32) -> Result<RemoteDevice> {
+        let info = self.devices.get(index as usize).cloned().ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidDevice,
+                format!(
+                    "no device {index}: the worker at {} serves {}",
+                    self.conn.addr,
+                    self.devices.len()
+                ),
+            )
+        })?;
+        Ok(RemoteDevice {
+            conn: self.conn.clone(),
+            info,
+        })
+    }
 }
 
 impl Backend for RemoteBackend {
@@ -368,20 +387,7 @@ impl Backend for RemoteBackend {
     }
 
     fn device(&self, index: u32) -> Result<Arc<dyn Device>> {
-        let info = self.devices.get(index as usize).cloned().ok_or_else(|| {
-            Error::new(
-                ErrorKind::InvalidDevice,
-                format!(
-                    "no device {index}: the worker at {} serves {}",
-                    self.conn.addr,
-                    self.devices.len()
-                ),
-            )
-        })?;
-        Ok(Arc::new(RemoteDevice {
-            conn: self.conn.clone(),
-            info,
-        }))
+        Ok(Arc::new(self.remote_device(index)?))
     }
 
     fn topology(&self) -> Result<Vec<tf_hal::Link>> {
