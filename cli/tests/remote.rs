@@ -716,3 +716,28 @@ fn a_wrong_token_is_refused_and_logged() {
     );
     assert_eq!(w.backend().connection().ping(1).unwrap(), 1);
 }
+
+#[test]
+fn nvidia_cuda_python_bindings_run_remotely() {
+    let site = tf_test_support::python_packages(&["cuda-bindings==12.9.4"])
+        .expect("pip install cuda-bindings");
+    let w = Worker::start("shm", "python", &[]);
+    let script =
+        tf_test_support::workspace_root().join("fake-gpu/libcuda/tests/py/cuda_python_client.py");
+    let python = tf_test_support::python();
+    let out = w
+        .run(
+            Path::new(&python),
+            &[script.to_str().unwrap(), ptx().to_str().unwrap()],
+        )
+        .env("PYTHONPATH", &site)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["devices"], 1);
+    assert_eq!(v["name"], "NVIDIA H100 80GB HBM3");
+    assert_eq!(v["sms"], 132);
+    assert_eq!(v["bad"], 0);
+    assert_eq!(v["elements"], 50_000);
+}
