@@ -536,6 +536,20 @@ impl Context for CudaContext {
     /// (`cuFuncGetParamInfo`, CUDA 12.4+) the argument count and sizes are checked first
     /// ([`ErrorKind::InvalidValue`] on a mismatch); with older drivers the list is trusted, as
     /// `cuLaunchKernel` itself does.
+    fn function_param_sizes(&self, function: FunctionHandle) -> Result<Vec<usize>> {
+        let t = self.tables();
+        let (_, f) = t
+            .functions
+            .get(&function.0)
+            .ok_or_else(|| unknown("function", function.0))?;
+        f.params.clone().ok_or_else(|| {
+            Error::not_supported(format!(
+                "the driver cannot tell the parameters of {} (cuFuncGetParamInfo needs CUDA 12.4)",
+                f.name
+            ))
+        })
+    }
+
     fn launch(
         &self,
         function: FunctionHandle,
