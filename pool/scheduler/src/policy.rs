@@ -130,9 +130,11 @@ impl Gpu {
     /// Free share of the physical GPU in whole permille (exact integer bookkeeping).
     #[inline]
     pub fn free_permille(&self) -> i64 {
-        let t = self.free_t as u128 * 1000 / self.phys_t as u128;
-        let v = self.free_v as u128 * 1000 / self.phys_v as u128;
-        t.min(v) as i64
+        let permille = |free: u64, phys: u64| match free.checked_mul(1000) {
+            Some(x) => x / phys,
+            None => (free as u128 * 1000 / phys as u128) as u64,
+        };
+        permille(self.free_t, self.phys_t).min(permille(self.free_v, self.phys_v)) as i64
     }
 
     /// Used share of the physical GPU in permille.
