@@ -292,7 +292,9 @@ fn raw_floor(
     let echo = std::thread::spawn(move || {
         let mut l = b();
         let mut buf = Vec::new();
-        let mut sink = vec![0u8; tf_remote_protocol::wire::MAX_DATA];
+        // A destination of the copy's size (as a device allocation is), written at each
+        // frame's offset: the floor is a copy of `bytes` into `bytes`, not into a hot buffer.
+        let mut sink = vec![1u8; bytes];
         while let Ok(h) = l.recv(&mut buf) {
             match Msg::decode(h.tag, &buf) {
                 Ok(Msg::Ping { n }) => {
@@ -300,9 +302,10 @@ fn raw_floor(
                         break;
                     }
                 }
-                Ok(Msg::CopyHtoD { flags, .. }) => {
+                Ok(Msg::CopyHtoD { dst, flags, .. }) => {
                     let n = h.data_len as usize;
-                    if l.recv_data_into(&mut sink[..n]).is_err() {
+                    let at = (dst as usize).min(bytes.saturating_sub(n));
+                    if l.recv_data_into(&mut sink[at..at + n]).is_err() {
                         break;
                     }
                     if flags & tf_remote_protocol::wire::flags::ACK != 0
@@ -339,7 +342,7 @@ fn raw_floor(
                 &Msg::CopyHtoD {
                     ctx: 0,
                     stream: 0,
-                    dst: 0,
+                    dst: (i * chunk) as u64,
                     flags,
                 },
                 piece,

@@ -131,6 +131,13 @@ impl Worker {
 impl Drop for Worker {
     fn drop(&mut self) {
         self.kill();
+        // A SIGKILLed worker leaves its shm:// socket file behind (the next bind would replace
+        // it); tests leave nothing.
+        if let Address::Shm(n) = &self.addr
+            && let Ok(p) = Address::shm_socket(n)
+        {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 

@@ -458,6 +458,37 @@ pub fn async_copies_follow_stream_order(backend: &dyn Backend) {
     }
     ctx.stream_synchronize(s).unwrap();
     assert!(ctx.stream_query(s).unwrap(), "an idle stream reports busy");
+    // The same bytes handed over in place, in order, and a sink's error stops the read.
+    let mut seen = Vec::new();
+    ctx.read_device(q, bytes, &mut |off, piece| {
+        assert_eq!(off as usize, seen.len(), "read_device pieces out of order");
+        seen.extend_from_slice(piece);
+        Ok(())
+    })
+    .expect("read_device");
+    assert!(seen == want, "read_device gave other bytes than copy_dtoh");
+    let e = ctx
+        .read_device(q, bytes, &mut |_, _| Err(Error::invalid_value("enough")))
+        .expect_err("a sink's error must stop the read");
+    assert_eq!(e.message, "enough");
+    // Written in place from a source, in order.
+    let mut at = 0u64;
+    ctx.write_device(p, bytes, &mut |off, piece| {
+        assert_eq!(off, at, "write_device pieces out of order");
+        for (i, b) in piece.iter_mut().enumerate() {
+            *b = ((off as usize + i) % 251) as u8;
+        }
+        at += piece.len() as u64;
+        Ok(())
+    })
+    .expect("write_device");
+    let mut wrote = vec![0u8; bytes as usize];
+    ctx.copy_dtoh(&mut wrote, p).unwrap();
+    assert!(
+        wrote.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8),
+        "write_device wrote other bytes"
+    );
+    ctx.copy_htod(p, &sent[..]).unwrap();
 
     ctx.memset_d16(p, 0x1234, 5).expect("memset_d16");
     let mut w = [0u8; 12];

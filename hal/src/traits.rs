@@ -229,6 +229,54 @@ pub trait Context: Send + Sync {
         done
     }
 
+    /// Hand `len` bytes of device memory at `src` to `sink`, in order and in pieces
+    /// (`sink(offset, bytes)`), after all prior work on the context: what a worker needs to send
+    /// device memory without a copy of its own. Default: through a host buffer, a megabyte at a
+    /// time ([`Context::copy_dtoh`]); backends whose device memory the host can read in place
+    /// (the simulated GPU) hand it over directly. The first error of `sink` stops the read and
+    /// is returned.
+    fn read_device(
+        &self,
+        src: DevicePtr,
+        len: u64,
+        sink: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        const PIECE: u64 = 1 << 20;
+        let mut buf = vec![0u8; len.min(PIECE) as usize];
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(PIECE) as usize;
+            self.copy_dtoh(&mut buf[..n], src.offset(done))?;
+            sink(done, &buf[..n])?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Fill `len` bytes of device memory at `dst` from `source`, in order and in pieces
+    /// (`source(offset, piece)` writes the piece), after all prior work on the context: what a
+    /// worker needs to receive a copy without a buffer of its own. Default: through a host
+    /// buffer, a megabyte at a time ([`Context::copy_htod`]); backends whose device memory the
+    /// host can write in place (the simulated GPU) hand it over directly. The first error of
+    /// `source` stops the write and is returned (the bytes written so far stay).
+    fn write_device(
+        &self,
+        dst: DevicePtr,
+        len: u64,
+        source: &mut dyn FnMut(u64, &mut [u8]) -> Result<()>,
+    ) -> Result<()> {
+        const PIECE: u64 = 1 << 20;
+        let mut buf = vec![0u8; len.min(PIECE) as usize];
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(PIECE) as usize;
+            source(done, &mut buf[..n])?;
+            self.copy_htod(dst.offset(done), &buf[..n])?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
     /// The sizes in bytes of a kernel's parameters, in order (what a driver API needs to read
     /// `kernelParams`). Optional: `NotSupported` where the backend cannot tell.
     fn function_param_sizes(&self, function: FunctionHandle) -> Result<Vec<usize>> {

@@ -404,6 +404,36 @@ impl Context for HalContext {
             .memset_async(region, Fill::U32(value), count)
     }
 
+    fn read_device(
+        &self,
+        src: DevicePtr,
+        len: u64,
+        sink: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        self.ctx.synchronize()?;
+        let region = self.ctx.region(src.0, len)?;
+        // SAFETY: `region` was resolved for `len` bytes of live device memory (host memory on
+        // the simulated GPU) and pins its mapping until it is dropped, after `sink` returns.
+        // Work queued after this point may write the range concurrently, which changes the
+        // bytes read, as on a GPU, not the soundness of the read.
+        let bytes = unsafe { std::slice::from_raw_parts(region.ptr as *const u8, len as usize) };
+        sink(0, bytes)
+    }
+
+    fn write_device(
+        &self,
+        dst: DevicePtr,
+        len: u64,
+        source: &mut dyn FnMut(u64, &mut [u8]) -> Result<()>,
+    ) -> Result<()> {
+        self.ctx.synchronize()?;
+        let region = self.ctx.region(dst.0, len)?;
+        // SAFETY: as in read_device: `len` bytes of live device memory (host memory here),
+        // pinned by `region` until `source` has returned.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(region.ptr, len as usize) };
+        source(0, bytes)
+    }
+
     fn stream_query(&self, stream: StreamHandle) -> Result<bool> {
         Ok(self.stream(stream)?.query())
     }

@@ -54,7 +54,8 @@ pub trait Link: Send {
     /// Receive the next frame: its header, and its message bytes into `msg`.
     fn recv(&mut self, msg: &mut Vec<u8>) -> Result<Header, LinkError>;
 
-    /// Copy the pending bulk data into `dst` (exactly its length).
+    /// Copy the next `dst.len()` bytes of the pending bulk data into `dst` (at most what is
+    /// pending; the rest stays pending).
     fn recv_data_into(&mut self, dst: &mut [u8]) -> Result<(), LinkError>;
 
     /// Hand the pending bulk data to `f` piece by piece (`f(offset, piece)`), without copying
@@ -220,14 +221,14 @@ impl<S: Stream> Link for SocketLink<S> {
     }
 
     fn recv_data_into(&mut self, dst: &mut [u8]) -> Result<(), LinkError> {
-        if dst.len() != self.pending {
+        if dst.len() > self.pending {
             return Err(ProtocolError::Invalid {
                 what: "Data",
                 why: format!("{} bytes of data, {} expected", self.pending, dst.len()),
             }
             .into());
         }
-        self.pending = 0;
+        self.pending -= dst.len();
         read_full(&mut self.s, dst)
     }
 
@@ -705,20 +706,34 @@ impl Link for RingLink {
     }
 
     fn recv_data_into(&mut self, dst: &mut [u8]) -> Result<(), LinkError> {
-        let (at, len, tail) = self.pending.take().unwrap_or((0, 0, 0));
-        if dst.len() != len {
+        let Some((at, len, tail)) = self.pending else {
+            return if dst.is_empty() {
+                Ok(())
+            } else {
+                Err(ProtocolError::Invalid {
+                    what: "Data",
+                    why: format!("no data pending, {} bytes expected", dst.len()),
+                }
+                .into())
+            };
+        };
+        let n = dst.len();
+        if n > len {
             return Err(ProtocolError::Invalid {
                 what: "Data",
-                why: format!("{len} bytes of data, {} expected", dst.len()),
+                why: format!("{len} bytes of data, {n} expected"),
             }
             .into());
         }
         let (ctl, base) = self.rx();
-        // SAFETY: [at, at + len) is the pending record's data, inside the published range
+        // SAFETY: [at, at + n) lies in the pending record's data, inside the published range
         // (checked in recv) and not yet handed back to the writer.
-        unsafe { std::ptr::copy_nonoverlapping(base.add(at), dst.as_mut_ptr(), len) };
-        if len > 0 || tail > 0 {
+        unsafe { std::ptr::copy_nonoverlapping(base.add(at), dst.as_mut_ptr(), n) };
+        if n == len {
             Self::consume(ctl, tail);
+            self.pending = None;
+        } else {
+            self.pending = Some((at + n, len - n, tail));
         }
         Ok(())
     }

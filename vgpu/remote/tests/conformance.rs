@@ -52,6 +52,20 @@ fn worker() -> &'static [Address; 3] {
     })
 }
 
+/// The listeners live as long as the test binary; their socket files go when it exits.
+#[used]
+#[unsafe(link_section = ".fini_array")]
+static CLEANUP: extern "C" fn() = {
+    extern "C" fn cleanup() {
+        let pid = std::process::id();
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("tf-remote-conf-{pid}")));
+        if let Ok(p) = Address::shm_socket(&format!("conf-{pid}")) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    cleanup
+};
+
 fn connect(i: usize) -> Box<RemoteBackend> {
     Box::new(RemoteBackend::connect(&worker()[i], TOKEN).expect("connect to the worker"))
 }

@@ -478,6 +478,15 @@ impl Worker {
                     } else {
                         None
                     };
+                    if s.is_none() {
+                        // Straight from the transport into device memory where the backend
+                        // lets the host write it in place.
+                        return c.ctx.write_device(DevicePtr(dst), len, &mut |_, piece| {
+                            link.recv_data_into(piece).map_err(|e| {
+                                Error::new(ErrorKind::DeviceLost, format!("the client's data: {e}"))
+                            })
+                        });
+                    }
                     let mut first: Option<Error> = None;
                     link.recv_data_with(&mut |off, piece| {
                         if first.is_some() {
@@ -797,38 +806,32 @@ impl Worker {
             Ok(x) => x,
             Err(e) => return answer(link, Err(e)),
         };
-        // Wait for the work before the copy once; the pieces then read settled memory.
+        // Wait for the work before the copy once; then the device's bytes go to the link in
+        // frames, read in place where the backend allows (no copy of the worker's own on a
+        // socket: `writev` from device memory; one copy into the ring on shm).
         let ready = match s {
             Some(s) => ctx.stream_synchronize(s),
-            None => ctx.synchronize(),
+            None => Ok(()),
         };
         if let Err(e) = ready {
             return answer(link, Err(e));
         }
-        let chunk = link.max_data() as u64;
-        let mut done = 0u64;
-        while done < len {
-            let n = (len - done).min(chunk);
-            let mut err = None;
-            let ok = link
-                .send_filled(&Msg::Data {}, n as usize, &mut |off, piece| {
-                    let at = DevicePtr(src + done + off as u64);
-                    match ctx.copy_dtoh(piece, at) {
-                        Ok(()) => true,
-                        Err(e) => {
-                            err = Some(e);
-                            false
-                        }
-                    }
-                })
-                .map_err(Stop::Link)?;
-            if !ok {
-                return answer(
-                    link,
-                    Err(err.unwrap_or_else(|| Error::new(ErrorKind::Other, "copy failed"))),
-                );
+        let chunk = link.max_data();
+        let mut broken: Option<LinkError> = None;
+        let r = ctx.read_device(DevicePtr(src), len, &mut |_, piece| {
+            for part in piece.chunks(chunk) {
+                if let Err(e) = link.send(&Msg::Data {}, part) {
+                    broken = Some(e);
+                    return Err(Error::new(ErrorKind::DeviceLost, "the connection failed"));
+                }
             }
-            done += n;
+            Ok(())
+        });
+        if let Some(e) = broken {
+            return Err(Stop::Link(e));
+        }
+        if let Err(e) = r {
+            return answer(link, Err(e));
         }
         answer(link, Ok(Answer::Done))
     }
