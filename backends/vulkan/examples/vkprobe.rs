@@ -7,7 +7,7 @@
 //! vkprobe memory                    # the device's memory as the program sees it
 //! vkprobe alloc-blocks [MIB]        # MIB-sized blocks (default 16) until one fails; free; again
 //! vkprobe hold MIB SECONDS          # allocate MIB, say so, and sleep (to be killed)
-//! vkprobe busy MS SECONDS           # back-to-back MS-millisecond busy kernels for SECONDS
+//! vkprobe busy MS SECONDS           # MS-millisecond busy kernels back to back for SECONDS
 //! vkprobe device-leak MIB           # raw Vulkan: allocate MIB, destroy the device without
 //!                                   # freeing it, then 16 MiB blocks on a new device until one fails
 //! ```
@@ -141,38 +141,37 @@ fn vector_add(ctx: &dyn Context, n: u32) {
     }
 }
 
-/// Busy kernels back to back: a new one is submitted as soon as fewer than `IN_FLIGHT` are
-/// queued, so the device never waits for the program; the rate is of completed kernels.
+/// Busy kernels back to back for `seconds`, two in flight (one on each of two streams: a new
+/// one is submitted as soon as the older finishes, so the device never waits for the program
+/// and every submission is a kernel); the rate is of finished kernels.
 fn busy(ctx: &dyn Context, ms: u64, seconds: u64) {
-    const IN_FLIGHT: usize = 2;
     let k = tf_hal::conformance::load_test_kernels(ctx, BackendKind::Vulkan);
-    let launch = || {
+    let launch = |s| {
         ctx.launch(
             k.busy,
             &LaunchConfig::single(),
-            StreamHandle::DEFAULT,
+            s,
             &KernelArgs::new().u64(ms * 1_000_000),
         )
-        .unwrap_or_else(|e| fail(&format!("launch: {e}")));
-        let e = ctx.event_create().unwrap();
-        ctx.event_record(e, StreamHandle::DEFAULT).unwrap();
-        e
+        .unwrap_or_else(|e| fail(&format!("launch: {e}")))
     };
     // The driver compiles the kernel on its first run.
-    let first = launch();
-    ctx.event_synchronize(first).unwrap();
-    ctx.event_destroy(first).unwrap();
-    let mut queued = std::collections::VecDeque::new();
+    launch(StreamHandle::DEFAULT);
+    ctx.synchronize().unwrap();
+    let streams = [ctx.stream_create().unwrap(), ctx.stream_create().unwrap()];
     let start = Instant::now();
     let mut kernels = 0u64;
-    while start.elapsed() < Duration::from_secs(seconds) {
-        while queued.len() < IN_FLIGHT {
-            queued.push_back(launch());
-        }
-        if let Some(e) = queued.pop_front() {
-            ctx.event_synchronize(e).unwrap();
-            ctx.event_destroy(e).unwrap();
+    for &s in &streams {
+        launch(s);
+    }
+    'run: loop {
+        for &s in &streams {
+            ctx.stream_synchronize(s).unwrap();
             kernels += 1;
+            if start.elapsed() >= Duration::from_secs(seconds) {
+                break 'run;
+            }
+            launch(s);
         }
     }
     let s = start.elapsed().as_secs_f64();
