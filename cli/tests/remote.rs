@@ -748,3 +748,21 @@ fn nvidia_cuda_python_bindings_run_remotely() {
     assert_eq!(v["bad"], 0);
     assert_eq!(v["elements"], 50_000);
 }
+
+#[test]
+fn the_worker_holds_a_client_to_its_compute_share() {
+    // 1 ms kernels back to back: about 1000 a second alone on the simulated device; the worker
+    // paces them to 30 % (loose bounds: this machine is shared).
+    let w = Worker::start("shm", "share", &["--compute-percent", "30"]);
+    let out = w
+        .run(Path::new(BIN), &["cuda-probe", "busy", "3", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rate = v["kernels_per_s"].as_f64().unwrap();
+    assert!(
+        (200.0..=420.0).contains(&rate),
+        "{rate} kernels/s under a 30 % share of ~1000/s"
+    );
+}

@@ -77,6 +77,9 @@ pub struct Worker {
     region: RegionMap,
     slot: usize,
     description: String,
+    /// Whether launches are timed with events for the controller (a compute share on a backend
+    /// with no per-process busy time, like a real NVIDIA driver).
+    sample_launches: AtomicBool,
     pub stats: Stats,
 }
 
@@ -131,6 +134,7 @@ impl Worker {
             region,
             slot,
             description,
+            sample_launches: AtomicBool::new(false),
             stats: Stats::default(),
         })
     }
@@ -208,21 +212,28 @@ impl Worker {
         let mut c = Controller::new(share);
         let mut estimator = Estimator::for_backend(self.backend.kind());
         let me = std::process::id();
+        self.sample_launches
+            .store(estimator == Estimator::Samples, Ordering::Release);
         while !stop.load(Ordering::Acquire) {
             let busy = match estimator {
-                Estimator::Busy => self
-                    .device
-                    .processes()
-                    .ok()
-                    .and_then(|ps| ps.into_iter().find(|p| p.pid == me))
-                    .and_then(|p| p.busy_ns)
-                    .unwrap_or_else(|| {
+                Estimator::Busy => match self.device.processes() {
+                    // A backend that keeps no busy time per process: pace from launch samples.
+                    Ok(ps) if !ps.is_empty() && ps.iter().all(|p| p.busy_ns.is_none()) => {
                         tracing::warn!(
                             "the backend has no per-process busy time; pacing from launch samples"
                         );
                         estimator = Estimator::Samples;
+                        self.sample_launches.store(true, Ordering::Release);
                         0
-                    }),
+                    }
+                    // The worker's own busy time (none yet before its first context).
+                    Ok(ps) => ps
+                        .iter()
+                        .find(|p| p.pid == me)
+                        .and_then(|p| p.busy_ns)
+                        .unwrap_or(0),
+                    Err(_) => 0,
+                },
                 Estimator::Samples => 0,
             };
             let t = c.tick(&self.region, tf_os::now_ns(), estimator, busy);
@@ -284,6 +295,10 @@ impl Worker {
 
     fn release_context(&self, mut c: CtxState, charged: &mut u64) {
         let _ = c.ctx.synchronize();
+        if let Some(x) = c.sampler.take() {
+            let _ = c.ctx.event_destroy(x.start);
+            let _ = c.ctx.event_destroy(x.end);
+        }
         for (_, e) in c.events.drain() {
             let _ = c.ctx.event_destroy(e);
         }
@@ -728,7 +743,34 @@ impl Worker {
                     block,
                     shared_mem_bytes: shared,
                 };
-                c.ctx.launch(f, &cfg, s, &ka)
+                if !self.sample_launches.load(Ordering::Relaxed) {
+                    return c.ctx.launch(f, &cfg, s, &ka);
+                }
+                // Time about one launch every 5 ms with a pair of events, as the interposer
+                // does, so that the controller learns the device time of launches.
+                self.collect_sample(c);
+                let now = tf_os::now_ns();
+                let take = c
+                    .sampler
+                    .as_ref()
+                    .is_none_or(|x| !x.pending && now.saturating_sub(x.last_ns) >= 5_000_000);
+                if !take {
+                    return c.ctx.launch(f, &cfg, s, &ka);
+                }
+                let (a, b) = match &c.sampler {
+                    Some(x) => (x.start, x.end),
+                    None => (c.ctx.event_create()?, c.ctx.event_create()?),
+                };
+                c.ctx.event_record(a, s)?;
+                c.ctx.launch(f, &cfg, s, &ka)?;
+                c.ctx.event_record(b, s)?;
+                c.sampler = Some(Sampler {
+                    start: a,
+                    end: b,
+                    pending: true,
+                    last_ns: now,
+                });
+                Ok(())
             }
             StreamCreate { stream, .. } => {
                 if stream == 0 || c.streams.contains_key(&stream) {
@@ -776,6 +818,19 @@ impl Worker {
                 "{} is not an asynchronous call",
                 other.name()
             ))),
+        }
+    }
+
+    /// Add a finished launch sample of `c` to the region's counters.
+    fn collect_sample(&self, c: &mut CtxState) {
+        if let Some(x) = c.sampler.as_mut()
+            && x.pending
+            && c.ctx.event_query(x.end).unwrap_or(false)
+        {
+            x.pending = false;
+            if let Ok(d) = c.ctx.event_elapsed(x.start, x.end) {
+                self.region.add_sample(d.as_nanos() as u64);
+            }
         }
     }
 
@@ -948,6 +1003,16 @@ struct CtxState {
     events: HashMap<u64, EventHandle>,
     /// A module image arriving in pieces.
     module_buf: Option<Vec<u8>>,
+    /// The events that time one launch now and then (see `Worker::collect_sample`).
+    sampler: Option<Sampler>,
+}
+
+/// A pair of events around one launch, and whether its time is still to be read.
+struct Sampler {
+    start: EventHandle,
+    end: EventHandle,
+    pending: bool,
+    last_ns: u64,
 }
 
 impl CtxState {
@@ -960,6 +1025,7 @@ impl CtxState {
             streams: HashMap::new(),
             events: HashMap::new(),
             module_buf: None,
+            sampler: None,
         }
     }
 
