@@ -104,6 +104,40 @@ fn devices_lists_the_vulkan_device() {
 }
 
 #[test]
+fn a_missing_loader_says_what_to_install() {
+    let dir = regions();
+    let o = tf(dir.path())
+        .env("TF_VULKAN_LIBRARY", "/nonexistent/libvulkan.so.1")
+        .args(["devices", "--backend", "vulkan"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("driver library not found") && err.contains("apt-get install libvulkan1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_loader_without_a_driver_is_no_device() {
+    require_vulkan();
+    let dir = regions();
+    let o = tf(dir.path())
+        .env("VK_ICD_FILENAMES", "/nonexistent/icd.json")
+        .env("VK_DRIVER_FILES", "/nonexistent/icd.json")
+        .args(["devices", "--backend", "vulkan"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no device") && err.contains("mesa-vulkan-drivers"),
+        "{err}"
+    );
+}
+
+#[test]
 fn demo_runs_the_vector_add_on_vulkan() {
     require_vulkan();
     let dir = regions();
