@@ -147,6 +147,7 @@ struct Programs {
     procaddr: PathBuf,
     client: PathBuf,
     nvml: PathBuf,
+    unsupported: PathBuf,
     /// libcuda.so.1 of the simulated GPU (for the local runs).
     local_lib: PathBuf,
     /// libcuda.so.1 of the client stub (for programs started without `run`).
@@ -203,6 +204,7 @@ fn programs() -> &'static Programs {
                 "remote_client",
                 Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/remote_client.c"),
             ),
+            unsupported: build("unsupported", c.join("unsupported.c")),
             nvml: build_with(
                 "remote_nvml",
                 Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/remote_nvml.c"),
@@ -766,4 +768,45 @@ fn the_worker_holds_a_client_to_its_compute_share() {
         (200.0..=420.0).contains(&rate),
         "{rate} kernels/s under a 30 % share of ~1000/s"
     );
+}
+
+#[test]
+fn unsupported_functions_say_so_once_and_bad_handles_are_errors() {
+    let p = programs();
+    let w = Worker::start("unix", "unsupported", &[]);
+    let out = w.direct(&p.unsupported, &[]).output().unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.matches("cuGraphicsMapResources is not supported")
+            .count(),
+        1,
+        "{err}"
+    );
+}
+
+#[test]
+fn a_peer_of_another_protocol_version_is_refused_with_the_fix() {
+    let w = Worker::start("tcp", "version", &[]);
+    let Address::Tcp(hp) = &w.addr else {
+        unreachable!()
+    };
+    let mut s = std::net::TcpStream::connect(hp.as_str()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut f = Vec::new();
+    Msg::Hello {
+        version: tf_remote_protocol::VERSION + 1,
+        token: TOKEN,
+    }
+    .frame(0, &mut f);
+    s.write_all(&f).unwrap();
+    let ((tag, m), _) = read_frame(&mut s).expect("an answer");
+    match Msg::decode(tag, &m).unwrap() {
+        Msg::Refused { reason, message } => {
+            assert_eq!(reason, tf_remote_protocol::wire::refusal::VERSION);
+            assert!(message.contains("same tensor-fusion release"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(read_frame(&mut s).is_none(), "the connection stays open");
 }
