@@ -509,3 +509,330 @@ fn nvml_memory_queries_report_the_quota() {
     assert_eq!(v["v2"][0], gib3, "{v}");
     assert_eq!(v["v2"][2], 0, "{v}");
 }
+
+// ----- hostile tenants (issue: limits that hold against a hostile tenant) -----
+
+/// The tenant program (`vgpu/interposer-cuda/tests/c/tenant.c`), linked with -lcuda.
+fn tenant() -> &'static PathBuf {
+    static T: OnceLock<PathBuf> = OnceLock::new();
+    T.get_or_init(|| {
+        let dir = tf_test_support::scratch_dir("limiter-tenant");
+        let lib = tf_test_support::cdylib("libcuda.so").expect("the simulated libcuda is built");
+        std::os::unix::fs::symlink(&lib, dir.join("libcuda.so")).unwrap();
+        let inc = tf_test_support::cuda_include_dir().expect("NVIDIA headers");
+        let src = tf_test_support::workspace_root().join("vgpu/interposer-cuda/tests/c/tenant.c");
+        let exe = dir.join("tenant");
+        let out = Command::new("cc")
+            .args(["-O1", "-Wall", "-Werror", "-o"])
+            .arg(&exe)
+            .arg(&src)
+            .arg("-I")
+            .arg(&inc)
+            .arg("-L")
+            .arg(&dir)
+            .args(["-lcuda", "-ldl"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "building tenant: {}", show(&out));
+        exe
+    })
+}
+
+/// The region file of the one vGPU running on `m` (waits for it to appear).
+fn the_region(m: &Machine) -> PathBuf {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "no vGPU appeared");
+        if let Some(e) = std::fs::read_dir(m.regions()).unwrap().flatten().next() {
+            let r = e.path().join(tf_vgpu_limiter::vgpu::REGION_FILE);
+            if r.exists() {
+                return r;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// 10^4 rounds of double frees, frees of unknown pointers, and contexts destroyed or reset with
+/// memory in them: the region's usage ends equal to what the driver says is allocated.
+#[test]
+fn misuse_never_makes_the_bookkeeping_drift() {
+    let m = Machine::new("misuse");
+    let mut run = m
+        .tf()
+        .args(["run", "--vram", "1GiB", "--"])
+        .arg(tenant())
+        .args(["misuse", "10000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(run.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    let region = tf_vgpu_limiter::Region::open(&the_region(&m)).unwrap();
+    let config =
+        tf_fake_gpu::FakeGpuConfig::load(&m.dir.path().join("gpu.toml")).expect("the machine");
+    let gpu = tf_fake_gpu::FakeGpu::new(config).unwrap();
+    let driver: u64 = gpu.devices()[0]
+        .segment()
+        .processes()
+        .iter()
+        .map(|p| p.mem_used)
+        .sum();
+    let _ = run.kill();
+    let _ = run.wait();
+    assert_eq!(v["holding"], 12u64 << 20, "{v}");
+    assert_eq!(
+        driver,
+        12 << 20,
+        "the driver holds the 12 MiB the tenant kept: {v}"
+    );
+    assert_eq!(
+        region.vram_used(),
+        driver,
+        "the region agrees with the driver: {v}"
+    );
+    assert!(v["refused"].as_u64().unwrap() >= 30_000, "{v}");
+}
+
+/// Driver functions found through glibc's versioned `dlvsym`, and a `dlsym` found through it,
+/// are the interposer's: the quota holds.
+#[test]
+fn dlvsym_is_no_way_around_the_quota() {
+    let m = Machine::new("dlvsym");
+    let v = m.run_json(&["--vram", "256MiB"], tenant(), &["dlvsym", "64"]);
+    let total = v["via_dlvsym"].as_u64().unwrap() + v["via_dlsym_from_dlvsym"].as_u64().unwrap();
+    assert_eq!(total, 256 << 20, "{v}");
+}
+
+/// The limits page cannot be changed by the tenant: not written, not mapped writable, not made
+/// writable after mapping it read-only.
+#[test]
+fn the_limits_page_cannot_be_written_by_the_tenant() {
+    let m = Machine::new("limits");
+    let out = m
+        .tf()
+        .args([
+            "run",
+            "--vram",
+            "256MiB",
+            "--compute-percent",
+            "30",
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg(format!("{} limits \"$TF_VGPU_LIMITS\"", tenant().display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in ["mmap_write_errno", "write_errno", "mprotect_errno"] {
+        assert_ne!(v[key], 0, "{key}: {v}");
+    }
+}
+
+/// A tenant that writes garbage and extreme values over every byte of its own region, again and
+/// again while it runs, keeps its quota and its share (the share once the controller, pacing on
+/// the driver's count alone, has settled: measured over the last 4 of 8 seconds).
+#[test]
+fn garbage_over_its_own_region_leaves_the_quota_and_share_in_force() {
+    let _cpu = timing();
+    let m = Machine::new("scribble");
+    let t = tenant().display().to_string();
+    let p = ptx();
+    let out = m
+        .tf()
+        .args(["run", "--vram", "256MiB", "--", "sh", "-c"])
+        .arg(format!(
+            "{t} scribble \"$TF_VGPU_REGION\" 0.5 >/dev/null && {} vram 64",
+            probes().0.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["allocated"], 256u64 << 20, "{v}");
+    let alone = m.busy_rate(&[], &probes().0);
+    let out = m
+        .tf()
+        .args(["run", "--compute-percent", "30", "--", "sh", "-c"])
+        .arg(format!(
+            "{t} scribble \"$TF_VGPU_REGION\" 8 >/dev/null & {} busy {} 8 4 1000",
+            probes().0.display(),
+            p.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pct = v["kernels_per_s"].as_f64().unwrap() / alone * 100.0;
+    eprintln!("scribbling tenant at 30 %: {pct:.2} % of {alone:.1}/s");
+    assert!((pct - 30.0).abs() <= 3.0, "{pct:.2} % ({v})");
+}
+
+/// A tenant that writes garbage into another run's region: the other tenant's limits and
+/// progress stay as they were.
+#[test]
+fn garbage_in_another_runs_region_leaves_that_tenant_untouched() {
+    let _cpu = timing();
+    let victim_machine = Machine::new("victim");
+    let alone = victim_machine.busy_rate(&[], &probes().0);
+    let p = ptx();
+    let victim = victim_machine
+        .tf()
+        .args(["run", "--vram", "256MiB", "--compute-percent", "30", "--"])
+        .arg(&probes().0)
+        .args(["busy", p.to_str().unwrap(), "8", "4", "1000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let region = the_region(&victim_machine);
+    let attacker = Machine::new("attacker");
+    let a = attacker
+        .tf()
+        .args(["run", "--"])
+        .arg(tenant())
+        .arg("scribble")
+        .arg(&region)
+        .arg("8")
+        .output()
+        .unwrap();
+    assert!(a.status.success(), "{}", show(&a));
+    let attack: serde_json::Value = serde_json::from_slice(&a.stdout).unwrap();
+    let out = victim.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pct = v["kernels_per_s"].as_f64().unwrap() / alone * 100.0;
+    eprintln!("victim at 30 % under attack ({attack}): {pct:.2} %");
+    assert!((pct - 30.0).abs() <= 3.0, "{pct:.2} % ({v})");
+}
+
+/// The controller stopped (SIGSTOP) or killed (SIGKILL, with --keep-running) by the tenant: the
+/// command keeps its share, paced from the last pacing its sealed page holds.
+#[test]
+fn a_stopped_or_killed_controller_leaves_the_share_in_force() {
+    let _cpu = timing();
+    let m = Machine::new("stopctl");
+    let alone = m.busy_rate(&[], &probes().0);
+    let p = ptx();
+    for signal in [libc::SIGSTOP, libc::SIGKILL] {
+        // The command's output goes to a file: run (stopped or dead) holds no pipe to wait on.
+        let out_path = tf_test_support::scratch_dir("stopctl-out").join(format!("{signal}.json"));
+        let mut run = m
+            .tf()
+            .args(["run", "--compute-percent", "30", "--keep-running", "--"])
+            .arg(&probes().0)
+            .args(["busy", p.to_str().unwrap(), "5", "2", "1000"])
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        // SAFETY: a signal to our own child process.
+        unsafe { libc::kill(run.id() as i32, signal) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let out = loop {
+            let out = std::fs::read_to_string(&out_path).unwrap();
+            if out.ends_with('\n') {
+                break out;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the command never finished: {out:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // SAFETY: as above.
+        unsafe { libc::kill(run.id() as i32, libc::SIGKILL) };
+        let _ = run.wait();
+        let v: serde_json::Value =
+            serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+        let pct = v["kernels_per_s"].as_f64().unwrap() / alone * 100.0;
+        eprintln!("controller signalled {signal}: {pct:.2} %");
+        assert!(
+            (pct - 30.0).abs() <= 5.0,
+            "signal {signal}: {pct:.2} % ({v})"
+        );
+    }
+}
+
+/// Killing `run` stops its command within a second (unless --keep-running).
+#[test]
+fn killing_run_stops_its_command_within_a_second() {
+    let m = Machine::new("pdeath");
+    let mut run = m
+        .tf()
+        .args(["run", "--"])
+        .arg(&probes().0)
+        .args(["hold", "16", "60"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(run.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let region = tf_vgpu_limiter::Region::open(&the_region(&m)).unwrap();
+    let pid = region.processes()[0].0;
+    run.kill().unwrap();
+    let killed = Instant::now();
+    run.wait().unwrap();
+    while proc_alive(pid) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(1),
+            "the command outlived run"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn proc_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+/// A child that drops LD_PRELOAD and allocates past the quota is seen in the driver's own count:
+/// reported (--report), and killed with --on-escape kill.
+#[test]
+fn a_child_that_escapes_the_interposer_is_reported_and_killed() {
+    let m = Machine::new("escape");
+    let report = m.dir.path().join("report.json");
+    let out = m
+        .tf()
+        .args(["run", "--vram", "256MiB", "--on-escape", "kill", "--report"])
+        .arg(&report)
+        .args(["--", "sh", "-c"])
+        .arg(format!(
+            "env -u LD_PRELOAD {} hold 512 30",
+            probes().0.display()
+        ))
+        .output()
+        .unwrap();
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let escapes = r["escapes"].as_array().unwrap();
+    assert!(
+        escapes.iter().any(|e| e["killed"] == true),
+        "{r}\n{}",
+        show(&out)
+    );
+    assert!(
+        escapes
+            .iter()
+            .any(|e| e["kind"] == "unregistered" || e["kind"] == "over-quota"),
+        "{r}"
+    );
+    assert_ne!(out.status.code(), Some(0), "{}", show(&out));
+}

@@ -1,10 +1,11 @@
 //! Our exported `dlsym` and `dlvsym`: a few instructions that look at the handle and the first
-//! two characters of the name. Names starting with `cu` or `nv` looked up in a handle go to
+//! two characters of the name. Names starting with `cu`, `nv` or `dl` looked up in a handle go to
 //! [`dlsym_hook`] (or [`dlvsym_hook`]), which hand out our wrappers for the functions we
 //! interpose; every other lookup *jumps* to the real function with the caller's own stack frame,
 //! so lookups whose meaning depends on who calls (`RTLD_NEXT`) keep their exact meaning for the
 //! rest of the program. `dlvsym` is interposed too, so that asking for a versioned symbol does
-//! not reach the driver around the limiter.
+//! not reach the driver around the limiter, and asking either of them for `dlsym` or `dlvsym`
+//! itself returns ours (the real ones would be a way around).
 
 use std::ffi::{CStr, c_char, c_void};
 
@@ -53,8 +54,14 @@ exported_dlsym!("x86_64":
     "jmp 2f",
     "3:",
     "cmp al, 0x6e", // 'n'
-    "jne 2f",
+    "jne 5f",
     "cmp byte ptr [rsi + 1], 0x76", // 'v'
+    "je 1f",
+    "jmp 2f",
+    "5:",
+    "cmp al, 0x64", // 'd'
+    "jne 2f",
+    "cmp byte ptr [rsi + 1], 0x6c", // 'l'
     "jne 2f",
     "1:",
     "jmp {hook}",
@@ -80,9 +87,16 @@ exported_dlsym!("aarch64":
     "b 2f",
     "3:",
     "cmp w9, #0x6e",
-    "b.ne 2f",
+    "b.ne 5f",
     "ldrb w9, [x1, #1]",
     "cmp w9, #0x76",
+    "b.eq 1f",
+    "b 2f",
+    "5:",
+    "cmp w9, #0x64",
+    "b.ne 2f",
+    "ldrb w9, [x1, #1]",
+    "cmp w9, #0x6c",
     "b.ne 2f",
     "1:",
     "b {hook}",
@@ -163,8 +177,14 @@ unsafe fn ours_instead(found: *mut c_void, symbol: *const c_char) -> *mut c_void
     }
     // SAFETY: the caller's contract.
     let name = unsafe { CStr::from_ptr(symbol) }.to_bytes();
-    match crate::hooks::wrapper(name) {
-        Some(w) => w as *mut c_void,
-        None => found,
+    match name {
+        // Asking for the loader's own lookup functions gets ours: the real ones would look the
+        // driver up around the limiter.
+        b"dlsym" => dlsym as *const () as *mut c_void,
+        b"dlvsym" => dlvsym as *const () as *mut c_void,
+        _ => match crate::hooks::wrapper(name) {
+            Some(w) => w as *mut c_void,
+            None => found,
+        },
     }
 }

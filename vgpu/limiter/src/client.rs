@@ -161,9 +161,18 @@ impl Client {
             },
             None => None,
         };
-        match Region::open(std::path::Path::new(&region_path)) {
-            Ok(r) => Some(Client::new(page, r, policy, false)),
-            Err(e) => lost(e.to_string()),
+        match (Region::open(std::path::Path::new(&region_path)), page) {
+            (Ok(r), page) => Some(Client::new(page, r, policy, false)),
+            // The shared region is unreadable (overwritten, say), but the limits page cannot be:
+            // its limits and pacing rule this process, counted in a region of its own.
+            (Err(e), Some(page)) if policy != LossPolicy::Open => {
+                tracing::error!(
+                    "{e}; enforcing the vGPU's limits page in this process alone (policy {policy:?})"
+                );
+                let own = Region::private(&page.device_uuid(), &page.limits());
+                Some(Client::new(Some(page), own, policy, false))
+            }
+            (Err(e), _) => lost(e.to_string()),
         }
     }
 
@@ -249,6 +258,11 @@ impl Client {
                 return &self.shared;
             }
             self.lose();
+        }
+        // The region is lost, but a limits page cannot be: its limits and pacing still rule
+        // (unless the policy stopped enforcing).
+        if self.policy != LossPolicy::Open && self.page.is_some() {
+            self.last.refresh(self.words());
         }
         match self.fallback.get() {
             Some(r) => r,

@@ -21,6 +21,8 @@ use crate::region::{DEFAULT_BURST_NS, Region};
 
 /// Estimate of device time per launch before anything was measured.
 pub const INITIAL_LAUNCH_NS: f64 = 200_000.0;
+/// How far the blind step (see [`ControlLaw::step_blind`]) may move the correction.
+const BLIND_CORRECTION: (f64, f64) = (0.05, 1e6);
 /// How far back measured share is averaged.
 pub const SHARE_WINDOW_NS: u64 = 1_000_000_000;
 
@@ -243,7 +245,62 @@ impl ControlLaw {
                 }
             }
         }
-        let interval = (self.est_launch_ns * self.correction / self.target).max(1.0) as u64;
+        self.pacing(measured)
+    }
+
+    /// Step the law without the region's counters (its header was overwritten, so launches,
+    /// samples and throttling are unknown): the pacing follows the measured share alone, which
+    /// comes from the driver. Over the target, the interval stretches by the whole ratio once
+    /// per full window (a process launching as fast as it is let through uses `estimate / interval`
+    /// of the device, so the ratio is what it takes); under it, it shrinks gently.
+    pub fn step_blind(&mut self, now: u64, busy_ns: u64) -> (Pacing, Tick) {
+        let last = self.history.back().copied().unwrap_or_default();
+        let s = Observation {
+            now,
+            busy_ns,
+            ..last
+        };
+        self.history.push_back(s);
+        while self
+            .history
+            .front()
+            .is_some_and(|f| now.saturating_sub(f.now) > SHARE_WINDOW_NS && self.history.len() > 2)
+        {
+            self.history.pop_front();
+        }
+        let first = *self.history.front().unwrap_or(&s);
+        let wall = now.saturating_sub(first.now);
+        let measured = if wall == 0 {
+            0.0
+        } else {
+            (busy_ns.saturating_sub(first.busy_ns) as f64 / wall as f64).clamp(0.0, 1.0)
+        };
+        if self.settled_since == u64::MAX {
+            self.settled_since = now;
+        }
+        let settled = first.now >= self.settled_since && wall >= SHARE_WINDOW_NS * 9 / 10;
+        if settled && measured > 0.0 {
+            let ratio = measured / self.target;
+            let step = if ratio > 1.02 {
+                ratio.min(4.0)
+            } else if ratio < 0.9 {
+                ratio.max(0.5).sqrt()
+            } else {
+                1.0
+            };
+            if step != 1.0 {
+                self.correction =
+                    (self.correction * step).clamp(BLIND_CORRECTION.0, BLIND_CORRECTION.1);
+                self.settled_since = now;
+            }
+        }
+        self.pacing(measured)
+    }
+
+    /// The pacing for the current estimate and correction.
+    fn pacing(&self, measured: f64) -> (Pacing, Tick) {
+        let interval = ((self.est_launch_ns * self.correction / self.target).max(1.0) as u64)
+            .min(crate::limits::MAX_INTERVAL_NS);
         // Let launches run a little ahead of schedule (to keep the device fed), but never by
         // more than a few kernels.
         let burst = DEFAULT_BURST_NS.min(interval.saturating_mul(4));
@@ -300,6 +357,27 @@ impl Controller {
         let (pacing, tick) = self
             .law
             .step(Observation::read(region, now, busy_ns), estimator);
+        self.publish(region, page, now, pacing, tick);
+        tick
+    }
+
+    /// A tick while the region is unreadable (its header was overwritten): the law steps on the
+    /// measured share alone ([`ControlLaw::step_blind`]) and the pacing goes to the page only.
+    pub fn tick_blind(&mut self, page: &LimitsOwner, now: u64, busy_ns: u64) -> Tick {
+        let (pacing, tick) = self.law.step_blind(now, busy_ns);
+        page.set_pacing(pacing, tick.est_launch_ns as u64, tick.measured_share);
+        page.heartbeat(now);
+        tick
+    }
+
+    fn publish(
+        &self,
+        region: &Region,
+        page: Option<&LimitsOwner>,
+        now: u64,
+        pacing: Pacing,
+        tick: Tick,
+    ) {
         let est = tick.est_launch_ns as u64;
         if let Some(page) = page {
             page.set_pacing(pacing, est, tick.measured_share);
@@ -311,7 +389,6 @@ impl Controller {
             est,
             tick.measured_share,
         );
-        tick
     }
 }
 
@@ -430,5 +507,28 @@ mod tests {
             (p.interval_ns as f64 / (4 * MS) as f64 - 1.0).abs() < 0.01,
             "{p:?}"
         );
+    }
+
+    /// Without the region's counters, a program launching as fast as it is let through (1 ms
+    /// kernels: it uses `1 ms / interval` of the device) is brought to its share by the measured
+    /// share alone, from an estimate 5x off, within a few windows; and it stays there.
+    #[test]
+    fn blind_steps_bring_a_saturating_program_to_its_share() {
+        let mut law = ControlLaw::new(0.3);
+        let mut busy = 0u64;
+        let mut interval = law.step_blind(0, 0).0.interval_ns;
+        let mut shares = Vec::new();
+        for i in 1..=80u64 {
+            let share = (MS as f64 / interval as f64).min(1.0);
+            busy += (share * TICK as f64) as u64;
+            let (p, t) = law.step_blind(i * TICK, busy);
+            interval = p.interval_ns;
+            shares.push(t.measured_share);
+        }
+        let settled = &shares[50..];
+        for s in settled {
+            assert!((s - 0.3).abs() < 0.02, "{shares:?}");
+        }
+        assert!(interval.abs_diff(MS * 10 / 3) < MS / 10, "{interval}");
     }
 }

@@ -283,7 +283,10 @@ impl Region {
             .data(slot)
             .vram_used
             .fetch_add(bytes, Ordering::AcqRel);
-        let used = self.vram_used.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        let used = self
+            .vram_used
+            .fetch_add(bytes, Ordering::AcqRel)
+            .wrapping_add(bytes);
         self.vram_peak.fetch_max(used, Ordering::Relaxed);
     }
 
@@ -336,7 +339,9 @@ impl Region {
     /// Give back the memory of processes that have exited or were killed. Returns the bytes.
     pub fn reclaim_dead(&self) -> u64 {
         let mut bytes = 0;
-        self.procs.reclaim_dead(|_, u| bytes += self.forget(u));
+        // Wrapping: the counts are shared memory a process can overwrite with anything.
+        self.procs
+            .reclaim_dead(|_, u| bytes = u64::wrapping_add(bytes, self.forget(u)));
         bytes
     }
 

@@ -238,31 +238,62 @@ impl Vgpu {
         let mut estimator = estimator;
         let mut audit = Audit::default();
         let mut ticks = 0u64;
+        let mut family: Vec<u32> = Vec::new();
         while !stop.load(Ordering::Acquire) {
             let now = tf_os::now_ns();
             self.limits.heartbeat(now);
-            self.region.reclaim_dead();
-            if let Some(c) = controller.as_mut() {
-                let busy = match estimator {
-                    Estimator::Busy => process_busy_ns(device, &self.region).unwrap_or_else(|| {
-                        tracing::warn!(
-                            "the backend has no per-process busy time; timing launches instead"
-                        );
-                        estimator = Estimator::Samples;
-                        0
-                    }),
-                    Estimator::Samples => 0,
-                };
-                let t = c.tick_with(&self.region, Some(&self.limits), now, estimator, busy);
-                tracing::debug!(?t, ?estimator, "controller tick");
+            // A region whose header was overwritten says nothing reliable: its processes have
+            // moved to their own copies, and the pacing follows the driver's count alone until
+            // it is valid again.
+            let valid = self.region.is_valid();
+            if !valid && ticks.is_multiple_of(50) {
+                tracing::error!(region = %self.path.display(), "the vGPU's region was overwritten; pacing on the driver's count alone");
             }
-            if ticks.is_multiple_of(5) {
-                for e in audit.check(self, device, watch, now) {
-                    self.escapes
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(e);
+            // The region is shared memory the vGPU's processes can write anything into: one
+            // bad tick must not take the control loop (and the vGPU's limits) down with it.
+            let tick = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.region.reclaim_dead();
+                if let Some(c) = controller.as_mut() {
+                    // Whose device time counts: the processes registered in the region, and
+                    // (the region being the tenant's to overwrite) every process descended
+                    // from the vGPU's root, refreshed once a second.
+                    if ticks.is_multiple_of(10) {
+                        family = watch.root_pid.map(descendants).unwrap_or_default();
+                    }
+                    let mut members = family.clone();
+                    if valid {
+                        members.extend(self.region.processes().iter().map(|p| p.0));
+                    }
+                    let busy = match estimator {
+                        Estimator::Busy => process_busy_ns(device, &members).unwrap_or_else(|| {
+                            tracing::warn!(
+                                "the backend has no per-process busy time; timing launches instead"
+                            );
+                            estimator = Estimator::Samples;
+                            0
+                        }),
+                        Estimator::Samples => 0,
+                    };
+                    let t = if valid {
+                        c.tick_with(&self.region, Some(&self.limits), now, estimator, busy)
+                    } else {
+                        c.tick_blind(&self.limits, now, busy)
+                    };
+                    tracing::debug!(?t, ?estimator, valid, "controller tick");
                 }
+                if ticks.is_multiple_of(5) {
+                    for e in audit.check(self, device, watch, now) {
+                        self.escapes
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(e);
+                    }
+                }
+            }));
+            if tick.is_err() {
+                tracing::error!(
+                    "a control tick failed on the region's contents; the last pacing stays"
+                );
             }
             ticks += 1;
             std::thread::sleep(TICK);
@@ -475,8 +506,7 @@ fn prepend(first: &OsStr, rest: Option<OsString>) -> OsString {
 
 /// Cumulative device time of the vGPU's processes, where the backend reports it per process
 /// (the simulated GPU does; NVML's per-process utilization is too coarse to pace on).
-fn process_busy_ns(device: &dyn Device, region: &Region) -> Option<u64> {
-    let pids: Vec<u32> = region.processes().iter().map(|p| p.0).collect();
+fn process_busy_ns(device: &dyn Device, pids: &[u32]) -> Option<u64> {
     let procs = device.processes().ok()?;
     if !procs.is_empty() && procs.iter().all(|p| p.busy_ns.is_none()) {
         return None;
