@@ -36,7 +36,8 @@ struct DefragArgs {
     /// Pod list CSV (e.g. openb_pod_list_default.csv).
     #[arg(long, value_name = "FILE")]
     pods: PathBuf,
-    /// Placement policy of the replay, or several separated by commas.
+    /// Placement policy of the replay, or several separated by commas: frag-lookahead (the
+    /// default), fgd, best-fit, random, CompactFirst, LowLoadFirst, NodeCompactGPULowLoad.
     #[arg(long, value_name = "NAME")]
     policy: Option<String>,
     /// Number of seeds (runs 0..seeds).
@@ -90,7 +91,8 @@ struct AlibabaArgs {
     /// Pod list CSV (e.g. openb_pod_list_default.csv), or several separated by commas.
     #[arg(long, value_name = "FILE", value_delimiter = ',', required = true)]
     pods: Vec<PathBuf>,
-    /// Placement policy, or several separated by commas (default: the default policy).
+    /// Placement policy, or several separated by commas: frag-lookahead (the default), fgd,
+    /// best-fit, random, CompactFirst, LowLoadFirst, NodeCompactGPULowLoad.
     #[arg(long, value_name = "NAME")]
     policy: Option<String>,
     /// Number of seeds (runs 0..seeds).
@@ -115,7 +117,8 @@ struct ThroughputArgs {
     /// Timed placement decisions.
     #[arg(long, default_value_t = 20_000)]
     decisions: usize,
-    /// Placement policy (default: the default policy).
+    /// Placement policy: frag-lookahead (the default), fgd, best-fit, random, CompactFirst,
+    /// LowLoadFirst, NodeCompactGPULowLoad.
     #[arg(long, value_name = "NAME")]
     policy: Option<String>,
     /// Random seed for the request stream.

@@ -11,14 +11,10 @@ use tf_scheduler::sim::bench;
 use tf_scheduler::sim::trace::{self, TraceError, TraceNode, TracePod};
 use tf_scheduler::sim::variants::Variant;
 
-fn trace_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/traces/alibaba-gpu-2023");
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!("skipping: {} is absent", dir.display());
-        None
-    }
+/// The real trace's folder (the tests using it are ignored, with this reason, where it is absent:
+/// see build.rs).
+fn trace_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/traces/alibaba-gpu-2023")
 }
 
 fn temp_csv(name: &str, body: &str) -> PathBuf {
@@ -77,8 +73,12 @@ fn malformed_csv_errors_name_the_file_and_line() {
 }
 
 #[test]
+#[cfg_attr(
+    not(tf_traces),
+    ignore = "needs the Alibaba traces in ../shared/traces/alibaba-gpu-2023 beside the repository"
+)]
 fn real_trace_files_parse_with_the_documented_shape() {
-    let Some(dir) = trace_dir() else { return };
+    let dir = trace_dir();
     let nodes = trace::load_nodes(&dir.join("openb_node_list_gpu_node.csv")).unwrap();
     assert_eq!(nodes.len(), 1213);
     assert_eq!(nodes.iter().map(|n| n.gpus as u64).sum::<u64>(), 6212);
@@ -94,8 +94,12 @@ fn real_trace_files_parse_with_the_documented_shape() {
 }
 
 #[test]
+#[cfg_attr(
+    not(tf_traces),
+    ignore = "needs the Alibaba traces in ../shared/traces/alibaba-gpu-2023 beside the repository"
+)]
 fn a_slice_of_the_trace_replays_and_frag_lookahead_beats_random() {
-    let Some(dir) = trace_dir() else { return };
+    let dir = trace_dir();
     let nodes = trace::load_nodes(&dir.join("openb_node_list_gpu_node.csv")).unwrap();
     let pods = trace::load_pods(&dir.join("openb_pod_list_default.csv")).unwrap();
     // Every 10th node and every 10th pod keep the mix at a tenth of the size.
@@ -247,8 +251,12 @@ fn variant_generator_is_seeded_and_hits_its_targets() {
 }
 
 #[test]
+#[cfg_attr(
+    not(tf_traces),
+    ignore = "needs the Alibaba traces in ../shared/traces/alibaba-gpu-2023 beside the repository"
+)]
 fn frag_lookahead_stays_ahead_of_fgd_on_generated_variants() {
-    let Some(dir) = trace_dir() else { return };
+    let dir = trace_dir();
     let nodes = trace::load_nodes(&dir.join("openb_node_list_gpu_node.csv")).unwrap();
     let pods = trace::load_pods(&dir.join("openb_pod_list_default.csv")).unwrap();
     let nodes: Vec<_> = nodes.into_iter().step_by(10).collect();
