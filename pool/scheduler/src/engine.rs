@@ -11,8 +11,8 @@ use crate::policy::{Choice, Ctx, Gpu, Need, Policy, evaluate};
 pub(crate) mod defrag;
 use crate::profile::{Compiled, Shape, WorkloadProfile};
 use crate::types::{
-    Allocation, AllocationId, Amount, GpuGrant, GpuStatus, NodeSpec, NodeStatus, PoolConfig, Qos,
-    Quota, Request, TopologyMode, Usage,
+    Allocation, AllocationId, Amount, GpuGrant, GpuStatus, NodeSpec, NodeStatus, Pin, PoolConfig,
+    Qos, Quota, Request, TopologyMode, Usage,
 };
 
 /// A pinned node and its GPU mask.
@@ -1169,6 +1169,79 @@ impl Scheduler {
         }
         self.commit_as(id.0, pool, target, &need, mask, &rec.namespace, rec.qos);
         Ok(self.view(id.0, &self.allocs[&id.0], Vec::new()))
+    }
+
+    /// Scores a request on each of the named nodes without placing it (for a scheduler
+    /// extender's filter and prioritize): `Some(score)` where the node could take it now by
+    /// the policy (higher is better), `None` where it cannot (not in the request's pool,
+    /// unknown, or not fitting). Preemption is not considered. Errors are those of a malformed
+    /// request ([`Scheduler::check_request`]).
+    pub fn score_nodes<S: AsRef<str>>(
+        &mut self,
+        req: &Request,
+        nodes: &[S],
+    ) -> Result<Vec<Option<f64>>> {
+        let (pool, need, _) = self.validate(req)?;
+        self.refresh_host_levels(pool);
+        let ctx = pool_ctx(self.policy, &self.pools[pool as usize]);
+        let mut out = Vec::with_capacity(nodes.len());
+        for name in nodes {
+            let score = self.node_ids.get(name.as_ref()).and_then(|&id| {
+                let n = &self.nodes[id as usize];
+                if n.pool != pool || (need.gpu_count > 0 && need.models == 0) {
+                    return None;
+                }
+                let gpus = &self.gpus[n.gpu_start..n.gpu_start + n.gpu_len];
+                evaluate(&ctx, &need, n.cpu_free, n.mem_free, gpus, &mut self.scratch)
+                    .map(|c| c.score)
+            });
+            out.push(score);
+        }
+        Ok(out)
+    }
+
+    /// Reserves a request on one given node: the policy picks the GPUs on that node (as
+    /// [`Scheduler::reserve`] would there), and the placement is committed as a pinned one.
+    /// Fails with `Unschedulable` when the node cannot take it; never preempts.
+    pub fn reserve_on(&mut self, req: &Request, node: &str) -> Result<Allocation> {
+        let (pool, need, _) = self.validate(req)?;
+        let &id = self
+            .node_ids
+            .get(node)
+            .ok_or_else(|| SchedError::UnknownNode(node.to_string()))?;
+        let unschedulable = |reason: String| SchedError::Unschedulable {
+            pool: req.pool.clone(),
+            reason,
+        };
+        if self.nodes[id as usize].pool != pool {
+            return Err(unschedulable(format!(
+                "node {node:?} is not in pool {:?}",
+                req.pool
+            )));
+        }
+        self.refresh_host_levels(pool);
+        let ctx = pool_ctx(self.policy, &self.pools[pool as usize]);
+        let n = &self.nodes[id as usize];
+        let gpus = &self.gpus[n.gpu_start..n.gpu_start + n.gpu_len];
+        let choice = if need.gpu_count > 0 && need.models == 0 {
+            None
+        } else {
+            evaluate(&ctx, &need, n.cpu_free, n.mem_free, gpus, &mut self.scratch)
+        };
+        let Some(choice) = choice else {
+            return Err(unschedulable(format!(
+                "node {node:?} cannot take the request now: {}",
+                self.why_not(pool, &need, req)
+            )));
+        };
+        let mut pinned = req.clone();
+        pinned.pin = Some(Pin {
+            node: node.to_string(),
+            gpus: bits(choice.mask).map(|g| g as u32).collect(),
+        });
+        let mut a = self.reserve_inner(&pinned, true)?.0;
+        a.preempted.clear();
+        Ok(a)
     }
 
     /// Releases an allocation, returning exactly what it held to its GPUs, node and namespace.

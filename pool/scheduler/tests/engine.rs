@@ -501,3 +501,64 @@ fn migrate_moves_an_allocation_whole_keeping_its_id_or_changes_nothing() {
     s.release(b.id).unwrap();
     assert_eq!(s.usage("ns"), Default::default());
 }
+
+#[test]
+fn score_nodes_scores_fitting_nodes_and_refuses_the_rest() {
+    let mut s = Scheduler::new(Policy::default());
+    s.add_pool(PoolConfig::new("p")).unwrap();
+    s.add_pool(PoolConfig::new("q")).unwrap();
+    s.add_node(node("n1", "p", vec![gpu("A100")])).unwrap();
+    s.add_node(node("n2", "p", vec![gpu("A100"), gpu("A100")]))
+        .unwrap();
+    s.add_node(node("other", "q", vec![gpu("A100")])).unwrap();
+    // n1's only GPU is 80 % taken: a 50 % request fits n2 only.
+    s.reserve(&share(800).with_pin("n1", &[0])).unwrap();
+    let scores = s
+        .score_nodes(&share(500), &["n1", "n2", "other", "unknown"])
+        .unwrap();
+    assert_eq!(scores.len(), 4);
+    assert!(scores[0].is_none(), "n1 is too full: {scores:?}");
+    assert!(scores[1].is_some(), "n2 fits: {scores:?}");
+    assert!(scores[2].is_none(), "a node of another pool is refused");
+    assert!(scores[3].is_none(), "an unknown node is refused");
+    // Scoring reserves nothing.
+    assert_eq!(s.allocation_count(), 1);
+    // A malformed request is an error, not a list of Nones.
+    assert!(
+        s.score_nodes(&share(500).with_models(&["nope"]), &["n2"])
+            .unwrap()[0]
+            .is_none()
+    );
+    assert!(
+        s.score_nodes(&Request::new("missing", "ns", 1), &["n2"])
+            .is_err()
+    );
+}
+
+#[test]
+fn reserve_on_places_on_the_named_node_or_refuses() {
+    let mut s = cluster(Policy::default(), &[("n1", 1), ("n2", 2)]);
+    let a = s.reserve_on(&share(600), "n2").unwrap();
+    assert_eq!(a.node, "n2");
+    assert_eq!(a.gpus.len(), 1);
+    assert_eq!(a.gpus[0].tflops_milli, 60_000);
+    let b = s.reserve_on(&share(600), "n2").unwrap();
+    assert_ne!(
+        a.gpus[0].gpu, b.gpus[0].gpu,
+        "the second goes to the other GPU"
+    );
+    // n2 is now 60 % + 60 %: a third 60 % does not fit there, and reserve_on never moves it.
+    match s.reserve_on(&share(600), "n2") {
+        Err(SchedError::Unschedulable { reason, .. }) => assert!(reason.contains("n2"), "{reason}"),
+        other => panic!("expected Unschedulable, got {other:?}"),
+    }
+    assert!(matches!(
+        s.reserve_on(&share(100), "nowhere"),
+        Err(SchedError::UnknownNode(_))
+    ));
+    assert_eq!(s.allocation_count(), 2);
+    s.release(a.id).unwrap();
+    s.release(b.id).unwrap();
+    let st = s.node_status("n2").unwrap();
+    assert!(st.gpus.iter().all(|g| g.tflops_free == g.tflops_capacity));
+}
