@@ -7,8 +7,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// A resource amount: TFLOPS (a decimal quantity) and VRAM (a byte quantity).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+/// A resource amount: TFLOPS (a decimal quantity) and VRAM (a byte quantity); zero by default.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Resource {
     /// TFLOPS, e.g. `"10"` or `"12.5"`.
@@ -17,6 +17,15 @@ pub struct Resource {
     /// VRAM, e.g. `"16Gi"`.
     #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?([munkMGTPE]|[KMGTPE]i)?$"))]
     pub vram: String,
+}
+
+impl Default for Resource {
+    fn default() -> Self {
+        Resource {
+            tflops: "0".into(),
+            vram: "0".into(),
+        }
+    }
 }
 
 /// Requests and limits of a vGPU, per GPU.

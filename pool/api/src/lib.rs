@@ -11,6 +11,8 @@
 //!   existing manifests keep working.
 //! - No controller logic here: this crate is types, names and parsing only.
 
+#![cfg_attr(test, allow(unused_crate_dependencies))] // unit tests see the dev-dependencies too
+
 pub mod annotations;
 mod kinds;
 pub mod quantity;
