@@ -161,8 +161,10 @@ def parse(text):
 
 def emit_functions(macro, funcs, doc):
     lines = [f"/// {doc}", "///",
-             "/// Invoke with the name of a macro that takes `$(fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*`.",
-             "#[macro_export]", f"macro_rules! {macro} {{", "    ($m:ident) => {", "        $m! {"]
+             "/// Invoke with the name (or path) of a macro that takes `$(fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*`;",
+             "/// tokens after a comma are passed to it first, before the list.",
+             "#[macro_export]", f"macro_rules! {macro} {{", "    ($($m:ident)::+ $(, $($extra:tt)*)?) => {", "        $($m)::+! {",
+             "            $($($extra)*)?"]
     for name in sorted(funcs):
         ret, params = funcs[name]
         args = ", ".join(f"{n}: {t}" for n, t in params)

@@ -6,11 +6,13 @@ pub const CUDA_VERSION: u32 = 12090;
 
 /// Every function the CUDA driver library exports (616), as declared in cuda.h.
 ///
-/// Invoke with the name of a macro that takes `$(fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*`.
+/// Invoke with the name (or path) of a macro that takes `$(fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*`;
+/// tokens after a comma are passed to it first, before the list.
 #[macro_export]
 macro_rules! cuda_driver_functions {
-    ($m:ident) => {
-        $m! {
+    ($($m:ident)::+ $(, $($extra:tt)*)?) => {
+        $($m)::+! {
+            $($($extra)*)?
             fn cuArray3DCreate(pHandle: *mut *mut core::ffi::c_void, pAllocateArray: *const core::ffi::c_void) -> u32;
             fn cuArray3DCreate_v2(pHandle: *mut *mut core::ffi::c_void, pAllocateArray: *const core::ffi::c_void) -> u32;
             fn cuArray3DGetDescriptor(pArrayDescriptor: *mut core::ffi::c_void, hArray: *mut core::ffi::c_void) -> u32;

@@ -14,7 +14,11 @@
 //!   boundary (the generator emits functions and enums, not structs), written by hand with
 //!   `#[repr(C)]` and checked against the real headers by `tests/layout.rs`, which compiles C
 //!   against them;
-//! - [`CudaDriverAbi`] and [`NvmlAbi`]: each API's codes, for the C-boundary kit (`tf-ffi`).
+//! - [`CudaDriverAbi`] and [`NvmlAbi`]: each API's codes, for the C-boundary kit (`tf-ffi`);
+//! - [`facade`]: what every library implementing these APIs does alike (the simulated GPU's
+//!   libraries and the remote client stub): the exported C face over a trait
+//!   ([`cuda_driver_facade!`], [`nvml_facade!`]), `cuGetProcAddress`, error names, reading a
+//!   launch's arguments, the thread's context stack ([`context_stack!`]).
 //!
 //! Rule: every struct layout, constant and signature that crosses the CUDA or NVML boundary in
 //! this workspace comes from this crate; nobody types one by hand elsewhere.
@@ -23,6 +27,7 @@
 
 pub mod cuda_types;
 pub mod driver;
+pub mod facade;
 pub mod nvml;
 pub mod nvml_types;
 
@@ -46,6 +51,12 @@ pub mod driver_fn {
 /// One function-pointer type per NVML function.
 pub mod nvml_fn {
     crate::nvml_functions!(fn_types);
+}
+
+#[doc(hidden)]
+pub mod __private {
+    //! What the facade macros expand to, reachable from the crates that invoke them.
+    pub use tf_ffi;
 }
 
 /// The CUDA driver API's codes, for the C-boundary kit.

@@ -3,11 +3,13 @@
 
 /// Every function the NVML library exports (387), as declared in nvml.h.
 ///
-/// Invoke with the name of a macro that takes `$(fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*`.
+/// Invoke with the name (or path) of a macro that takes `$(fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*`;
+/// tokens after a comma are passed to it first, before the list.
 #[macro_export]
 macro_rules! nvml_functions {
-    ($m:ident) => {
-        $m! {
+    ($($m:ident)::+ $(, $($extra:tt)*)?) => {
+        $($m)::+! {
+            $($($extra)*)?
             fn nvmlComputeInstanceDestroy(computeInstance: *mut core::ffi::c_void) -> u32;
             fn nvmlComputeInstanceGetInfo(computeInstance: *mut core::ffi::c_void, info: *mut core::ffi::c_void) -> u32;
             fn nvmlComputeInstanceGetInfo_v2(computeInstance: *mut core::ffi::c_void, info: *mut core::ffi::c_void) -> u32;

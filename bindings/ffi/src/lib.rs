@@ -269,6 +269,20 @@ pub fn cstr_checked<A: Abi>(p: *const c_char) -> CResult<String> {
     Err(A::INVALID_VALUE)
 }
 
+/// `len` bytes of the caller's memory at `addr`, every page checked before it is read: a null
+/// or unmapped pointer is an invalid value, never a crash (for memory a C API's arguments
+/// point into, such as a kernel launch's argument values).
+pub fn read_bytes_checked<A: Abi>(addr: usize, len: usize) -> CResult<Vec<u8>> {
+    let mut v = vec![0u8; len];
+    if len > 0 {
+        if addr == 0 {
+            return Err(A::INVALID_VALUE);
+        }
+        tf_os::copy_checked(v.as_mut_ptr() as usize, addr, len).map_err(|_| A::INVALID_VALUE)?;
+    }
+    Ok(v)
+}
+
 /// A caller's buffer length as a `usize` (a negative length is an invalid value).
 fn buffer_len<A: Abi>(len: impl TryInto<usize>) -> CResult<usize> {
     len.try_into().map_err(|_| A::INVALID_VALUE)
@@ -482,6 +496,14 @@ mod tests {
         assert_eq!(
             checked::cstr(big.as_ptr() as *const c_char).map(|s| s.len()),
             Ok(10_000)
+        );
+        assert_eq!(read_bytes_checked::<Test>(0x10, 8), Err(1));
+        assert_eq!(read_bytes_checked::<Test>(0, 1), Err(1));
+        assert_eq!(read_bytes_checked::<Test>(0, 0), Ok(Vec::new()));
+        let bytes = [1u8, 2, 3];
+        assert_eq!(
+            read_bytes_checked::<Test>(bytes.as_ptr() as usize, 3),
+            Ok(vec![1, 2, 3])
         );
         assert_eq!(checked::write_str(0x10 as *mut c_char, 8, "abc"), Err(1));
         let mut count = 4u32;

@@ -160,108 +160,19 @@ pub fn func_attribute(pi: *mut i32, attrib: u32, f: *mut c_void) -> CuResult {
 pub fn param_info(f: *mut c_void, index: usize, offset: *mut usize, size: *mut usize) -> CuResult {
     driver()?;
     let f = FUNCTIONS.get(f as usize)?;
-    let sizes = &f.func.param_sizes;
-    if index >= sizes.len() {
-        return Err(CUDA_ERROR_INVALID_VALUE);
-    }
-    let offsets = packed_offsets(sizes);
-    if !offset.is_null() {
-        out(offset, offsets[index])?;
-    }
-    if !size.is_null() {
-        out(size, sizes[index])?;
-    }
-    Ok(())
-}
-
-/// Offsets of parameters packed with natural alignment (as in a kernel's parameter buffer).
-fn packed_offsets(sizes: &[usize]) -> Vec<usize> {
-    let mut off: usize = 0;
-    sizes
-        .iter()
-        .map(|&s| {
-            let align = s.clamp(1, 8).next_power_of_two().min(8);
-            off = off.next_multiple_of(align);
-            let o = off;
-            off += s;
-            o
-        })
-        .collect()
+    tf_cuda_abi::facade::param_info(&f.func.param_sizes, index, offset, size)
 }
 
 // --- launches ---
 
-/// `len` bytes of the caller's memory at `addr`, read through `tf_os::copy_checked`: a bad
-/// pointer in a launch's arguments is `CUDA_ERROR_INVALID_VALUE`, never a crash.
-fn fetch(addr: usize, len: usize) -> CuResult<Vec<u8>> {
-    let mut v = vec![0u8; len];
-    if len > 0 {
-        if addr == 0 {
-            return Err(CUDA_ERROR_INVALID_VALUE);
-        }
-        tf_os::copy_checked(v.as_mut_ptr() as usize, addr, len)
-            .map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
-    }
-    Ok(v)
-}
-
-/// The pointer-sized word at `addr` in the caller's memory.
-fn fetch_word(addr: usize) -> CuResult<usize> {
-    let b = fetch(addr, size_of::<usize>())?;
-    Ok(usize::from_ne_bytes(
-        b.try_into().map_err(|_| CUDA_ERROR_INVALID_VALUE)?,
-    ))
-}
-
-/// Read the arguments of a launch from `kernelParams` (an array of pointers to each value) or
-/// `extra` (a packed buffer), with sizes from the kernel's PTX signature. Every pointer is
-/// checked as it is read.
+/// Read the arguments of a launch from `kernelParams` or `extra`, with sizes from the kernel's
+/// PTX signature. Every pointer is checked as it is read.
 fn read_params(
     func: &Function,
     params: *mut *mut c_void,
     extra: *mut *mut c_void,
 ) -> CuResult<Vec<Vec<u8>>> {
-    let sizes = &func.param_sizes;
-    let word = size_of::<usize>();
-    if !params.is_null() {
-        return sizes
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| fetch(fetch_word(params as usize + i * word)?, n))
-            .collect();
-    }
-    if !extra.is_null() {
-        let (mut buf, mut len) = (0usize, None::<usize>);
-        // A key/value array ended by CU_LAUNCH_PARAM_END; at most a few keys exist.
-        for i in (0..64).step_by(2) {
-            let key = fetch_word(extra as usize + i * word)?;
-            match key {
-                tf_cuda_abi::CU_LAUNCH_PARAM_END => break,
-                tf_cuda_abi::CU_LAUNCH_PARAM_BUFFER_POINTER => {
-                    buf = fetch_word(extra as usize + (i + 1) * word)?
-                }
-                tf_cuda_abi::CU_LAUNCH_PARAM_BUFFER_SIZE => {
-                    len = Some(fetch_word(fetch_word(extra as usize + (i + 1) * word)?)?)
-                }
-                _ => return Err(CUDA_ERROR_INVALID_VALUE),
-            }
-        }
-        let offsets = packed_offsets(sizes);
-        let need = offsets.last().map_or(0, |o| o + sizes[sizes.len() - 1]);
-        if buf == 0 || len.is_none_or(|l| l < need) {
-            return Err(CUDA_ERROR_INVALID_VALUE);
-        }
-        return offsets
-            .iter()
-            .zip(sizes)
-            .map(|(&o, &n)| fetch(buf + o, n))
-            .collect();
-    }
-    if sizes.is_empty() {
-        Ok(Vec::new())
-    } else {
-        Err(CUDA_ERROR_INVALID_VALUE)
-    }
+    tf_cuda_abi::facade::read_kernel_args(&func.param_sizes, params, extra)
 }
 
 #[allow(clippy::too_many_arguments)]

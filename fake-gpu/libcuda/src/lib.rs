@@ -20,15 +20,12 @@ mod logging;
 mod mem;
 mod state;
 
-use std::collections::HashMap;
 use std::ffi::{c_char, c_void};
-use std::sync::OnceLock;
 
-use tf_cuda_abi::CudaDriverAbi;
 use tf_cuda_abi::driver::*;
 use tf_fake_gpu::{Fill, MemKind};
 
-use crate::ffi::{cstr, out};
+use crate::ffi::out;
 use crate::state::{CuResult, driver};
 
 /// How the simulated libcuda names itself in logs.
@@ -38,134 +35,9 @@ fn r(res: CuResult) -> u32 {
     ffi::status(res)
 }
 
-macro_rules! define_driver {
-    ($(fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
-        /// Every function of the CUDA driver API. Defaults answer CUDA_ERROR_NOT_SUPPORTED.
-        #[allow(clippy::too_many_arguments, clippy::missing_safety_doc)]
-        pub trait Driver {
-            $(
-                unsafe fn $name($($arg: $ty),*) -> $ret {
-                    $(let _ = $arg;)*
-                    tf_ffi::not_supported::<CudaDriverAbi, u32>(LIBRARY, stringify!($name))
-                }
-            )*
-        }
+tf_cuda_abi::cuda_driver_facade!(FakeCuda, LIBRARY);
 
-        $(
-            /// Exported with the signature of NVIDIA's cuda.h.
-            ///
-            /// # Safety
-            /// The driver API's contract for this function.
-            #[unsafe(no_mangle)]
-            #[allow(clippy::too_many_arguments)]
-            pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
-                // SAFETY: forwarded with the caller's own arguments and contract.
-                tf_ffi::guard::<CudaDriverAbi, u32>(LIBRARY, stringify!($name), || unsafe { <FakeCuda as Driver>::$name($($arg),*) })
-            }
-        )*
-
-        /// Every exported function by name, for cuGetProcAddress.
-        pub fn exports() -> &'static HashMap<&'static str, usize> {
-            static MAP: OnceLock<HashMap<&'static str, usize>> = OnceLock::new();
-            MAP.get_or_init(|| {
-                let mut m = HashMap::new();
-                $( m.insert(stringify!($name), $name as *const () as usize); )*
-                m
-            })
-        }
-    };
-}
-
-tf_cuda_abi::cuda_driver_functions!(define_driver);
-
-fn error_name(code: u32) -> CuResult<&'static std::ffi::CStr> {
-    static NAMES: OnceLock<HashMap<u32, (std::ffi::CString, std::ffi::CString)>> = OnceLock::new();
-    let names = NAMES.get_or_init(|| {
-        tf_cuda_abi::driver::CURESULT_NAMES
-            .iter()
-            .map(|(c, n)| {
-                (
-                    *c,
-                    (
-                        std::ffi::CString::new(*n).unwrap_or_default(),
-                        std::ffi::CString::new(tf_cuda_abi::describe(n)).unwrap_or_default(),
-                    ),
-                )
-            })
-            .collect()
-    });
-    let _ = names;
-    names
-        .get(&code)
-        .map(|(n, _)| n.as_c_str())
-        .ok_or(CUDA_ERROR_INVALID_VALUE)
-}
-
-fn error_string(code: u32) -> CuResult<&'static std::ffi::CStr> {
-    error_name(code)?;
-    static NAMES: OnceLock<HashMap<u32, std::ffi::CString>> = OnceLock::new();
-    let m = NAMES.get_or_init(|| {
-        tf_cuda_abi::driver::CURESULT_NAMES
-            .iter()
-            .map(|(c, n)| {
-                (
-                    *c,
-                    std::ffi::CString::new(tf_cuda_abi::describe(n)).unwrap_or_default(),
-                )
-            })
-            .collect()
-    });
-    m.get(&code)
-        .map(|s| s.as_c_str())
-        .ok_or(CUDA_ERROR_INVALID_VALUE)
-}
-
-fn get_proc_address(
-    symbol: *const c_char,
-    pfn: *mut *mut c_void,
-    version: i32,
-    flags: u64,
-    status: *mut u32,
-) -> CuResult {
-    if pfn.is_null() {
-        return Err(CUDA_ERROR_INVALID_VALUE);
-    }
-    let name = cstr(symbol)?;
-    let per_thread = flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM as u64 != 0;
-    let exported = |n: &str| exports().get_key_value(n).map(|(k, _)| *k);
-    let found =
-        tf_cuda_abi::proc_address_symbol(&name, version.max(0) as u32, per_thread, exported);
-    let set_status = |s: u32| {
-        if status.is_null() {
-            Ok(())
-        } else {
-            out(status, s)
-        }
-    };
-    match found {
-        tf_cuda_abi::ProcLookup::Found(sym) => match exports().get(sym) {
-            Some(&addr) => {
-                out(pfn, addr as *mut c_void)?;
-                set_status(CU_GET_PROC_ADDRESS_SUCCESS)
-            }
-            None => {
-                out(pfn, std::ptr::null_mut())?;
-                set_status(CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND)?;
-                Err(CUDA_ERROR_NOT_FOUND)
-            }
-        },
-        tf_cuda_abi::ProcLookup::VersionNotSufficient => {
-            out(pfn, std::ptr::null_mut())?;
-            set_status(CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT)?;
-            Err(CUDA_ERROR_NOT_FOUND)
-        }
-        tf_cuda_abi::ProcLookup::NotFound => {
-            out(pfn, std::ptr::null_mut())?;
-            set_status(CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND)?;
-            Err(CUDA_ERROR_NOT_FOUND)
-        }
-    }
-}
+use tf_cuda_abi::facade::{error_name, error_string, get_proc_address};
 
 /// The simulated GPU's implementation of the driver API.
 pub struct FakeCuda;
@@ -188,7 +60,14 @@ impl Driver for FakeCuda {
         r(error_string(e).and_then(|s| out(p, s.as_ptr())))
     }
     unsafe fn cuGetProcAddress(s: *const c_char, pfn: *mut *mut c_void, v: i32, f: u64) -> u32 {
-        r(get_proc_address(s, pfn, v, f, std::ptr::null_mut()))
+        r(get_proc_address(
+            exports(),
+            s,
+            pfn,
+            v,
+            f,
+            std::ptr::null_mut(),
+        ))
     }
     unsafe fn cuGetProcAddress_v2(
         s: *const c_char,
@@ -197,7 +76,7 @@ impl Driver for FakeCuda {
         f: u64,
         st: *mut u32,
     ) -> u32 {
-        r(get_proc_address(s, pfn, v, f, st))
+        r(get_proc_address(exports(), s, pfn, v, f, st))
     }
 
     // --- devices ---

@@ -1,7 +1,6 @@
 //! Process-wide state of the fake driver: initialisation, handle registries, primary contexts,
 //! and each thread's context stack.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock};
@@ -277,42 +276,13 @@ pub fn device(ordinal: i32) -> CuResult<&'static Arc<tf_fake_gpu::FakeDevice>> {
         .ok_or(CUDA_ERROR_INVALID_DEVICE)
 }
 
-thread_local! {
-    static STACK: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
-}
-
-pub fn current_handle() -> Option<usize> {
-    STACK.with(|s| s.borrow().last().copied())
-}
+tf_cuda_abi::context_stack!(usize);
 
 /// The calling thread's current context.
 pub fn current() -> CuResult<(usize, Arc<Ctx>)> {
     driver()?;
     let h = current_handle().ok_or(CUDA_ERROR_INVALID_CONTEXT)?;
     Ok((h, CONTEXTS.get(h)?))
-}
-
-pub fn set_current(h: Option<usize>) {
-    STACK.with(|s| {
-        let mut s = s.borrow_mut();
-        s.pop();
-        if let Some(h) = h {
-            s.push(h);
-        }
-    });
-}
-
-pub fn push_current(h: usize) {
-    STACK.with(|s| s.borrow_mut().push(h));
-}
-
-pub fn pop_current() -> Option<usize> {
-    STACK.with(|s| s.borrow_mut().pop())
-}
-
-/// Remove a destroyed context from this thread's stack.
-pub fn forget_current(h: usize) {
-    STACK.with(|s| s.borrow_mut().retain(|&x| x != h));
 }
 
 pub fn new_context(device: i32, primary: bool, flags: u32) -> CuResult<usize> {

@@ -8,7 +8,8 @@ use tf_hal::{Context as _, DevicePtr, FunctionHandle, LaunchConfig, ModuleHandle
 
 use crate::ffi::{cstr, out, read, write_str_truncated};
 use crate::state::*;
-use crate::{Driver, get_proc_address};
+use crate::{Driver, exports};
+use tf_cuda_abi::facade::{error_name, error_string, get_proc_address};
 
 fn r(res: CuResult) -> u32 {
     crate::ffi::status(res)
@@ -525,55 +526,10 @@ fn func_attribute(pi: *mut i32, attrib: u32, f: *mut c_void) -> CuResult {
     out(pi, v)
 }
 
-/// Offsets of parameters packed with natural alignment (a kernel's parameter buffer).
-fn packed_offsets(sizes: &[usize]) -> Vec<usize> {
-    let mut off: usize = 0;
-    sizes
-        .iter()
-        .map(|&s| {
-            let align = s.clamp(1, 8).next_power_of_two().min(8);
-            off = off.next_multiple_of(align);
-            let o = off;
-            off += s;
-            o
-        })
-        .collect()
-}
-
 fn param_info(f: *mut c_void, index: usize, offset: *mut usize, size: *mut usize) -> CuResult {
     let (c, _) = function(f)?;
     let sizes = hal(c.remote.param_sizes(FunctionHandle(f as u64)))?;
-    if index >= sizes.len() {
-        return Err(CUDA_ERROR_INVALID_VALUE);
-    }
-    if !offset.is_null() {
-        out(offset, packed_offsets(&sizes)[index])?;
-    }
-    if !size.is_null() {
-        out(size, sizes[index])?;
-    }
-    Ok(())
-}
-
-/// `len` bytes of the caller's memory at `addr`, read checked (a bad pointer in a launch's
-/// arguments is `CUDA_ERROR_INVALID_VALUE`, never a crash).
-fn fetch(addr: usize, len: usize) -> CuResult<Vec<u8>> {
-    let mut v = vec![0u8; len];
-    if len > 0 {
-        if addr == 0 {
-            return Err(CUDA_ERROR_INVALID_VALUE);
-        }
-        tf_os::copy_checked(v.as_mut_ptr() as usize, addr, len)
-            .map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
-    }
-    Ok(v)
-}
-
-fn fetch_word(addr: usize) -> CuResult<usize> {
-    let b = fetch(addr, size_of::<usize>())?;
-    Ok(usize::from_ne_bytes(
-        b.try_into().map_err(|_| CUDA_ERROR_INVALID_VALUE)?,
-    ))
+    tf_cuda_abi::facade::param_info(&sizes, index, offset, size)
 }
 
 /// A launch's arguments from `kernelParams` or `extra`, sized by the kernel's signature.
@@ -582,44 +538,7 @@ fn read_params(
     params: *mut *mut c_void,
     extra: *mut *mut c_void,
 ) -> CuResult<Vec<Vec<u8>>> {
-    let word = size_of::<usize>();
-    if !params.is_null() {
-        return sizes
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| fetch(fetch_word(params as usize + i * word)?, n))
-            .collect();
-    }
-    if !extra.is_null() {
-        let (mut buf, mut len) = (0usize, None::<usize>);
-        for i in (0..64).step_by(2) {
-            match fetch_word(extra as usize + i * word)? {
-                tf_cuda_abi::CU_LAUNCH_PARAM_END => break,
-                tf_cuda_abi::CU_LAUNCH_PARAM_BUFFER_POINTER => {
-                    buf = fetch_word(extra as usize + (i + 1) * word)?
-                }
-                tf_cuda_abi::CU_LAUNCH_PARAM_BUFFER_SIZE => {
-                    len = Some(fetch_word(fetch_word(extra as usize + (i + 1) * word)?)?)
-                }
-                _ => return Err(CUDA_ERROR_INVALID_VALUE),
-            }
-        }
-        let offsets = packed_offsets(sizes);
-        let need = offsets.last().map_or(0, |o| o + sizes[sizes.len() - 1]);
-        if buf == 0 || len.is_none_or(|l| l < need) {
-            return Err(CUDA_ERROR_INVALID_VALUE);
-        }
-        return offsets
-            .iter()
-            .zip(sizes)
-            .map(|(&o, &n)| fetch(buf + o, n))
-            .collect();
-    }
-    if sizes.is_empty() {
-        Ok(Vec::new())
-    } else {
-        Err(CUDA_ERROR_INVALID_VALUE)
-    }
+    tf_cuda_abi::facade::read_kernel_args(sizes, params, extra)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -798,13 +717,20 @@ impl Driver for RemoteCuda {
         r(out(v, DRIVER_VERSION))
     }
     unsafe fn cuGetErrorName(e: u32, p: *mut *const c_char) -> u32 {
-        r(crate::error_name(e).and_then(|s| out(p, s.as_ptr())))
+        r(error_name(e).and_then(|s| out(p, s.as_ptr())))
     }
     unsafe fn cuGetErrorString(e: u32, p: *mut *const c_char) -> u32 {
-        r(crate::error_string(e).and_then(|s| out(p, s.as_ptr())))
+        r(error_string(e).and_then(|s| out(p, s.as_ptr())))
     }
     unsafe fn cuGetProcAddress(s: *const c_char, pfn: *mut *mut c_void, v: i32, f: u64) -> u32 {
-        r(get_proc_address(s, pfn, v, f, std::ptr::null_mut()))
+        r(get_proc_address(
+            exports(),
+            s,
+            pfn,
+            v,
+            f,
+            std::ptr::null_mut(),
+        ))
     }
     unsafe fn cuGetProcAddress_v2(
         s: *const c_char,
@@ -813,7 +739,7 @@ impl Driver for RemoteCuda {
         f: u64,
         st: *mut u32,
     ) -> u32 {
-        r(get_proc_address(s, pfn, v, f, st))
+        r(get_proc_address(exports(), s, pfn, v, f, st))
     }
 
     // --- devices ---

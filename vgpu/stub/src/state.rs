@@ -7,7 +7,6 @@
 //! which context each belongs to, and a handle not in them is `CUDA_ERROR_INVALID_HANDLE`
 //! (or `CUDA_ERROR_INVALID_CONTEXT`), never dereferenced.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -170,13 +169,7 @@ pub fn device(ordinal: i32) -> CuResult<&'static DeviceInfo> {
         .ok_or(CUDA_ERROR_INVALID_DEVICE)
 }
 
-thread_local! {
-    static STACK: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
-}
-
-pub fn current_handle() -> Option<u64> {
-    STACK.with(|s| s.borrow().last().copied())
-}
+tf_cuda_abi::context_stack!(u64);
 
 pub fn context(h: u64) -> CuResult<Arc<Ctx>> {
     lock(&HANDLES)
@@ -191,28 +184,6 @@ pub fn current() -> CuResult<(u64, Arc<Ctx>)> {
     driver()?;
     let h = current_handle().ok_or(CUDA_ERROR_INVALID_CONTEXT)?;
     Ok((h, context(h)?))
-}
-
-pub fn set_current(h: Option<u64>) {
-    STACK.with(|s| {
-        let mut s = s.borrow_mut();
-        s.pop();
-        if let Some(h) = h {
-            s.push(h);
-        }
-    });
-}
-
-pub fn push_current(h: u64) {
-    STACK.with(|s| s.borrow_mut().push(h));
-}
-
-pub fn pop_current() -> Option<u64> {
-    STACK.with(|s| s.borrow_mut().pop())
-}
-
-pub fn forget_current(h: u64) {
-    STACK.with(|s| s.borrow_mut().retain(|&x| x != h));
 }
 
 /// Open a context on the worker's device `device`.
