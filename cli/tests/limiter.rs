@@ -200,16 +200,47 @@ fn vmm_allocations_count_until_their_last_mapping_goes() {
     }
 }
 
+/// The share a limited run achieves against the program's rate alone, measured before and after
+/// it (their mean). On a machine shared with other work the rates drift with its load, so a
+/// measurement more than `tolerance` points off is taken again, once, before it counts: the
+/// assertion is on a measurement, never retried itself.
+fn measured_share(
+    percent: f64,
+    tolerance: f64,
+    alone: impl Fn() -> f64,
+    limited: impl Fn() -> f64,
+) -> (f64, String) {
+    let mut last = (0.0, String::new());
+    for attempt in 1..=2 {
+        let before = alone();
+        let with = limited();
+        let after = alone();
+        let base = (before + after) / 2.0;
+        let achieved = with / base * 100.0;
+        let what = format!(
+            "attempt {attempt}: alone {before:.1}/s and {after:.1}/s, at {percent}%: {with:.1}/s = {achieved:.2}%"
+        );
+        eprintln!("{what}");
+        last = (achieved, what);
+        if (achieved - percent).abs() <= tolerance {
+            break;
+        }
+    }
+    last
+}
+
 fn assert_share(program: &Path, percent: f64, tag: &str) {
     let _cpu = timing();
     let m = Machine::new(tag);
-    let alone = m.busy_rate(&[], program);
-    let limited = m.busy_rate(&["--compute-percent", &percent.to_string()], program);
-    let achieved = limited / alone * 100.0;
-    eprintln!("{tag}: alone {alone:.1}/s, at {percent}%: {limited:.1}/s = {achieved:.2}%");
+    let (achieved, what) = measured_share(
+        percent,
+        3.0,
+        || m.busy_rate(&[], program),
+        || m.busy_rate(&["--compute-percent", &percent.to_string()], program),
+    );
     assert!(
         (achieved - percent).abs() <= 3.0,
-        "asked for {percent}%, got {achieved:.2}% ({limited:.1}/s vs {alone:.1}/s alone)"
+        "{tag}: asked for {percent}%, got {achieved:.2}% ({what})"
     );
 }
 
@@ -250,22 +281,24 @@ fn compute_share_holds_with_launches_timed_by_the_interposer() {
     let _cpu = timing();
     let m = Machine::new("csamples");
     let probe = &probes().0;
-    let alone = m.busy_rate(&[], probe);
     let p = ptx();
-    let out = m
-        .tf()
-        .env("TF_VGPU_ESTIMATOR", "samples")
-        .args(["run", "--compute-percent", "30", "--"])
-        .arg(probe)
-        .args(["busy", p.to_str().unwrap(), "4", "2", "1000"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", show(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let achieved = v["kernels_per_s"].as_f64().unwrap() / alone * 100.0;
+    let limited = || {
+        let out = m
+            .tf()
+            .env("TF_VGPU_ESTIMATOR", "samples")
+            .args(["run", "--compute-percent", "30", "--"])
+            .arg(probe)
+            .args(["busy", p.to_str().unwrap(), "4", "2", "1000"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", show(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["kernels_per_s"].as_f64().unwrap()
+    };
+    let (achieved, what) = measured_share(30.0, 3.0, || m.busy_rate(&[], probe), limited);
     assert!(
         (achieved - 30.0).abs() <= 3.0,
-        "samples estimator at 30%: {achieved:.2}%"
+        "samples estimator at 30%: {achieved:.2}% ({what})"
     );
 }
 
