@@ -13,9 +13,11 @@ mod demo;
 mod devices;
 mod fakegpu;
 mod install;
+mod node;
 mod remote;
 mod run;
 mod sim;
+mod top;
 
 use clap::{Parser, Subcommand};
 
@@ -43,6 +45,12 @@ enum Command {
     FakeGpu(fakegpu::FakeGpuArgs),
     /// Run a command on a fraction of one GPU (VRAM quota and compute share), no daemon needed.
     Run(run::RunArgs),
+    /// The node daemon: owns this machine's devices and every vGPU on them.
+    Node(node::NodeArgs),
+    /// The node daemon's vGPUs: create, ls, rm.
+    Vgpu(node::VgpuArgs),
+    /// A live view of the node daemon's devices and vGPUs.
+    Top(top::TopArgs),
     /// Serve a device to remote clients (a remote vGPU): tensor-fusion run --remote, the
     /// client stub libcuda.so.1, or anything written against the HAL connect to it.
     Worker(remote::WorkerArgs),
@@ -86,6 +94,9 @@ fn main() -> std::process::ExitCode {
         Command::Worker(args) => remote::worker(args),
         Command::Bench(args) => bench::run(args),
         Command::Install(args) => install::run(args),
+        Command::Node(args) => node::node(args),
+        Command::Vgpu(args) => node::vgpu(args),
+        Command::Top(args) => top::run(args),
         Command::BenchProbe { iterations } => bench::probe(iterations),
         Command::CudaProbe { mode, args } => {
             let v = match (mode.as_str(), args.as_slice()) {

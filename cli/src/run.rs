@@ -63,6 +63,14 @@ pub struct RunArgs {
     /// With --remote: the file holding the worker's token.
     #[arg(long, requires = "remote")]
     pub token_file: Option<PathBuf>,
+    /// Run on a vGPU of the node daemon (`tensor-fusion vgpu create`): the daemon controls its
+    /// share; the command runs under the vGPU's limits (the local limits flags do not apply).
+    #[arg(long, value_name = "NAME",
+          conflicts_with_all = ["vram", "compute_percent", "tflops", "backend", "report", "remote"])]
+    pub vgpu: Option<String>,
+    /// With --vgpu: the daemon's socket (default: $TF_NODE_SOCKET or the user's runtime folder).
+    #[arg(long, requires = "vgpu")]
+    pub socket: Option<PathBuf>,
     /// The command and its arguments.
     #[arg(trailing_var_arg = true, required = true, num_args = 1.., value_name = "COMMAND")]
     pub command: Vec<OsString>,
@@ -151,6 +159,14 @@ fn vulkan_layer_dir() -> Result<std::path::PathBuf> {
 }
 
 pub fn run(args: RunArgs) -> Result<i32> {
+    if let Some(name) = &args.vgpu {
+        return crate::node::run_attached(
+            name,
+            args.socket.clone(),
+            &args.command,
+            args.keep_running,
+        );
+    }
     if let Some(addr) = &args.remote {
         return crate::remote::run(addr, args.token_file.as_deref(), &args.command);
     }
@@ -203,54 +219,14 @@ pub fn run(args: RunArgs) -> Result<i32> {
         .envs(vgpu.environment(&inject, |k| std::env::var_os(k)));
     tracing::info!(region = %vgpu.path().display(), ?limits, device = %info.uuid, "starting the command on its vGPU");
 
-    // Orphaned descendants of the command stay ours (the audit follows them), and unless asked
-    // otherwise the command dies with us.
-    // SAFETY: PR_SET_CHILD_SUBREAPER takes a plain integer and affects only this process.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) };
-    if !args.keep_running {
-        let parent = std::process::id();
-        use std::os::unix::process::CommandExt;
-        // SAFETY: the closure runs in the forked child before exec and calls only
-        // async-signal-safe functions (prctl, getppid, _exit).
-        unsafe {
-            cmd.pre_exec(move || {
-                libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                );
-                // We may have died between fork and prctl: then nobody would send the signal.
-                if libc::getppid() as u32 != parent {
-                    libc::_exit(137);
-                }
-                Ok(())
-            })
-        };
-    }
-    // Signals first, so that none can end us between spawning the command and watching it.
-    let forwarder = SignalForwarder::install()?;
-    let mut child = match cmd.spawn() {
+    let (mut child, forwarder) = match spawn(&mut cmd, args.keep_running, &args.command[0])? {
         Ok(c) => c,
-        Err(e) => {
-            let code = if e.kind() == std::io::ErrorKind::NotFound {
-                127
-            } else {
-                126
-            };
-            eprintln!(
-                "tensor-fusion: cannot run {}: {e}",
-                args.command[0].to_string_lossy()
-            );
-            return Ok(code);
-        }
+        Err(code) => return Ok(code),
     };
-    forwarder.forward_to(child.id());
 
     let stop = AtomicBool::new(false);
     let watch = Watch {
-        root_pid: Some(child.id()),
+        roots: vec![child.id()],
         policy: args.on_escape,
         // What a real driver holds for a process's context beyond its allocations.
         memory_allowance: if kind == BackendKind::Fake {
@@ -309,6 +285,60 @@ pub fn run(args: RunArgs) -> Result<i32> {
     Ok(exit_code(status))
 }
 
+/// Start `cmd` as a vGPU's command: orphaned descendants stay ours (the audit follows them),
+/// unless `keep_running` the command dies with us, and termination signals sent to us are
+/// forwarded to it. `Err(code)` (127 or 126, reported) when it cannot start.
+pub(crate) fn spawn(
+    cmd: &mut Command,
+    keep_running: bool,
+    program: &std::ffi::OsStr,
+) -> Result<Result<(std::process::Child, SignalForwarder), i32>> {
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes a plain integer and affects only this process.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) };
+    if !keep_running {
+        let parent = std::process::id();
+        use std::os::unix::process::CommandExt;
+        // SAFETY: the closure runs in the forked child before exec and calls only
+        // async-signal-safe functions (prctl, getppid, _exit).
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                );
+                // We may have died between fork and prctl: then nobody would send the signal.
+                if libc::getppid() as u32 != parent {
+                    libc::_exit(137);
+                }
+                Ok(())
+            })
+        };
+    }
+    // Signals first, so that none can end us between spawning the command and watching it.
+    let forwarder = SignalForwarder::install()?;
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            eprintln!(
+                "tensor-fusion: cannot run {}: {e}",
+                program.to_string_lossy()
+            );
+            forwarder.stop();
+            return Ok(Err(code));
+        }
+    };
+    forwarder.forward_to(child.id());
+    Ok(Ok((child, forwarder)))
+}
+
 pub(crate) fn exit_code(status: ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
@@ -321,7 +351,7 @@ pub(crate) fn exit_code(status: ExitStatus) -> i32 {
 /// Forwards termination signals sent to us (by `kill`, a supervisor) to the command. Signals
 /// from the terminal reach the command directly (it is in our process group), so they are not
 /// sent twice. Installed before the command starts and stopped as soon as it has been reaped.
-struct SignalForwarder {
+pub(crate) struct SignalForwarder {
     child: Arc<std::sync::atomic::AtomicU32>,
     handle: signal_hook::iterator::Handle,
 }
@@ -358,7 +388,7 @@ impl SignalForwarder {
         self.child.store(pid, Ordering::Release);
     }
 
-    fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.child.store(0, Ordering::Release);
         self.handle.close();
     }

@@ -142,6 +142,18 @@ impl ControlLaw {
         self.target
     }
 
+    /// Change the target share at run time (the node daemon lends a vGPU idle capacity and
+    /// takes it back). The pacing follows at the next step (the interval is `estimate ×
+    /// correction / target`); the correction's settling window restarts, so a window measured
+    /// under the old target never corrects the new one.
+    pub fn set_target(&mut self, target: f64) {
+        let target = target.clamp(1e-4, 1.0);
+        if (target - self.target).abs() > 1e-6 {
+            self.target = target;
+            self.settled_since = u64::MAX;
+        }
+    }
+
     /// Step the law with one observation. With [`Estimator::Busy`], `obs.busy_ns` is the
     /// cumulative device time of the vGPU's processes; with [`Estimator::Samples`] the device
     /// time is the launches' sampled duration (and `busy_ns` is ignored).
@@ -337,6 +349,11 @@ impl Controller {
         self.law.target()
     }
 
+    /// Change the target share at run time (see [`ControlLaw::set_target`]).
+    pub fn set_target(&mut self, target: f64) {
+        self.law.set_target(target);
+    }
+
     /// One tick at monotonic time `now`: read the region (and `busy_ns`, the backend's
     /// cumulative busy time of the vGPU's processes, used with [`Estimator::Busy`]), step the
     /// law, write the new pacing into `region`, and return what was decided.
@@ -507,6 +524,29 @@ mod tests {
             (p.interval_ns as f64 / (4 * MS) as f64 - 1.0).abs() < 0.01,
             "{p:?}"
         );
+    }
+
+    /// A target changed at run time (lending) moves the pacing at the next step, by the ratio
+    /// of the targets, and a window measured under the old target does not correct the new one.
+    #[test]
+    fn a_new_target_moves_the_pacing_at_once() {
+        let mut law = ControlLaw::new(0.3);
+        let steps = observe(&mut law, 30, MS, 30, true);
+        let (before, t0) = *steps.last().unwrap();
+        law.set_target(0.6);
+        assert_eq!(law.target(), 0.6);
+        let obs = Observation {
+            now: 31 * TICK,
+            busy_ns: 31 * 30 * MS,
+            launches: 31 * 30,
+            throttled: 31 * 30,
+            samples: 0,
+            sampled_ns: 0,
+        };
+        let (after, t1) = law.step(obs, Estimator::Busy);
+        assert_eq!(t1.correction, t0.correction, "{t0:?} {t1:?}");
+        let ratio = before.interval_ns as f64 / after.interval_ns as f64;
+        assert!((ratio - 2.0).abs() < 0.05, "{before:?} -> {after:?}");
     }
 
     /// Without the region's counters, a program launching as fast as it is let through (1 ms

@@ -32,4 +32,4 @@ pub use client::{Client, LossPolicy};
 pub use controller::{ControlLaw, Controller, Estimator, Observation, Tick};
 pub use limits::{LimitsOwner, LimitsPage, LimitsView, Pacing};
 pub use region::{Limits, OverQuota, Region, RegionError, RegionMap, RegionStats};
-pub use vgpu::{Injection, Vgpu};
+pub use vgpu::{Control, ControlTick, Injection, Vgpu, Watch};

@@ -243,6 +243,12 @@ impl LimitsOwner {
         &self.map
     }
 
+    /// The page's descriptor (`None` for a private page).
+    pub fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.file.as_ref().map(|f| f.as_fd())
+    }
+
     /// The path processes open the page by (`/proc/<pid>/fd/<n>`); `None` for a private page.
     pub fn path(&self) -> Option<PathBuf> {
         self.file

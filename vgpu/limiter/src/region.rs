@@ -309,6 +309,11 @@ impl Region {
         String::from_utf8_lossy(&bytes[..end]).into_owned()
     }
 
+    /// Make this process the region's owner (a restarted daemon recovering its vGPUs).
+    pub fn adopt(&self) {
+        self.owner_pid.store(sys::pid(), Ordering::Relaxed);
+    }
+
     pub fn owner_pid(&self) -> u32 {
         self.owner_pid.load(Ordering::Relaxed)
     }

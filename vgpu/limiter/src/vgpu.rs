@@ -23,7 +23,7 @@ use std::time::Duration;
 use tf_hal::{Device, DeviceInfo};
 
 use crate::client::{LIMITS_ENV, REGION_ENV};
-use crate::controller::{Controller, Estimator};
+use crate::controller::{Controller, Estimator, Tick};
 use crate::limits::LimitsOwner;
 use crate::region::{Limits, Region, RegionError, RegionMap, RegionStats};
 
@@ -79,8 +79,8 @@ impl Injection {
     }
 }
 
-/// A vGPU: its limits page and region (owned; its folder is removed on drop) and the device it
-/// is on.
+/// A vGPU: its limits page and region (owned; its folder is removed on drop unless the vGPU is
+/// persistent) and the device it is on.
 #[derive(Debug)]
 pub struct Vgpu {
     folder: PathBuf,
@@ -89,24 +89,15 @@ pub struct Vgpu {
     limits: LimitsOwner,
     device: DeviceInfo,
     escapes: std::sync::Mutex<Vec<Escape>>,
+    /// Kept on drop (the node daemon's vGPUs outlive the daemon process).
+    persistent: bool,
 }
 
 impl Vgpu {
     /// Create a vGPU on `device` with `limits`, its region in `dir` (created if missing, mode
     /// 0700). Regions in `dir` that nobody uses any more are removed first.
     pub fn create(dir: &Path, device: &DeviceInfo, limits: &Limits) -> Result<Vgpu, RegionError> {
-        let io = |source| RegionError::Io {
-            path: dir.to_path_buf(),
-            source,
-        };
-        if !dir.exists() {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(io)?;
-        }
+        ensure_dir(dir)?;
         remove_stale_regions(dir);
         static SEQUENCE: AtomicU64 = AtomicU64::new(0);
         // pid and start time tell runs apart across pid reuse; the sequence, vGPUs of one process.
@@ -114,6 +105,30 @@ impl Vgpu {
         let started = tf_os::process_start_time(me).unwrap_or(0);
         let n = SEQUENCE.fetch_add(1, Ordering::Relaxed);
         let folder = dir.join(format!("{REGION_PREFIX}{me}-{started}-{n}"));
+        Vgpu::create_in(folder, device, limits, false)
+    }
+
+    /// Create a persistent vGPU whose folder is `folder` (created, mode 0700; its parent must
+    /// exist): the node daemon's vGPUs, named by the daemon, kept when the value is dropped and
+    /// reopened by [`Vgpu::recover`] after a restart. The caller removes the folder
+    /// ([`Vgpu::remove`]) when the vGPU is deleted.
+    pub fn create_persistent(
+        folder: &Path,
+        device: &DeviceInfo,
+        limits: &Limits,
+    ) -> Result<Vgpu, RegionError> {
+        if let Some(parent) = folder.parent() {
+            ensure_dir(parent)?;
+        }
+        Vgpu::create_in(folder.to_path_buf(), device, limits, true)
+    }
+
+    fn create_in(
+        folder: PathBuf,
+        device: &DeviceInfo,
+        limits: &Limits,
+        persistent: bool,
+    ) -> Result<Vgpu, RegionError> {
         {
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new()
@@ -145,12 +160,54 @@ impl Vgpu {
             limits,
             device: device.clone(),
             escapes: Default::default(),
+            persistent,
         })
+    }
+
+    /// Reopen a persistent vGPU left by an earlier owner (a node daemon that was restarted or
+    /// killed): its region (usage and counters as the processes left them) is adopted, and a
+    /// fresh limits page is made with `limits`. Programs still running keep the page they
+    /// mapped (the last limits and pacing they were given) until their front end hands them
+    /// the new pacing.
+    pub fn recover(
+        folder: &Path,
+        device: &DeviceInfo,
+        limits: &Limits,
+    ) -> Result<Vgpu, RegionError> {
+        let path = folder.join(REGION_FILE);
+        let region = Region::open(&path)?;
+        region.adopt();
+        region.set_limits(limits);
+        let limits = LimitsOwner::create(&device.uuid, device.index, limits).map_err(|source| {
+            RegionError::Io {
+                path: PathBuf::from("memfd:tf-vgpu-limits"),
+                source,
+            }
+        })?;
+        Ok(Vgpu {
+            folder: folder.to_path_buf(),
+            path,
+            region,
+            limits,
+            device: device.clone(),
+            escapes: Default::default(),
+            persistent: true,
+        })
+    }
+
+    /// Delete the vGPU: its folder (region) goes now, whatever `persistent` says.
+    pub fn remove(self) {
+        let _ = std::fs::remove_dir_all(&self.folder);
     }
 
     /// The region file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The vGPU's folder.
+    pub fn folder(&self) -> &Path {
+        &self.folder
     }
 
     /// The region (usage, launch admission, counters, and a copy of the limits).
@@ -161,6 +218,12 @@ impl Vgpu {
     /// The limits page (the owner's writable side).
     pub fn limits(&self) -> &LimitsOwner {
         &self.limits
+    }
+
+    /// Change the vGPU's limits: the page and the region's copy.
+    pub fn set_limits(&self, limits: &Limits) {
+        self.limits.set_limits(limits);
+        self.region.set_limits(limits);
     }
 
     /// What the audit found so far.
@@ -182,46 +245,32 @@ impl Vgpu {
         self.region.stats()
     }
 
-    /// The environment a program runs with on this vGPU: `TF_VGPU_REGION`, `LD_PRELOAD` (the
-    /// injection's libraries first, then what `inherited` had; left alone when it has none),
-    /// `LD_LIBRARY_PATH` (the injection's directories first), the injection's other path lists
-    /// (its entries first), and `CUDA_VISIBLE_DEVICES` (the vGPU's device only; on an Ascend NPU
-    /// also `ASCEND_RT_VISIBLE_DEVICES`, by index). `inherited`
-    /// looks a variable up in the environment the program would otherwise get.
+    /// The environment a program runs with on this vGPU: `TF_VGPU_REGION`, `TF_VGPU_LIMITS`,
+    /// `CUDA_VISIBLE_DEVICES` (the vGPU's device only; on an Ascend NPU also
+    /// `ASCEND_RT_VISIBLE_DEVICES`, by index) and the injection's variables (see
+    /// [`Injection::environment`]). `inherited` looks a variable up in the environment the
+    /// program would otherwise get.
     pub fn environment(
         &self,
         inject: &Injection,
         inherited: impl Fn(&str) -> Option<OsString>,
     ) -> Vec<(OsString, OsString)> {
-        let mut env = vec![
-            (REGION_ENV.into(), self.path.clone().into_os_string()),
-            (
-                LIMITS_ENV.into(),
-                self.limits
-                    .path()
-                    .map(PathBuf::into_os_string)
-                    .unwrap_or_default(),
-            ),
-            (
-                "CUDA_VISIBLE_DEVICES".into(),
-                self.device.uuid.clone().into(),
-            ),
-        ];
-        if self.device.vendor == tf_hal::Vendor::Ascend {
-            // The ACL runtime's own visibility list: the vNPU's device only (by index).
-            env.push((
-                "ASCEND_RT_VISIBLE_DEVICES".into(),
-                self.device.index.to_string().into(),
-            ));
-        }
-        env.extend(inject.environment(inherited));
-        env
+        let limits = self.limits.path().unwrap_or_default();
+        environment(
+            &self.path,
+            &limits,
+            &self.device.uuid,
+            self.device.index,
+            self.device.vendor,
+            inject,
+            inherited,
+        )
     }
 
-    /// Run the control loop against `device` until `stop` is set: every [`TICK`], a heartbeat
-    /// on the limits page, dead processes' memory given back, and, when the vGPU has a compute
-    /// share, its pacing set from the device time its processes used; twice a second, the
-    /// [`Watch`] audit.
+    /// Run the control loop against `device` until `stop` is set: every [`TICK`], one
+    /// [`Control::tick`] (a heartbeat on the limits page, dead processes' memory given back,
+    /// the pacing set from the device time its processes used when the vGPU has a compute
+    /// share, and twice a second the [`Watch`] audit).
     pub fn run_controller(
         &self,
         device: &dyn Device,
@@ -229,75 +278,193 @@ impl Vgpu {
         watch: &Watch,
         stop: &AtomicBool,
     ) {
-        let mut controller = self
-            .limits
-            .page()
-            .limits()
-            .compute_share
-            .map(Controller::new);
-        let mut estimator = estimator;
-        let mut audit = Audit::default();
-        let mut ticks = 0u64;
-        let mut family: Vec<u32> = Vec::new();
+        let mut control = Control::new(self, estimator);
         while !stop.load(Ordering::Acquire) {
-            let now = tf_os::now_ns();
-            self.limits.heartbeat(now);
-            // A region whose header was overwritten says nothing reliable: its processes have
-            // moved to their own copies, and the pacing follows the driver's count alone until
-            // it is valid again.
-            let valid = self.region.is_valid();
-            if !valid && ticks.is_multiple_of(50) {
-                tracing::error!(region = %self.path.display(), "the vGPU's region was overwritten; pacing on the driver's count alone");
-            }
-            // The region is shared memory the vGPU's processes can write anything into: one
-            // bad tick must not take the control loop (and the vGPU's limits) down with it.
-            let tick = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.region.reclaim_dead();
-                if let Some(c) = controller.as_mut() {
-                    // Whose device time counts: the processes registered in the region, and
-                    // (the region being the tenant's to overwrite) every process descended
-                    // from the vGPU's root, refreshed once a second.
-                    if ticks.is_multiple_of(10) {
-                        family = watch.root_pid.map(descendants).unwrap_or_default();
-                    }
-                    let mut members = family.clone();
-                    if valid {
-                        members.extend(self.region.processes().iter().map(|p| p.0));
-                    }
-                    let busy = match estimator {
-                        Estimator::Busy => process_busy_ns(device, &members).unwrap_or_else(|| {
-                            tracing::warn!(
-                                "the backend has no per-process busy time; timing launches instead"
-                            );
-                            estimator = Estimator::Samples;
-                            0
-                        }),
-                        Estimator::Samples => 0,
-                    };
-                    let t = if valid {
-                        c.tick_with(&self.region, Some(&self.limits), now, estimator, busy)
-                    } else {
-                        c.tick_blind(&self.limits, now, busy)
-                    };
-                    tracing::debug!(?t, ?estimator, valid, "controller tick");
-                }
-                if ticks.is_multiple_of(5) {
-                    for e in audit.check(self, device, watch, now) {
-                        self.escapes
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push(e);
-                    }
-                }
-            }));
-            if tick.is_err() {
-                tracing::error!(
-                    "a control tick failed on the region's contents; the last pacing stays"
-                );
-            }
-            ticks += 1;
+            control.tick(self, device, None, watch, tf_os::now_ns());
             std::thread::sleep(TICK);
         }
+    }
+}
+
+fn ensure_dir(dir: &Path) -> Result<(), RegionError> {
+    if !dir.exists() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| RegionError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+/// One vGPU's control state between ticks: its controller (when it has a compute share), the
+/// estimator in use, the audit's memory and the family of processes that count as its own.
+/// [`Vgpu::run_controller`] ticks one; the node daemon ticks every vGPU of a device in one loop,
+/// changing each one's target share as it lends idle capacity ([`Control::set_target`]).
+pub struct Control {
+    controller: Option<Controller>,
+    estimator: Estimator,
+    audit: Audit,
+    ticks: u64,
+    family: Vec<u32>,
+}
+
+/// What one [`Control::tick`] saw and decided.
+#[derive(Debug, Clone, Default)]
+pub struct ControlTick {
+    /// Cumulative device time of the vGPU's processes, ns, where the backend reports it.
+    pub busy_ns: Option<u64>,
+    /// The region's launch counters (admitted, held back).
+    pub launches: u64,
+    pub throttled: u64,
+    /// What the controller decided (none without a compute share, or on a failed tick).
+    pub tick: Option<Tick>,
+    /// Escapes found by this tick's audit.
+    pub escapes: Vec<Escape>,
+    /// Whether the region's header was valid.
+    pub valid: bool,
+}
+
+impl Control {
+    /// The control state of `vgpu`, with a controller if its limits page has a compute share.
+    pub fn new(vgpu: &Vgpu, estimator: Estimator) -> Control {
+        Control {
+            controller: vgpu
+                .limits
+                .page()
+                .limits()
+                .compute_share
+                .map(Controller::new),
+            estimator,
+            audit: Audit::default(),
+            ticks: 0,
+            family: Vec::new(),
+        }
+    }
+
+    /// Control state that paces at `target` whatever the page says (the daemon's vGPUs: the
+    /// page holds the limit, the target moves between request and limit).
+    pub fn with_target(target: f64, estimator: Estimator) -> Control {
+        Control {
+            controller: Some(Controller::new(target)),
+            estimator,
+            audit: Audit::default(),
+            ticks: 0,
+            family: Vec::new(),
+        }
+    }
+
+    /// Change the target share (takes effect at the next tick).
+    pub fn set_target(&mut self, target: f64) {
+        match &mut self.controller {
+            Some(c) => c.set_target(target),
+            None => self.controller = Some(Controller::new(target)),
+        }
+    }
+
+    /// The target share, if the vGPU is paced.
+    pub fn target(&self) -> Option<f64> {
+        self.controller.as_ref().map(Controller::target)
+    }
+
+    /// The estimator in use (it falls back to launch samples when the backend has no
+    /// per-process busy time).
+    pub fn estimator(&self) -> Estimator {
+        self.estimator
+    }
+
+    /// One tick at `now`: a heartbeat on the limits page, dead processes' memory given back,
+    /// the pacing set from the device time the vGPU's processes used, and every fifth tick the
+    /// [`Watch`] audit (escapes are also kept in [`Vgpu::escapes`]). `processes` is the
+    /// device's per-process view when the caller already read it (one reading serves every
+    /// vGPU of a device); `None` reads it here.
+    pub fn tick(
+        &mut self,
+        vgpu: &Vgpu,
+        device: &dyn Device,
+        processes: Option<&[tf_hal::ProcessUsage]>,
+        watch: &Watch,
+        now: u64,
+    ) -> ControlTick {
+        vgpu.limits.heartbeat(now);
+        // A region whose header was overwritten says nothing reliable: its processes have
+        // moved to their own copies, and the pacing follows the driver's count alone until
+        // it is valid again.
+        let valid = vgpu.region.is_valid();
+        if !valid && self.ticks.is_multiple_of(50) {
+            tracing::error!(region = %vgpu.path.display(), "the vGPU's region was overwritten; pacing on the driver's count alone");
+        }
+        let fetched;
+        let processes = match processes {
+            Some(p) => Some(p),
+            None => {
+                fetched = device.processes().ok();
+                fetched.as_deref()
+            }
+        };
+        let mut out = ControlTick {
+            valid,
+            ..ControlTick::default()
+        };
+        // The region is shared memory the vGPU's processes can write anything into: one
+        // bad tick must not take the control loop (and the vGPU's limits) down with it.
+        let ticks = self.ticks;
+        let tick = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            vgpu.region.reclaim_dead();
+            // Whose device time counts: the processes registered in the region, and (the
+            // region being the tenant's to overwrite) every process descended from the vGPU's
+            // roots, refreshed once a second.
+            if ticks.is_multiple_of(10) {
+                self.family = descendants_of(&watch.roots);
+            }
+            let mut members = self.family.clone();
+            if valid {
+                members.extend(vgpu.region.processes().iter().map(|p| p.0));
+                let (launches, throttled) = vgpu.region.launch_counters();
+                out.launches = launches;
+                out.throttled = throttled;
+            }
+            out.busy_ns = processes.and_then(|p| process_busy_ns(p, &members));
+            if let Some(c) = self.controller.as_mut() {
+                let busy = match self.estimator {
+                    Estimator::Busy => out.busy_ns.unwrap_or_else(|| {
+                        tracing::warn!(
+                            "the backend has no per-process busy time; timing launches instead"
+                        );
+                        self.estimator = Estimator::Samples;
+                        0
+                    }),
+                    Estimator::Samples => 0,
+                };
+                let t = if valid {
+                    c.tick_with(&vgpu.region, Some(&vgpu.limits), now, self.estimator, busy)
+                } else {
+                    c.tick_blind(&vgpu.limits, now, busy)
+                };
+                tracing::trace!(?t, estimator = ?self.estimator, valid, "controller tick");
+                out.tick = Some(t);
+            }
+            if ticks.is_multiple_of(5) {
+                for e in self.audit.check(vgpu, processes, watch, now) {
+                    out.escapes.push(e.clone());
+                    vgpu.escapes
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(e);
+                }
+            }
+        }));
+        if tick.is_err() {
+            tracing::error!(
+                "a control tick failed on the region's contents; the last pacing stays"
+            );
+        }
+        self.ticks += 1;
+        out
     }
 }
 
@@ -325,9 +492,10 @@ impl EscapePolicy {
 /// How the control loop audits the vGPU's processes against the driver's own view.
 #[derive(Debug, Clone, Default)]
 pub struct Watch {
-    /// The vGPU's root process: it and its descendants belong to the vGPU (besides the
-    /// processes registered in the region), whether or not they loaded the interposer.
-    pub root_pid: Option<u32>,
+    /// The vGPU's root processes (the command `run` started; for the node daemon, each
+    /// attached `run`): they and their descendants belong to the vGPU (besides the processes
+    /// registered in the region), whether or not they loaded the interposer.
+    pub roots: Vec<u32>,
     pub policy: EscapePolicy,
     /// Device memory a process may hold beyond what the region charged it (what a real driver
     /// reserves for contexts and modules outside allocation calls; 0 on the simulated GPU).
@@ -353,15 +521,19 @@ struct Audit {
 }
 
 impl Audit {
-    fn check(&mut self, vgpu: &Vgpu, device: &dyn Device, watch: &Watch, now: u64) -> Vec<Escape> {
-        let Ok(driver) = device.processes() else {
+    fn check(
+        &mut self,
+        vgpu: &Vgpu,
+        driver: Option<&[tf_hal::ProcessUsage]>,
+        watch: &Watch,
+        now: u64,
+    ) -> Vec<Escape> {
+        let Some(driver) = driver else {
             return Vec::new(); // the backend cannot say: nothing to audit against
         };
         let registered: Vec<(u32, u64, u64)> = vgpu.region.processes();
         let mut members: std::collections::HashSet<u32> = registered.iter().map(|p| p.0).collect();
-        if let Some(root) = watch.root_pid {
-            members.extend(descendants(root));
-        }
+        members.extend(descendants_of(&watch.roots));
         let mine: Vec<&tf_hal::ProcessUsage> =
             driver.iter().filter(|p| members.contains(&p.pid)).collect();
         let limits = vgpu.limits.page().limits();
@@ -459,6 +631,14 @@ impl Audit {
 
 /// `root` and every process descended from it (from `/proc/*/stat`).
 pub fn descendants(root: u32) -> Vec<u32> {
+    descendants_of(&[root])
+}
+
+/// `roots` and every process descended from any of them (one pass over `/proc/*/stat`).
+pub fn descendants_of(roots: &[u32]) -> Vec<u32> {
+    if roots.is_empty() {
+        return Vec::new();
+    }
     let mut parent_of: Vec<(u32, u32)> = Vec::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for e in entries.flatten() {
@@ -478,11 +658,15 @@ pub fn descendants(root: u32) -> Vec<u32> {
             }
         }
     }
-    let mut found = vec![root];
+    let mut found = roots.to_vec();
     let mut i = 0;
     while i < found.len() {
         let p = found[i];
-        found.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        for &(c, _) in parent_of.iter().filter(|(_, pp)| *pp == p) {
+            if !found.contains(&c) {
+                found.push(c);
+            }
+        }
         i += 1;
     }
     found
@@ -490,8 +674,38 @@ pub fn descendants(root: u32) -> Vec<u32> {
 
 impl Drop for Vgpu {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.folder);
+        if !self.persistent {
+            let _ = std::fs::remove_dir_all(&self.folder);
+        }
     }
+}
+
+/// The environment a program runs with on a vGPU whose region is `region` and whose limits
+/// page a process opens at `limits` (see [`Vgpu::environment`]; `tensor-fusion run --vgpu`
+/// builds it for a vGPU the node daemon owns, with the page it received from the daemon).
+pub fn environment(
+    region: &Path,
+    limits: &Path,
+    device_uuid: &str,
+    device_index: u32,
+    vendor: tf_hal::Vendor,
+    inject: &Injection,
+    inherited: impl Fn(&str) -> Option<OsString>,
+) -> Vec<(OsString, OsString)> {
+    let mut env = vec![
+        (REGION_ENV.into(), region.as_os_str().to_os_string()),
+        (LIMITS_ENV.into(), limits.as_os_str().to_os_string()),
+        ("CUDA_VISIBLE_DEVICES".into(), device_uuid.into()),
+    ];
+    if vendor == tf_hal::Vendor::Ascend {
+        // The ACL runtime's own visibility list: the vNPU's device only (by index).
+        env.push((
+            "ASCEND_RT_VISIBLE_DEVICES".into(),
+            device_index.to_string().into(),
+        ));
+    }
+    env.extend(inject.environment(inherited));
+    env
 }
 
 /// `first`, then `rest` if there is one, joined with `:`.
@@ -506,8 +720,7 @@ fn prepend(first: &OsStr, rest: Option<OsString>) -> OsString {
 
 /// Cumulative device time of the vGPU's processes, where the backend reports it per process
 /// (the simulated GPU does; NVML's per-process utilization is too coarse to pace on).
-fn process_busy_ns(device: &dyn Device, pids: &[u32]) -> Option<u64> {
-    let procs = device.processes().ok()?;
+fn process_busy_ns(procs: &[tf_hal::ProcessUsage], pids: &[u32]) -> Option<u64> {
     if !procs.is_empty() && procs.iter().all(|p| p.busy_ns.is_none()) {
         return None;
     }
