@@ -490,7 +490,7 @@ impl ControlPlane {
         cmd.arg(format!("--config={}", path.display()))
             .args(["--bind-address", "127.0.0.1"])
             .args(["--secure-port", &free_port().to_string()])
-            .args(["--v", "1"]);
+            .args(["--v", "2"]);
         Process::start(name, cmd, &self.dir.join(format!("{name}.log")))
     }
 

@@ -1,0 +1,290 @@
+//! The operator's allocation state: the engine (`tf-scheduler`) fed with the cluster's pools,
+//! nodes and GPUs, and the reservation of every Pod that holds GPUs. It is rebuilt from the
+//! cluster (each Pod's `tensor-fusion.ai/allocation` annotation) on start, so it is a cache of
+//! what the cluster says, never the only record.
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_openapi::api::core::v1::Pod;
+use tf_pool_api::annotations as ann;
+use tf_pool_api::quantity::{parse_bytes, parse_milli};
+use tf_pool_api::{GPU, GPUNode, GPUPool, PodAllocation};
+use tf_scheduler::{
+    Allocation, AllocationId, GpuSpec, NodeSpec, PoolConfig, Request, SchedError, Scheduler,
+    Topology, Vendor,
+};
+
+/// `namespace/name`.
+pub fn pod_key(pod: &Pod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// The allocation written on a Pod, if any.
+pub fn pod_allocation(pod: &Pod) -> Option<PodAllocation> {
+    let text = pod.metadata.annotations.as_ref()?.get(ann::ALLOCATION)?;
+    serde_json::from_str(text).ok()
+}
+
+/// What a node of the engine is, as the cluster said.
+#[derive(Debug, Clone)]
+struct NodeInfo {
+    pool: String,
+    /// GPU object names and UUIDs by index.
+    gpus: Vec<(String, String)>,
+}
+
+/// The engine and the reservations of Pods.
+pub struct State {
+    sched: Scheduler,
+    pools: BTreeMap<String, PoolConfig>,
+    nodes: BTreeMap<String, NodeInfo>,
+    pods: HashMap<String, (AllocationId, PodAllocation)>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State::new()
+    }
+}
+
+impl State {
+    /// Empty.
+    pub fn new() -> State {
+        State {
+            sched: Scheduler::new(Default::default()),
+            pools: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            pods: HashMap::new(),
+        }
+    }
+
+    /// The engine (read-only).
+    pub fn engine(&self) -> &Scheduler {
+        &self.sched
+    }
+
+    /// Node names known, by pool.
+    pub fn nodes(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.nodes
+            .iter()
+            .map(|(n, i)| (n.as_str(), i.pool.as_str()))
+    }
+
+    /// GPU object names of a node, by index.
+    pub fn node_gpus(&self, node: &str) -> Vec<String> {
+        self.nodes
+            .get(node)
+            .map(|n| n.gpus.iter().map(|g| g.0.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Pods holding GPUs.
+    pub fn pods(&self) -> impl Iterator<Item = (&str, &PodAllocation)> {
+        self.pods.iter().map(|(k, (_, a))| (k.as_str(), a))
+    }
+
+    /// Number of Pods holding GPUs.
+    pub fn pod_count(&self) -> usize {
+        self.pods.len()
+    }
+
+    /// The Pod's reservation, if it holds one.
+    pub fn pod(&self, key: &str) -> Option<&PodAllocation> {
+        self.pods.get(key).map(|(_, a)| a)
+    }
+
+    /// Adds pools and nodes the engine does not know yet. A node is added once its GPUNode
+    /// and every GPU it lists exist with a capacity, and its pool exists. Returns the nodes
+    /// added.
+    pub fn sync_inventory(
+        &mut self,
+        pools: &[GPUPool],
+        nodes: &[GPUNode],
+        gpus: &[GPU],
+    ) -> Vec<String> {
+        for p in pools {
+            let Some(name) = p.metadata.name.clone() else {
+                continue;
+            };
+            if self.pools.contains_key(&name) {
+                continue;
+            }
+            let mut cfg = PoolConfig::new(&name);
+            if let Some(o) = &p.spec.oversubscription {
+                cfg = cfg.with_oversubscription(
+                    o.tflops_oversell_percent * 10,
+                    o.vram_expand_to_host_mem_percent * 10,
+                );
+            }
+            if self.sched.add_pool(cfg.clone()).is_ok() {
+                self.pools.insert(name, cfg);
+            }
+        }
+        let by_name: HashMap<&str, &GPU> = gpus
+            .iter()
+            .filter_map(|g| Some((g.metadata.name.as_deref()?, g)))
+            .collect();
+        let mut added = Vec::new();
+        for n in nodes {
+            let Some(name) = n.metadata.name.clone() else {
+                continue;
+            };
+            if self.nodes.contains_key(&name) || !self.pools.contains_key(&n.spec.pool) {
+                continue;
+            }
+            let Some(status) = &n.status else { continue };
+            if status.gpus.is_empty() {
+                continue;
+            }
+            let mut specs: Vec<(u32, GpuSpec, String, String)> = Vec::new();
+            let mut complete = true;
+            for gname in &status.gpus {
+                let Some(g) = by_name.get(gname.as_str()) else {
+                    complete = false;
+                    break;
+                };
+                let cap = g
+                    .status
+                    .as_ref()
+                    .map(|s| s.capacity.clone())
+                    .unwrap_or_default();
+                let (Ok(t), Ok(v)) = (parse_milli(&cap.tflops), parse_bytes(&cap.vram)) else {
+                    complete = false;
+                    break;
+                };
+                if t == 0 || v == 0 {
+                    complete = false;
+                    break;
+                }
+                let spec = GpuSpec {
+                    model: g.spec.model.clone(),
+                    vendor: g.spec.vendor.parse().unwrap_or(Vendor::Other),
+                    tflops_milli: t,
+                    vram_bytes: v,
+                    topology: Topology {
+                        numa_node: g.spec.numa_node.min(255) as u8,
+                        nvlink_domain: None,
+                    },
+                };
+                specs.push((g.spec.index, spec, gname.clone(), g.spec.uuid.clone()));
+            }
+            if !complete {
+                continue;
+            }
+            specs.sort_by_key(|s| s.0);
+            let spec = NodeSpec {
+                name: name.clone(),
+                pool: n.spec.pool.clone(),
+                cpu_milli: n.spec.cpu_milli,
+                memory_bytes: n.spec.memory_bytes,
+                gpus: specs.iter().map(|s| s.1.clone()).collect(),
+            };
+            match self.sched.add_node(spec) {
+                Ok(()) => {
+                    self.nodes.insert(
+                        name.clone(),
+                        NodeInfo {
+                            pool: n.spec.pool.clone(),
+                            gpus: specs.into_iter().map(|s| (s.2, s.3)).collect(),
+                        },
+                    );
+                    added.push(name);
+                }
+                Err(e) => tracing::warn!(node = %name, error = %e, "node not added to the engine"),
+            }
+        }
+        added
+    }
+
+    /// Scores `nodes` for the request (see [`Scheduler::score_nodes`]).
+    pub fn score(
+        &mut self,
+        req: &Request,
+        nodes: &[String],
+    ) -> Result<Vec<Option<f64>>, SchedError> {
+        self.sched.score_nodes(req, nodes)
+    }
+
+    /// Reserves for Pod `key` on `node`; a Pod that already holds a reservation on that node
+    /// keeps it (a retried bind), one on another node gives it back first.
+    pub fn reserve(
+        &mut self,
+        key: &str,
+        req: &Request,
+        node: &str,
+    ) -> Result<PodAllocation, SchedError> {
+        if let Some((id, a)) = self.pods.get(key) {
+            if a.node == node {
+                return Ok(a.clone());
+            }
+            let id = *id;
+            let _ = self.sched.release(id);
+            self.pods.remove(key);
+        }
+        let alloc = self.sched.reserve_on(req, node)?;
+        let pa = self.record(key, &alloc);
+        Ok(pa)
+    }
+
+    fn record(&mut self, key: &str, alloc: &Allocation) -> PodAllocation {
+        let info = &self.nodes[&alloc.node];
+        let pa = PodAllocation {
+            pool: alloc.pool.clone(),
+            node: alloc.node.clone(),
+            gpus: alloc.gpus.iter().map(|g| g.gpu).collect(),
+            uuids: alloc
+                .gpus
+                .iter()
+                .map(|g| info.gpus[g.gpu as usize].1.clone())
+                .collect(),
+            tflops_milli: alloc.gpus.iter().map(|g| g.tflops_milli).collect(),
+            vram_bytes: alloc.gpus.iter().map(|g| g.vram_bytes).collect(),
+        };
+        self.pods.insert(key.to_string(), (alloc.id, pa.clone()));
+        pa
+    }
+
+    /// Takes in a reservation found on a Pod (on start, or made by another replica). Returns
+    /// `Ok(false)` when it is already held, and an error when the node is unknown or the
+    /// reservation does not fit (which would be a double allocation).
+    pub fn adopt(
+        &mut self,
+        key: &str,
+        namespace: &str,
+        pa: &PodAllocation,
+    ) -> Result<bool, SchedError> {
+        if let Some((_, held)) = self.pods.get(key) {
+            if held == pa {
+                return Ok(false);
+            }
+            self.release(key);
+        }
+        if !self.nodes.contains_key(&pa.node) {
+            return Err(SchedError::UnknownNode(pa.node.clone()));
+        }
+        // Every GPU of one reservation got the same amounts (the engine's per-GPU request).
+        let t = pa.tflops_milli.first().copied().unwrap_or(0);
+        let v = pa.vram_bytes.first().copied().unwrap_or(0);
+        let req = Request::new(&pa.pool, namespace, pa.gpus.len() as u32)
+            .with_resources(t, v)
+            .with_pin(&pa.node, &pa.gpus);
+        let alloc = self.sched.reserve(&req)?;
+        self.pods.insert(key.to_string(), (alloc.id, pa.clone()));
+        Ok(true)
+    }
+
+    /// Gives back what Pod `key` holds; `false` when it held nothing.
+    pub fn release(&mut self, key: &str) -> bool {
+        match self.pods.remove(key) {
+            Some((id, _)) => {
+                let _ = self.sched.release(id);
+                true
+            }
+            None => false,
+        }
+    }
+}

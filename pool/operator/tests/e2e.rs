@@ -1,0 +1,409 @@
+//! The operator against the real control plane: the webhook registered with the real
+//! kube-apiserver (every annotation, a good and a bad value; HAMi's resources), and the real
+//! kube-scheduler calling the extender (Pods placed on GPUs, recorded, Running; nothing over
+//! its capacity; capacity back when they go).
+
+// Test targets share the package's dev-dependencies.
+#![allow(unused_crate_dependencies)]
+
+mod common;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::*;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use serde_json::json;
+use tf_pool_api::{GPUPool, annotations as ann};
+use tf_test_kube::ControlPlane;
+
+const MODEL: &str = "NVIDIA H100 80GB HBM3";
+
+/// The shared stack: one operator replica (on a runtime of its own, so that it outlives each
+/// test's runtime), its webhooks, the kube-scheduler calling it.
+struct Shared {
+    cp: &'static ControlPlane,
+    _rt: tokio::runtime::Runtime,
+    _sched: tf_test_kube::Process,
+}
+
+fn shared() -> &'static Shared {
+    static S: OnceLock<Shared> = OnceLock::new();
+    S.get_or_init(|| {
+        std::thread::spawn(|| {
+            let cp = ControlPlane::shared();
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            let serving = loopback_cert();
+            let port = operator_port();
+            rt.block_on(async {
+                let client = cp.client().await.unwrap();
+                install_crds(&client).await;
+                register_webhooks(&client, port).await;
+                let op = start_operator(&client, "e2e-0", port, &serving, "default");
+                // Leaks into the runtime: the replica lives as long as the test binary.
+                std::mem::forget(op);
+            });
+            let sched = start_scheduler(cp, "kube-scheduler-e2e", port, &serving);
+            Shared {
+                cp,
+                _rt: rt,
+                _sched: sched,
+            }
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// Waits until the webhook answers (the operator is up and its CA is in the configuration).
+async fn wait_webhook(client: &kube::Client, ns: &str) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    wait(Duration::from_secs(60), "the webhook to answer", || {
+        let pods = pods.clone();
+        async move {
+            let mut p = gpu_pod("probe", json!({ann::GPU_POOL: "no-such-pool"}));
+            p.metadata.name = Some(format!("probe-{}", std::process::id()));
+            match pods
+                .create(
+                    &PostParams {
+                        dry_run: true,
+                        ..Default::default()
+                    },
+                    &p,
+                )
+                .await
+            {
+                Err(kube::Error::Api(e)) if e.message.contains("no GPUPool") => Some(()),
+                _ => None,
+            }
+        }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_annotation_is_checked_through_the_real_api_server() {
+    let s = shared();
+    let client = s.cp.client().await.unwrap();
+    let ns = s.cp.namespace("webhook").await.unwrap();
+    let pool = format!("{ns}-pool");
+    // A pool with one simulated node, a partition template for its model, a profile.
+    let tpl: tf_pool_api::SchedulingConfigTemplate = serde_json::from_value(json!({
+        "apiVersion": "tensor-fusion.ai/v1", "kind": "SchedulingConfigTemplate",
+        "metadata": {"name": format!("{ns}-tpl")},
+        "spec": {"partitionTemplates": {MODEL: "1g.10gb"}},
+    }))
+    .unwrap();
+    Api::<tf_pool_api::SchedulingConfigTemplate>::all(client.clone())
+        .create(&PostParams::default(), &tpl)
+        .await
+        .unwrap();
+    create_pool(
+        &client,
+        &pool,
+        json!({"schedulingConfigTemplate": format!("{ns}-tpl")}),
+    )
+    .await;
+    let _agents = start_agents(&client, &format!("{ns}-n"), &pool, 1, 1);
+    let profile: tf_pool_api::WorkloadProfile = serde_json::from_value(json!({
+        "apiVersion": "tensor-fusion.ai/v1", "kind": "WorkloadProfile", "metadata": {"name": "small"},
+        "spec": {"poolName": pool, "resources": {"requests": {"tflops": "5", "vram": "1Gi"},
+                 "limits": {"tflops": "10", "vram": "2Gi"}}, "qos": "low"},
+    }))
+    .unwrap();
+    Api::<tf_pool_api::WorkloadProfile>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &profile)
+        .await
+        .unwrap();
+    wait_webhook(&client, &ns).await;
+    // The model must be known to the webhook's view of the pool.
+    wait(Duration::from_secs(30), "the GPU registered", || {
+        let client = client.clone();
+        async move {
+            let gpus: Api<tf_pool_api::GPU> = Api::all(client);
+            let l = gpus.list(&ListParams::default()).await.ok()?;
+            l.items.iter().any(|g| g.spec.model == MODEL).then_some(())
+        }
+    })
+    .await
+    .unwrap();
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    // (annotation, good value, bad value, what the refusal says)
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (ann::TFLOPS_REQUEST, "10", "ten", "not a quantity"),
+        (ann::TFLOPS_LIMIT, "20", "5", "below the request"),
+        (ann::VRAM_REQUEST, "4Gi", "4Gx", "not a quantity"),
+        (ann::VRAM_LIMIT, "8Gi", "1Gi", "below the request"),
+        (
+            ann::COMPUTE_PERCENT_REQUEST,
+            "25",
+            "250",
+            "percent from 1 to 100",
+        ),
+        (ann::COMPUTE_PERCENT_LIMIT, "50", "10", "below the request"),
+        (ann::GPU_COUNT, "1", "0", "GPU count"),
+        (ann::GPU_MODEL, MODEL, "A100-NOPE", "has no"),
+        (ann::VENDOR, "nvidia", "nvidea", "not a vendor"),
+        (ann::QOS, "high", "urgent", "not a QoS level"),
+        (ann::GPU_POOL, "", "no-such-pool", "no GPUPool"),
+        (ann::IS_LOCAL_GPU, "false", "maybe", "not a boolean"),
+        (ann::ISOLATION, "hard", "strict", "not an isolation mode"),
+        (
+            ann::WORKLOAD_PROFILE,
+            "small",
+            "missing",
+            "no WorkloadProfile",
+        ),
+        (
+            ann::INJECT_CONTAINER,
+            "app",
+            "sidecar",
+            "not containers of the Pod",
+        ),
+        (ann::DEDICATED_GPU, "true", "yes", "not a boolean"),
+        (ann::SIDECAR_WORKER, "true", "1", "not a boolean"),
+        (ann::GANG_ENABLED, "true", "on", "not a boolean"),
+        (ann::GANG_MIN_MEMBERS, "2", "-1", "positive whole number"),
+        (ann::GANG_TIMEOUT, "30s", "30 seconds", "not a duration"),
+    ];
+    assert_eq!(cases.len(), ann::ALL.len(), "every annotation has a case");
+    let never = PostParams::default();
+    for (i, (key, good, bad, says)) in cases.iter().enumerate() {
+        assert!(ann::ALL.contains(key));
+        let base = |key: &str, value: &str| {
+            let mut a = serde_json::Map::new();
+            a.insert(ann::GPU_POOL.into(), json!(pool));
+            if !key.contains("compute-percent") {
+                a.insert(ann::TFLOPS_REQUEST.into(), json!("10"));
+            }
+            if key == ann::COMPUTE_PERCENT_LIMIT {
+                a.insert(ann::COMPUTE_PERCENT_REQUEST.into(), json!("25"));
+            }
+            if key != ann::VRAM_REQUEST {
+                a.insert(ann::VRAM_REQUEST.into(), json!("4Gi"));
+            }
+            if key == ann::WORKLOAD_PROFILE {
+                a.remove(ann::GPU_POOL);
+                a.remove(ann::TFLOPS_REQUEST);
+                a.remove(ann::VRAM_REQUEST);
+            }
+            if !value.is_empty() {
+                a.insert(key.to_string(), json!(value));
+            }
+            serde_json::Value::Object(a)
+        };
+        // Pods that must stay unscheduled: no scheduler serves this name.
+        let mut p = gpu_pod(&format!("good-{i}"), base(key, good));
+        p.spec.as_mut().unwrap().scheduler_name = Some("nobody".into());
+        let created = pods
+            .create(&never, &p)
+            .await
+            .unwrap_or_else(|e| panic!("{key}={good:?} must be accepted: {e}"));
+        let fins = created.metadata.finalizers.clone().unwrap_or_default();
+        assert!(
+            fins.contains(&ann::POD_FINALIZER.to_string()),
+            "{key}: finalizer"
+        );
+        let anns = created.metadata.annotations.clone().unwrap();
+        assert_eq!(anns[ann::WORKLOAD], format!("good-{i}"));
+        let limits = created.spec.as_ref().unwrap().containers[0]
+            .resources
+            .as_ref()
+            .unwrap()
+            .limits
+            .clone()
+            .unwrap();
+        assert!(
+            limits.contains_key(ann::GPU_RESOURCE),
+            "{key}: the GPU resource"
+        );
+        let env: Vec<String> = created.spec.as_ref().unwrap().containers[0]
+            .env
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        match *key {
+            k if k == ann::ISOLATION || k == ann::IS_LOCAL_GPU => {
+                assert!(
+                    env.contains(&"TF_REMOTE".to_string()),
+                    "{key}: the stub {env:?}"
+                );
+                assert!(anns.contains_key(ann::CONNECTION));
+            }
+            _ => assert!(
+                env.contains(&"LD_PRELOAD".to_string()),
+                "{key}: the limiter {env:?}"
+            ),
+        }
+
+        let mut p = gpu_pod(&format!("bad-{i}"), base(key, bad));
+        p.spec.as_mut().unwrap().scheduler_name = Some("nobody".into());
+        let err = pods
+            .create(&never, &p)
+            .await
+            .expect_err(&format!("{key}={bad:?} must be refused"));
+        let msg = err.to_string();
+        assert!(
+            msg.contains(key),
+            "{key}={bad:?}: the message names the annotation: {msg}"
+        );
+        assert!(msg.contains(says), "{key}={bad:?}: {msg}");
+        assert!(
+            msg.contains("fix:"),
+            "{key}={bad:?}: the message says the fix: {msg}"
+        );
+    }
+
+    // Partitioned isolation asks for the pool's partition template for the model.
+    let mut p = gpu_pod(
+        "partitioned",
+        json!({ann::GPU_POOL: pool, ann::ISOLATION: "partitioned", ann::GPU_MODEL: MODEL, ann::VRAM_REQUEST: "10Gi"}),
+    );
+    p.spec.as_mut().unwrap().scheduler_name = Some("nobody".into());
+    let created = pods.create(&never, &p).await.unwrap();
+    assert_eq!(
+        created.metadata.annotations.unwrap()[ann::PARTITION_TEMPLATE],
+        "1g.10gb"
+    );
+
+    // HAMi's Pods: nvidia.com/gpu with gpumem and gpucores, no label.
+    let hami = |name: &str, cores: &str| -> Pod {
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "annotations": {ann::GPU_POOL: pool}},
+            "spec": {"schedulerName": "nobody", "containers": [{"name": "cuda", "image": "nvidia/cuda",
+                "resources": {"limits": {"nvidia.com/gpu": "1", "nvidia.com/gpumem": "4096", "nvidia.com/gpucores": cores}}}]},
+        }))
+        .unwrap()
+    };
+    let created = pods.create(&never, &hami("hami-good", "30")).await.unwrap();
+    let labels = created.metadata.labels.clone().unwrap();
+    assert_eq!(labels[ann::ENABLED_LABEL], "true");
+    let limits = created.spec.unwrap().containers[0]
+        .resources
+        .clone()
+        .unwrap()
+        .limits
+        .unwrap();
+    assert!(
+        !limits.contains_key("nvidia.com/gpu"),
+        "HAMi's resource is replaced"
+    );
+    assert_eq!(limits[ann::GPU_RESOURCE].0, "1");
+    let err = pods
+        .create(&never, &hami("hami-bad", "300"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("nvidia.com/gpucores"), "{err}");
+
+    // Unlabelled Pods without GPUs are left alone.
+    let plain: Pod = serde_json::from_value(
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "plain"},
+        "spec": {"schedulerName": "nobody", "containers": [{"name": "c", "image": "busybox"}]}}),
+    )
+    .unwrap();
+    let created = pods.create(&never, &plain).await.unwrap();
+    assert!(created.metadata.finalizers.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_are_placed_by_kube_scheduler_and_the_extender() {
+    let s = shared();
+    let client = s.cp.client().await.unwrap();
+    let ns = s.cp.namespace("sched").await.unwrap();
+    let pool = format!("{ns}-pool");
+    create_pool(&client, &pool, json!({})).await;
+    // 3 nodes x 2 H100 (989.4 TFLOPS each): 2 Pods of 400 TFLOPS per GPU, 12 in all.
+    let _agents = start_agents(&client, &format!("{ns}-n"), &pool, 3, 2);
+    wait_pool_ready(&client, &pool, 6).await;
+    wait_webhook(&client, &ns).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    for i in 0..13 {
+        let p = gpu_pod(
+            &format!("p{i}"),
+            json!({ann::GPU_POOL: pool, ann::TFLOPS_REQUEST: "400", ann::VRAM_REQUEST: "10Gi"}),
+        );
+        pods.create(&PostParams::default(), &p).await.unwrap();
+    }
+    let running = wait(Duration::from_secs(120), "12 Pods Running", || {
+        let pods = pods.clone();
+        async move {
+            let l = pods.list(&ListParams::default()).await.ok()?;
+            let running: Vec<Pod> = l
+                .items
+                .into_iter()
+                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                .collect();
+            (running.len() >= 12).then_some(running)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(running.len(), 12, "exactly what fits runs");
+    for p in &running {
+        let a = p.metadata.annotations.as_ref().unwrap();
+        let ids = &a[ann::GPU_IDS];
+        assert!(ids.starts_with("GPU-"), "{ids}");
+        let pa: tf_pool_api::PodAllocation = serde_json::from_str(&a[ann::ALLOCATION]).unwrap();
+        assert_eq!(Some(&pa.node), p.spec.as_ref().unwrap().node_name.as_ref());
+        assert_eq!(pa.tflops_milli, vec![400_000]);
+        assert_eq!(&pa.uuids.join(","), ids);
+    }
+    assert!(assert_no_gpu_over_allocated(&client).await >= 6);
+    // The 13th does not fit anywhere: the scheduler reports the extender's reason.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let p12 = pods.get("p12").await.unwrap();
+    assert!(
+        p12.spec.as_ref().unwrap().node_name.is_none(),
+        "p12 must not be bound"
+    );
+    // The pool's status counts what is held.
+    let pools: Api<GPUPool> = Api::all(client.clone());
+    wait(
+        Duration::from_secs(30),
+        "the pool status to count 12 allocations",
+        || {
+            let pools = pools.clone();
+            let pool = pool.clone();
+            async move { (pools.get(&pool).await.ok()?.status?.allocations == 12).then_some(()) }
+        },
+    )
+    .await
+    .unwrap();
+
+    // Deleting them gives everything back.
+    pods.delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await
+        .unwrap();
+    wait(
+        Duration::from_secs(60),
+        "the Pods gone and the pool back to full",
+        || {
+            let pools = pools.clone();
+            let pods = pods.clone();
+            let pool = pool.clone();
+            async move {
+                if !pods
+                    .list(&ListParams::default())
+                    .await
+                    .ok()?
+                    .items
+                    .is_empty()
+                {
+                    return None;
+                }
+                let st = pools.get(&pool).await.ok()?.status?;
+                (st.allocations == 0
+                    && st.available_tflops == st.total_tflops
+                    && st.available_vram == st.total_vram)
+                    .then_some(())
+            }
+        },
+    )
+    .await
+    .unwrap();
+}
