@@ -140,10 +140,17 @@ pub fn vram(block_mib: u64) -> Result<serde_json::Value> {
 }
 
 /// `tensor-fusion cuda-probe busy SECONDS WARMUP`: back-to-back 1 ms kernels (in batches of 8,
-/// so the device rarely waits for the host); kernels per second over [warmup, seconds].
-pub fn busy(seconds: f64, warmup: f64) -> Result<serde_json::Value> {
+/// so the device rarely waits for the host); kernels per second over [warmup, seconds]. With
+/// `hold_mib`, that much device memory is held while it runs.
+pub fn busy(seconds: f64, warmup: f64, hold_mib: u64) -> Result<serde_json::Value> {
     let cuda = Cuda::open()?;
     let (_, f) = cuda.setup()?;
+    let mut held = 0u64;
+    if hold_mib > 0 {
+        // SAFETY: a valid output.
+        let rc = unsafe { (cuda.mem_alloc)(&mut held, (hold_mib << 20) as usize) };
+        cuda.check(rc, "cuMemAlloc")?;
+    }
     let start = std::time::Instant::now();
     let (mut counted, mut launched) = (0u64, 0u64);
     while start.elapsed().as_secs_f64() < seconds {
@@ -155,6 +162,10 @@ pub fn busy(seconds: f64, warmup: f64) -> Result<serde_json::Value> {
         if start.elapsed().as_secs_f64() >= warmup {
             counted += 8;
         }
+    }
+    if held != 0 {
+        // SAFETY: freeing what we allocated.
+        cuda.check(unsafe { (cuda.mem_free)(held) }, "cuMemFree")?;
     }
     Ok(
         serde_json::json!({"kernels": launched, "kernels_per_s": counted as f64 / (seconds - warmup)}),

@@ -5,7 +5,10 @@
 //! 3. start two processes that contend for device 0 and show that the time-slice arbiter splits
 //!    it between them, and that device utilization means what NVML means;
 //! 4. run a CUDA program on a fraction of device 0 (`tensor-fusion run --vram 1GiB
-//!    --compute-percent 30`): it sees 1 GiB and gets 30 % of the device.
+//!    --compute-percent 30`): it sees 1 GiB and gets 30 % of the device;
+//! 5. the whole stack (`demo_node`): a node daemon, three vGPUs with different requests, limits
+//!    and QoS, programs through the local limiter and through a remote worker, lending when one
+//!    goes idle, and a table of target and achieved shares and VRAM.
 //!
 //! Everything runs on a private simulated machine (its own segments, removed at the end), so
 //! the figures hold whatever else uses the simulated GPU meanwhile — another demo included.
@@ -68,6 +71,7 @@ struct DemoReport {
     vector_add: VectorAdd,
     contention: Contention,
     fraction: Fraction,
+    node: crate::demo_node::NodeDemo,
 }
 
 macro_rules! say {
@@ -155,6 +159,14 @@ pub fn run(args: DemoArgs) -> Result<()> {
         fraction.kernels_per_s_limited,
         fraction.achieved_percent
     );
+    say!(
+        json,
+        "\n5. the whole stack: a node daemon, three vGPUs, and lending when one goes idle ..."
+    );
+    let node = crate::demo_node::run(&machine, args.seconds.min(3.0), &|line: &str| {
+        say!(json, "{line}")
+    })?;
+    say!(json, "{}", crate::demo_node::table(&node));
     if json {
         println!(
             "{}",
@@ -163,6 +175,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
                 vector_add,
                 contention,
                 fraction,
+                node,
             })?
         );
     } else {
@@ -209,13 +222,18 @@ fn other_backend(name: &str, json: bool) -> Result<()> {
 }
 
 /// The demo's private simulated machine.
-struct Machine {
+pub(crate) struct Machine {
     gpu: tf_fake_gpu::machine::PrivateMachine,
 }
 
 impl Machine {
+    /// A folder of the machine's own (removed with it).
+    pub(crate) fn folder(&self, name: &str) -> Result<std::path::PathBuf> {
+        Ok(self.gpu.folder(name)?)
+    }
+
     /// A `tensor-fusion` subcommand on the private machine.
-    fn tensor_fusion(&self) -> Result<Command> {
+    pub(crate) fn tensor_fusion(&self) -> Result<Command> {
         let exe = std::env::current_exe().context("locating the tensor-fusion binary")?;
         let mut c = Command::new(exe);
         let (var, profile) = self.gpu.env();

@@ -10,6 +10,7 @@ mod bench;
 mod config;
 mod cudaprobe;
 mod demo;
+mod demo_node;
 mod devices;
 mod fakegpu;
 mod install;
@@ -101,9 +102,10 @@ fn main() -> std::process::ExitCode {
         Command::CudaProbe { mode, args } => {
             let v = match (mode.as_str(), args.as_slice()) {
                 ("vram", [mib]) => cudaprobe::vram(*mib as u64),
-                ("busy", [seconds, warmup]) => cudaprobe::busy(*seconds, *warmup),
+                ("busy", [seconds, warmup]) => cudaprobe::busy(*seconds, *warmup, 0),
+                ("busy", [seconds, warmup, mib]) => cudaprobe::busy(*seconds, *warmup, *mib as u64),
                 _ => Err(anyhow::anyhow!(
-                    "usage: cuda-probe vram BLOCK_MIB | busy SECONDS WARMUP"
+                    "usage: cuda-probe vram BLOCK_MIB | busy SECONDS WARMUP [HOLD_MIB]"
                 )),
             };
             v.map(|v| println!("{v}"))

@@ -1000,3 +1000,70 @@ fn the_tcp_api_needs_the_token() {
     });
     assert_eq!(node.ls().len(), 1);
 }
+
+/// The demo's last step shows the whole stack: three vGPUs hold their requests, lend and take
+/// back, the remote worker's program counts on its vGPU, and nothing is left behind.
+#[test]
+fn the_demo_shows_the_whole_stack_and_leaves_nothing_behind() {
+    let _cpu = timing();
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("gpu.toml");
+    std::fs::write(&profile, to_toml(&isolated_config("demo-node", 1))).unwrap();
+    let t = Instant::now();
+    let o = Command::new(BIN)
+        .args(["demo", "--json"])
+        .env("TF_FAKE_GPU_CONFIG", &profile)
+        .env("TMPDIR", dir.path())
+        .env_remove("TF_BACKEND")
+        .output()
+        .unwrap();
+    let took = t.elapsed().as_secs_f64();
+    assert!(o.status.success(), "{}", show(&o));
+    let stdout = String::from_utf8(o.stdout).unwrap();
+    let last = stdout.lines().last().unwrap();
+    let v: serde_json::Value = serde_json::from_str(last).unwrap();
+    let rows = v["node"]["vgpus"].as_array().unwrap();
+    eprintln!("demo took {took:.1} s: {rows:#?}");
+    assert!(took < 60.0, "the demo took {took:.1} s");
+    let row = |n: &str| rows.iter().find(|r| r["vgpu"] == n).unwrap();
+    let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap();
+    for (n, request, limit, vram) in [
+        ("train", 50.0, 100.0, 3u64 << 30),
+        ("infer", 30.0, 60.0, 1 << 30),
+        ("batch", 20.0, 40.0, 512 << 20),
+    ] {
+        let r = row(n);
+        assert_eq!(f(r, "busy_target_pct"), request, "{r}");
+        assert!((f(r, "busy_achieved_pct") - request).abs() <= 3.0, "{r}");
+        assert_eq!(r["vram_used"], vram, "{r}");
+        if n != "train" {
+            assert_eq!(f(r, "lent_target_pct"), limit, "{r}");
+            assert!(f(r, "lent_achieved_pct") >= limit - 3.0, "{r}");
+        }
+    }
+    assert_eq!(row("batch")["path"], "remote worker");
+    assert!(f(row("train"), "lent_achieved_pct") < 1.0);
+    // Nothing left behind: the private machine's folder (under TMPDIR) is gone, and no
+    // process of the demo's is left.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name() != "gpu.toml")
+        .flat_map(|e| std::fs::read_dir(e.path()).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("machine"))
+        })
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let running = Command::new("pgrep")
+        .args(["-f", &dir.path().display().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        running.stdout.is_empty(),
+        "still running: {}",
+        String::from_utf8_lossy(&running.stdout)
+    );
+}

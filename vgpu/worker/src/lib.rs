@@ -21,6 +21,10 @@
 //!   region's admission (GCRA), with the limiter's `Controller` adjusting the pacing from the
 //!   device time the worker's process used. Clients cannot bypass either: they never touch the
 //!   device.
+//! - On a node daemon's vGPU (`tensor-fusion run --vgpu NAME -- tensor-fusion worker ...`, with
+//!   no limits of its own): the worker is one of the vGPU's processes; its charges and launches
+//!   go through the vGPU's limits page and region (`tf_vgpu_limiter::Client`, as an interposed
+//!   program's do), so the daemon's control loop paces it with the vGPU's other programs.
 //! - A connection that ends — closed, killed, or cut after a protocol error — gives back
 //!   everything it held: its streams and events are destroyed, its allocations freed, its
 //!   modules unloaded, its contexts dropped, its quota uncharged.
@@ -76,6 +80,8 @@ pub struct Worker {
     config: Config,
     region: RegionMap,
     slot: usize,
+    /// The node daemon's vGPU this worker runs on, if any (its limits page and region).
+    vgpu: Option<tf_vgpu_limiter::Client>,
     description: String,
     /// Whether launches are timed with events for the controller (a compute share on a backend
     /// with no per-process busy time, like a real NVIDIA driver).
@@ -100,6 +106,18 @@ impl Worker {
                 config.device, real.total_memory_bytes
             )));
         }
+        // Without limits of its own, a worker started on a node daemon's vGPU follows that
+        // vGPU's limits page (the daemon paces it with the vGPU's other programs).
+        let vgpu = if config.vram_quota.is_none() && config.compute_share.is_none() {
+            tf_vgpu_limiter::Client::from_env()
+        } else {
+            None
+        };
+        let mut config = config;
+        if let Some(c) = &vgpu {
+            config.vram_quota = c.vram_quota();
+            tracing::info!(quota = ?config.vram_quota, "serving a node daemon's vGPU: its limits page paces the launches");
+        }
         let mut info = real.clone();
         info.index = 0;
         info.total_memory_bytes = config.vram_quota.unwrap_or(real.total_memory_bytes);
@@ -110,6 +128,15 @@ impl Worker {
         let limits = Limits {
             vram_quota: config.vram_quota,
             compute_share: config.compute_share.filter(|s| *s < 1.0),
+        };
+        // The daemon's vGPU holds the quota; the private region only counts.
+        let limits = if vgpu.is_some() {
+            Limits {
+                vram_quota: None,
+                compute_share: None,
+            }
+        } else {
+            limits
         };
         let region = Region::private(&real.uuid, &limits);
         let slot = region.register(std::process::id()).ok_or_else(|| {
@@ -133,6 +160,7 @@ impl Worker {
             config,
             region,
             slot,
+            vgpu,
             description,
             sample_launches: AtomicBool::new(false),
             stats: Stats::default(),
@@ -293,6 +321,14 @@ impl Worker {
         }
     }
 
+    /// Give `bytes` back to the private region and to the daemon's vGPU, if any.
+    fn uncharge(&self, bytes: u64) {
+        self.region.uncharge(self.slot, bytes);
+        if let Some(v) = &self.vgpu {
+            v.uncharge(bytes);
+        }
+    }
+
     fn release_context(&self, mut c: CtxState, charged: &mut u64) {
         let _ = c.ctx.synchronize();
         if let Some(x) = c.sampler.take() {
@@ -307,7 +343,7 @@ impl Worker {
         }
         for (p, size) in std::mem::take(&mut c.allocs) {
             let _ = c.ctx.mem_free(DevicePtr(p));
-            self.region.uncharge(self.slot, size);
+            self.uncharge(size);
             *charged = charged.saturating_sub(size);
         }
         for (_, m) in c.modules.drain() {
@@ -454,7 +490,19 @@ impl Worker {
                     .contexts
                     .get_mut(&ctx_id)
                     .ok_or_else(|| lost(&format!("unknown context {ctx_id:#x}")))?;
+                if let Some(v) = &self.vgpu
+                    && !v.charge(bytes)
+                {
+                    return Err(Error::out_of_memory(format!(
+                        "{bytes} more bytes would pass the vGPU's VRAM quota ({} of {} bytes in use)",
+                        v.vram_used(),
+                        v.vram_quota().unwrap_or(0)
+                    )));
+                }
                 if let Err(o) = self.region.charge(self.slot, bytes) {
+                    if let Some(v) = &self.vgpu {
+                        v.uncharge(bytes);
+                    }
                     return Err(Error::out_of_memory(format!(
                         "{bytes} more bytes would pass the vGPU's VRAM quota ({} of {} bytes in use)",
                         o.used, o.quota
@@ -467,7 +515,7 @@ impl Worker {
                         Ok(Answer::Ptr(p.0))
                     }
                     Err(e) => {
-                        self.region.uncharge(self.slot, bytes);
+                        self.uncharge(bytes);
                         Err(e)
                     }
                 }
@@ -657,7 +705,7 @@ impl Worker {
                 })?;
                 c.ctx.mem_free(DevicePtr(ptr))?;
                 c.allocs.remove(&ptr);
-                self.region.uncharge(self.slot, size);
+                self.uncharge(size);
                 *charged = charged.saturating_sub(size);
                 Ok(())
             }
@@ -730,6 +778,9 @@ impl Worker {
                     .get(&function)
                     .ok_or_else(|| lost(&format!("unknown function {function:#x}")))?;
                 let s = c.stream(stream)?;
+                if let Some(v) = &self.vgpu {
+                    v.before_launch(); // the daemon's pacing, from the vGPU's limits page
+                }
                 let wait = self.region.admit_launch(self.slot, tf_os::now_ns());
                 if wait > 0 {
                     std::thread::sleep(Duration::from_nanos(wait));
