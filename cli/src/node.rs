@@ -159,19 +159,15 @@ pub fn node(args: NodeArgs) -> Result<()> {
     };
     let n = infos.len();
     let result = rt.block_on(async {
-        let shutdown = async {
-            use tokio::signal::unix::{SignalKind, signal};
-            match (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) {
-                (Ok(mut t), Ok(mut i)) => {
-                    tokio::select! {
-                        _ = t.recv() => {},
-                        _ = i.recv() => {},
-                    }
-                }
-                _ => std::future::pending::<()>().await,
+        // The handlers are in place before the daemon says it serves: a SIGTERM from then on
+        // stops it cleanly.
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
             }
             tracing::info!("stopping");
         };

@@ -78,14 +78,20 @@ struct Node {
     dir: tempfile::TempDir,
     daemon: Option<Child>,
     metrics: Option<String>,
+    /// Front ends started by [`Node::run`], killed on drop (a failed assertion leaves none).
+    spawned: std::sync::Mutex<Vec<u32>>,
 }
 
 impl Node {
     fn new(tag: &str) -> Node {
+        Node::with_devices(tag, 1)
+    }
+
+    fn with_devices(tag: &str, devices: u32) -> Node {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("gpu.toml"),
-            to_toml(&isolated_config(tag, 1)),
+            to_toml(&isolated_config(tag, devices)),
         )
         .unwrap();
         std::fs::write(dir.path().join("config.toml"), "backend = \"fake\"\n").unwrap();
@@ -93,6 +99,7 @@ impl Node {
             dir,
             daemon: None,
             metrics: None,
+            spawned: Default::default(),
         };
         n.start();
         n
@@ -124,12 +131,17 @@ impl Node {
 
     fn tf(&self) -> Command {
         let mut c = Command::new(BIN);
+        self.env(&mut c);
+        c
+    }
+
+    /// The machine's environment on `c`.
+    fn env<'a>(&self, c: &'a mut Command) -> &'a mut Command {
         c.env("TF_FAKE_GPU_CONFIG", self.dir.path().join("gpu.toml"))
             .env("TF_CONFIG", self.dir.path().join("config.toml"))
             .env("TF_NODE_SOCKET", self.socket())
             .env_remove("TF_BACKEND")
-            .env_remove("LD_PRELOAD");
-        c
+            .env_remove("LD_PRELOAD")
     }
 
     /// Start the daemon and wait until it serves (its first stdout line).
@@ -204,14 +216,17 @@ impl Node {
 
     /// `run --vgpu NAME -- PROGRAM ARGS` in the background.
     fn run(&self, name: &str, program: &Path, args: &[String]) -> Child {
-        self.tf()
+        let c = self
+            .tf()
             .args(["run", "--vgpu", name, "--"])
             .arg(program)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap()
+            .unwrap();
+        self.spawned.lock().unwrap().push(c.id());
+        c
     }
 
     /// Cumulative busy ns per vGPU, from the daemon.
@@ -233,6 +248,10 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        // Front ends first (their programs die with them).
+        drop(Kill(std::mem::take(
+            &mut *self.spawned.lock().unwrap_or_else(|p| p.into_inner()),
+        )));
         self.kill9();
     }
 }
@@ -960,12 +979,21 @@ fn the_tcp_api_needs_the_token() {
         .local_addr()
         .unwrap()
         .port();
+    // The TCP settings come from the config file.
+    let config = node.dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "tcp = \"127.0.0.1:{port}\"\ntoken_file = {:?}\nstate_dir = {:?}\n",
+            node.dir.path().join("token"),
+            node.state()
+        ),
+    )
+    .unwrap();
     let mut child = node
         .tf()
-        .args(["node", "--state-dir"])
-        .arg(node.state())
-        .args(["--tcp", &format!("127.0.0.1:{port}"), "--token-file"])
-        .arg(node.dir.path().join("token"))
+        .args(["node", "--config"])
+        .arg(&config)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -1065,5 +1093,160 @@ fn the_demo_shows_the_whole_stack_and_leaves_nothing_behind() {
         running.stdout.is_empty(),
         "still running: {}",
         String::from_utf8_lossy(&running.stdout)
+    );
+}
+
+/// A program in another pid namespace (a container's): its front end is attached with its
+/// pid in the daemon's namespace, the memory it holds is never taken for a dead process's
+/// (its pid means nothing here), and when its front end goes the daemon sees it (the
+/// connection closes) and gives the memory back.
+#[test]
+fn a_program_in_another_pid_namespace_is_tracked_by_its_connection() {
+    let _cpu = timing();
+    let probe_unshare = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .output();
+    if !probe_unshare.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: `unshare --pid --fork --mount-proc` is not permitted here");
+        return;
+    }
+    let node = Node::new("pidns");
+    node.ok(&[
+        "vgpu",
+        "create",
+        "c",
+        "--compute-percent",
+        "50",
+        "--vram",
+        "1GiB",
+    ]);
+    // The front end and its program in a new pid namespace (the front end is pid 1 there).
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child", BIN]);
+    node.env(&mut cmd)
+        .args(["run", "--vgpu", "c", "--"])
+        .arg(probe())
+        .args(["hold", "256", "60"])
+        .stdout(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let guard = Kill(vec![child.id()]);
+    let c = |n: &Node| n.ls().into_iter().find(|v| v["name"] == "c").unwrap();
+    let t = Instant::now();
+    while c(&node)["vram_used"] != 256u64 << 20 {
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", c(&node));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Its front end's pid, as the daemon's namespace knows it (not 1).
+    let pids = c(&node)["attached_pids"].clone();
+    let front = pids[0].as_u64().unwrap() as u32;
+    assert!(front > 1, "{pids}");
+    // Several control ticks later (each would reclaim dead processes by pid) it still holds.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(c(&node)["vram_used"], 256u64 << 20, "{}", c(&node));
+    // The front end is killed: the connection closes, the daemon detaches it and gives the
+    // memory back.
+    signal(front, libc::SIGKILL);
+    let t = Instant::now();
+    while c(&node)["vram_used"] != 0 || !c(&node)["attached_pids"].as_array().unwrap().is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(5), "{}", c(&node));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "detached and reclaimed {:.2} s after the kill",
+        t.elapsed().as_secs_f64()
+    );
+    let _ = child.wait();
+    drop(guard);
+}
+
+/// Kills its processes (SIGKILL) when dropped, so that a failed assertion leaves nothing
+/// running: only those still children of this test process (a reaped child's pid may have
+/// been given to someone else's process since).
+struct Kill(Vec<u32>);
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+}
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        for &p in &self.0 {
+            if parent_of(p) == Some(std::process::id()) {
+                // SAFETY: kill(2) on a child of this process.
+                unsafe { libc::kill(p as i32, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// Without --device the scheduler engine places each vGPU where its request fits; one that fits
+/// nowhere is refused.
+#[test]
+fn vgpus_without_a_device_are_placed_where_they_fit() {
+    let _cpu = timing();
+    let node = Node::with_devices("place", 2);
+    let device = |out: &str| -> u64 {
+        out.split("on device ")
+            .nth(1)
+            .and_then(|r| r.split(':').next())
+            .and_then(|d| d.parse().ok())
+            .unwrap_or_else(|| panic!("{out}"))
+    };
+    let a = device(&node.ok(&[
+        "vgpu",
+        "create",
+        "a",
+        "--compute-percent",
+        "60",
+        "--vram",
+        "8GiB",
+    ]));
+    let b = device(&node.ok(&[
+        "vgpu",
+        "create",
+        "b",
+        "--compute-percent",
+        "60",
+        "--vram",
+        "8GiB",
+    ]));
+    assert_ne!(a, b, "two 60 % vGPUs share a device");
+    let e = node.refused(&[
+        "vgpu",
+        "create",
+        "c",
+        "--compute-percent",
+        "60",
+        "--vram",
+        "8GiB",
+    ]);
+    assert!(
+        e.contains("does not fit") && e.contains("40.0% compute"),
+        "{e}"
+    );
+    // A small one still fits (beside either).
+    let c = device(&node.ok(&[
+        "vgpu",
+        "create",
+        "c",
+        "--compute-percent",
+        "30",
+        "--vram",
+        "8GiB",
+    ]));
+    assert!(c == a || c == b);
+    let devices = node.devices();
+    let requested: Vec<f64> = devices
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["compute_requested"].as_f64().unwrap())
+        .collect();
+    assert!(
+        (requested.iter().sum::<f64>() - 1.5).abs() < 1e-9,
+        "{devices}"
     );
 }

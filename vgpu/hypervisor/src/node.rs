@@ -81,8 +81,16 @@ struct Entry {
     vgpu: Vgpu,
     control: Control,
     alloc: AllocationId,
-    /// Attachment id → the front end's pid in the daemon's namespace (0: unknown).
-    attached: BTreeMap<u64, u32>,
+    /// Attachment id → the front end's pid in the daemon's namespace (0: unknown), and whether
+    /// it lives in another pid namespace.
+    attached: BTreeMap<u64, (u32, bool)>,
+    /// A front end from another pid namespace detached: once none is attached, every process
+    /// registered in the region is gone (front ends take their commands with them) and the
+    /// region is emptied; until then nothing is reclaimed by pid.
+    foreign_left: bool,
+    /// No pid-based reclaim before this tick (a recovered vGPU: its front ends, maybe in other
+    /// namespaces, have not attached again yet).
+    reclaim_from_tick: u64,
     updates: watch::Sender<api::AttachUpdate>,
     window: VecDeque<Sample>,
     /// Busy time of the vGPU's processes accumulated since the daemon started watching it
@@ -248,7 +256,14 @@ impl Node {
         r
     }
 
-    fn new_entry(&self, rec: VgpuRecord, qos: Qos, vgpu: Vgpu, alloc: AllocationId) -> Entry {
+    fn new_entry(
+        &self,
+        rec: VgpuRecord,
+        qos: Qos,
+        vgpu: Vgpu,
+        alloc: AllocationId,
+        recovered: bool,
+    ) -> Entry {
         let kind = self.kinds[rec.device_index as usize];
         let target = rec.compute_request.min(rec.compute_limit);
         let (updates, _) = watch::channel(api::AttachUpdate::default());
@@ -260,6 +275,9 @@ impl Node {
             vgpu,
             alloc,
             attached: BTreeMap::new(),
+            foreign_left: false,
+            // 2 s: front ends try to attach again every 100 ms.
+            reclaim_from_tick: if recovered { 20 } else { 0 },
             updates,
             window: VecDeque::new(),
             busy_total: 0,
@@ -304,7 +322,7 @@ impl Node {
                 .map_err(|e| format!("vGPU {}: {e}", rec.name))?
                 .id;
             tracing::info!(vgpu = %rec.name, device = rec.device_index, "recovered");
-            let e = self.new_entry(rec, qos, vgpu, alloc);
+            let e = self.new_entry(rec, qos, vgpu, alloc, true);
             st.vgpus.insert(e.rec.name.clone(), e);
         }
         // Folders nobody stored: a create cut short between the folder and the commit.
@@ -537,7 +555,7 @@ impl Node {
             return Err(Refusal::new(Code::Internal, e.to_string()));
         }
         tracing::info!(vgpu = %name, device = index, qos = %qos, request = compute_request, limit = compute_limit, vram = rec.vram_limit, "vGPU created");
-        let e = self.new_entry(rec, qos, vgpu, alloc.id);
+        let e = self.new_entry(rec, qos, vgpu, alloc.id, false);
         let out = view(&e);
         st.vgpus.insert(name.to_string(), e);
         Ok(out)
@@ -558,7 +576,7 @@ impl Node {
                 format!(
                     "vGPU {name} has {} program(s) attached (front ends {:?}): stop them first, or remove it with --force",
                     e.attached.len(),
-                    e.attached.values().collect::<Vec<_>>()
+                    e.attached.values().map(|a| a.0).collect::<Vec<_>>()
                 ),
             ));
         }
@@ -636,7 +654,8 @@ impl Node {
                 ),
             ));
         };
-        e.attached.insert(id, pid);
+        let foreign = pid == 0 || pid_namespace(pid) != pid_namespace(std::process::id());
+        e.attached.insert(id, (pid, foreign));
         let kind = self.kinds[e.rec.device_index as usize];
         let info = e.vgpu.device();
         let mut first = update(e);
@@ -647,7 +666,7 @@ impl Node {
             vendor: format!("{:?}", info.vendor).to_ascii_lowercase(),
             backend: kind.as_str().to_string(),
         });
-        tracing::info!(vgpu = %name, pid, attachment = id, "attached");
+        tracing::info!(vgpu = %name, pid, foreign, attachment = id, "attached");
         Ok((
             first,
             e.updates.subscribe(),
@@ -662,9 +681,15 @@ impl Node {
     fn detach(&self, name: &str, id: u64) {
         let mut st = self.lock();
         if let Some(e) = st.vgpus.get_mut(name)
-            && let Some(pid) = e.attached.remove(&id)
+            && let Some((pid, foreign)) = e.attached.remove(&id)
         {
             tracing::info!(vgpu = %name, pid, attachment = id, "detached");
+            e.foreign_left |= foreign;
+            if e.foreign_left && e.attached.is_empty() {
+                let bytes = e.vgpu.region().reclaim_all();
+                e.foreign_left = false;
+                tracing::info!(vgpu = %name, bytes, "the last front end left: its processes' memory is given back");
+            }
         }
     }
 
@@ -741,8 +766,21 @@ impl Node {
         let mut demands = Vec::with_capacity(names.len());
         for name in &names {
             let e = st.vgpus.get_mut(name).expect("listed above");
+            // By pid only where pids mean something here: not while front ends from another
+            // pid namespace are (or were) attached, nor before a recovered vGPU's front ends
+            // are back.
+            e.control.set_reclaim_dead(
+                !e.foreign_left
+                    && e.ticks >= e.reclaim_from_tick
+                    && !e.attached.values().any(|a| a.1),
+            );
             let watch = Watch {
-                roots: e.attached.values().copied().filter(|&p| p != 0).collect(),
+                roots: e
+                    .attached
+                    .values()
+                    .map(|a| a.0)
+                    .filter(|&p| p != 0)
+                    .collect(),
                 policy: EscapePolicy::Warn,
                 memory_allowance: self.config.memory_allowance,
             };
@@ -863,11 +901,16 @@ fn view(e: &Entry) -> api::Vgpu {
         launches: s.launches,
         throttled_launches: s.throttled_launches,
         throttled_ns: s.throttled_ns,
-        attached_pids: e.attached.values().copied().collect(),
+        attached_pids: e.attached.values().map(|a| a.0).collect(),
         region_path: e.vgpu.path().display().to_string(),
         created_unix_ms: e.rec.created_unix_ms,
         active: e.active,
     }
+}
+
+/// The pid namespace of process `pid` (`/proc/<pid>/ns/pid`), if it can be read.
+fn pid_namespace(pid: u32) -> Option<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok()
 }
 
 /// Make the state and run folders (mode 0700) and refuse a socket path another daemon serves.

@@ -350,6 +350,19 @@ impl Region {
         bytes
     }
 
+    /// Give back what every registered process holds and empty the table (their owner knows
+    /// they are all gone: the node daemon when the last front end of a vGPU whose processes live
+    /// in another pid namespace has detached). Returns the bytes given back.
+    pub fn reclaim_all(&self) -> u64 {
+        let mut bytes = 0;
+        for o in self.procs.occupants() {
+            self.procs.reclaim(o.slot, o.pid, &mut |_, u| {
+                bytes = u64::wrapping_add(bytes, self.forget(u))
+            });
+        }
+        bytes
+    }
+
     /// Live processes: (pid, vram bytes, launches).
     pub fn processes(&self) -> Vec<(u32, u64, u64)> {
         self.procs

@@ -311,6 +311,9 @@ pub struct Control {
     audit: Audit,
     ticks: u64,
     family: Vec<u32>,
+    /// Whether dead processes' memory is given back by pid (off while the vGPU's processes
+    /// live in a pid namespace whose pids this process cannot judge).
+    reclaim_dead: bool,
 }
 
 /// What one [`Control::tick`] saw and decided.
@@ -343,6 +346,7 @@ impl Control {
             audit: Audit::default(),
             ticks: 0,
             family: Vec::new(),
+            reclaim_dead: true,
         }
     }
 
@@ -355,7 +359,15 @@ impl Control {
             audit: Audit::default(),
             ticks: 0,
             family: Vec::new(),
+            reclaim_dead: true,
         }
+    }
+
+    /// Whether ticks give back dead processes' memory by pid (see [`Region::reclaim_dead`]):
+    /// the node daemon turns it off while a vGPU has processes in another pid namespace, where
+    /// `/proc/<pid>` of its own namespace says nothing about them.
+    pub fn set_reclaim_dead(&mut self, on: bool) {
+        self.reclaim_dead = on;
     }
 
     /// Change the target share (takes effect at the next tick).
@@ -413,8 +425,11 @@ impl Control {
         // The region is shared memory the vGPU's processes can write anything into: one
         // bad tick must not take the control loop (and the vGPU's limits) down with it.
         let ticks = self.ticks;
+        let reclaim = self.reclaim_dead;
         let tick = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            vgpu.region.reclaim_dead();
+            if reclaim {
+                vgpu.region.reclaim_dead();
+            }
             // Whose device time counts: the processes registered in the region, and (the
             // region being the tenant's to overwrite) every process descended from the vGPU's
             // roots, refreshed once a second.
