@@ -3,12 +3,15 @@
 //! event, and an object created just before a Pod must be seen).
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use futures::StreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tf_pool_api::{GPU, GPUNode, GPUPool, SchedulingConfigTemplate, WorkloadProfile};
+
+use crate::AbortOnDrop;
 
 /// Reflector stores of the cluster-scoped kinds.
 #[derive(Clone)]
@@ -22,9 +25,11 @@ pub struct Cache {
     pub gpus: Store<GPU>,
     /// SchedulingConfigTemplates.
     pub templates: Store<SchedulingConfigTemplate>,
+    /// The reflectors, stopped when the last clone goes.
+    _tasks: Arc<Vec<AbortOnDrop<()>>>,
 }
 
-fn reflect<K>(client: &Client) -> Store<K>
+fn reflect<K>(client: &Client, tasks: &mut Vec<AbortOnDrop<()>>) -> Store<K>
 where
     K: kube::Resource<DynamicType = (), Scope = kube::core::ClusterResourceScope>
         + Clone
@@ -41,22 +46,24 @@ where
     )
     .default_backoff()
     .applied_objects();
-    tokio::spawn(async move {
+    tasks.push(AbortOnDrop(tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while stream.next().await.is_some() {}
-    });
+    })));
     reader
 }
 
 impl Cache {
     /// Starts the reflectors (on the current Tokio runtime) and waits until each has listed.
     pub async fn start(client: Client) -> anyhow::Result<Cache> {
+        let mut tasks = Vec::new();
         let cache = Cache {
-            pools: reflect(&client),
-            nodes: reflect(&client),
-            gpus: reflect(&client),
-            templates: reflect(&client),
+            pools: reflect(&client, &mut tasks),
+            nodes: reflect(&client, &mut tasks),
+            gpus: reflect(&client, &mut tasks),
+            templates: reflect(&client, &mut tasks),
             client,
+            _tasks: Arc::new(tasks),
         };
         cache.pools.wait_until_ready().await?;
         cache.nodes.wait_until_ready().await?;

@@ -166,10 +166,18 @@ async fn write_status(
     let mut gpu_status: Vec<(String, serde_json::Value)> = Vec::new();
     let mut node_status: Vec<(String, serde_json::Value)> = Vec::new();
     let mut pool_sums: BTreeMap<String, [u64; 6]> = BTreeMap::new();
+    // Counted in the same snapshot as the sums, so a pool status is never half old.
+    let mut pool_allocs: BTreeMap<String, u64> = BTreeMap::new();
     {
         let st = lock(state);
+        if st.engine().allocation_count() != st.pod_count() {
+            tracing::error!(
+                engine = st.engine().allocation_count(),
+                pods = st.pod_count(),
+                "the engine and the Pods disagree"
+            );
+        }
         let mut per_gpu: HashMap<(String, u32), Vec<serde_json::Value>> = HashMap::new();
-        let mut pool_allocs: BTreeMap<String, u64> = BTreeMap::new();
         for (key, pa) in st.pods() {
             *pool_allocs.entry(pa.pool.clone()).or_default() += 1;
             for (i, g) in pa.gpus.iter().enumerate() {
@@ -217,10 +225,6 @@ async fn write_status(
             s[4] += af;
             s[5] += av;
         }
-        for (pool, n) in pool_allocs {
-            pool_sums.entry(pool).or_default();
-            let _ = n;
-        }
     }
     let client = cache.client().clone();
     let pp = PatchParams::default();
@@ -246,14 +250,7 @@ async fn write_status(
         written.insert(k, status);
     }
     let pools: Api<GPUPool> = Api::all(client);
-    let allocs: BTreeMap<String, u64> = {
-        let st = lock(state);
-        let mut m = BTreeMap::new();
-        for (_, pa) in st.pods() {
-            *m.entry(pa.pool.clone()).or_default() += 1u64;
-        }
-        m
-    };
+    let allocs = pool_allocs;
     for (name, s) in pool_sums {
         let ready = cache
             .nodes

@@ -242,6 +242,7 @@ impl Extender {
         let pa = lock(&self.state)
             .reserve(&key, &req, &args.node)
             .map_err(|e| e.to_string())?;
+        tracing::debug!(pod = %key, node = %args.node, gpus = ?pa.gpus, "reserved");
         let release = || {
             lock(&self.state).release(&key);
         };

@@ -101,11 +101,14 @@ pub async fn release(api: &Api<Lease>, cfg: &LeaseConfig) -> kube::Result<()> {
     Ok(())
 }
 
-/// Runs the election forever; the channel says whether this replica leads. A leader that
-/// fails to renew within the lease's duration steps down.
-pub fn spawn(client: kube::Client, cfg: LeaseConfig) -> watch::Receiver<bool> {
+/// Runs the election until the returned task is dropped; the channel says whether this
+/// replica leads. A leader that fails to renew within the lease's duration steps down.
+pub fn spawn(
+    client: kube::Client,
+    cfg: LeaseConfig,
+) -> (watch::Receiver<bool>, crate::AbortOnDrop<()>) {
     let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
         let mut last_ok = tokio::time::Instant::now();
         loop {
@@ -126,5 +129,5 @@ pub fn spawn(client: kube::Client, cfg: LeaseConfig) -> watch::Receiver<bool> {
             tokio::time::sleep(cfg.retry).await;
         }
     });
-    rx
+    (rx, crate::AbortOnDrop(task))
 }

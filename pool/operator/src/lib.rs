@@ -115,7 +115,7 @@ pub async fn run(client: kube::Client, cfg: OperatorConfig) -> anyhow::Result<()
     let mut lease = leader::LeaseConfig::new(&cfg.namespace, &cfg.identity);
     lease.duration = cfg.lease_duration;
     lease.retry = cfg.lease_retry;
-    let mut lead = leader::spawn(client.clone(), lease);
+    let (mut lead, _election) = leader::spawn(client.clone(), lease);
     lead.wait_for(|l| *l).await?;
     let adopted = controller::rebuild(&state, &cache).await?;
     tracing::info!(identity = %cfg.identity, adopted, "leading");

@@ -288,3 +288,143 @@ impl State {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn inventory() -> (Vec<GPUPool>, Vec<GPUNode>, Vec<GPU>) {
+        let pool: GPUPool = serde_json::from_value(
+            json!({"apiVersion": "tensor-fusion.ai/v1", "kind": "GPUPool",
+            "metadata": {"name": "p"}, "spec": {}}),
+        )
+        .unwrap();
+        let node: GPUNode = serde_json::from_value(json!({"apiVersion": "tensor-fusion.ai/v1", "kind": "GPUNode",
+            "metadata": {"name": "n"}, "spec": {"pool": "p", "cpuMilli": 64000, "memoryBytes": 1u64 << 38},
+            "status": {"gpus": ["n-0", "n-1"]}}))
+        .unwrap();
+        let gpus = (0..2)
+            .map(|i| {
+                serde_json::from_value(json!({"apiVersion": "tensor-fusion.ai/v1", "kind": "GPU",
+                    "metadata": {"name": format!("n-{i}")},
+                    "spec": {"node": "n", "index": i, "uuid": format!("GPU-{i}"), "model": "H100", "vendor": "nvidia"},
+                    "status": {"capacity": {"tflops": "1000", "vram": "80Gi"}}}))
+                .unwrap()
+            })
+            .collect();
+        (vec![pool], vec![node], gpus)
+    }
+
+    fn free(s: &State) -> u64 {
+        s.engine()
+            .node_status("n")
+            .unwrap()
+            .gpus
+            .iter()
+            .map(|g| g.tflops_free)
+            .sum()
+    }
+
+    #[test]
+    fn reservations_and_adoptions_are_charged_once() {
+        let (p, n, g) = inventory();
+        let mut s = State::new();
+        assert_eq!(s.sync_inventory(&p, &n, &g), vec!["n".to_string()]);
+        assert_eq!(free(&s), 2_000_000);
+        let req = Request::new("p", "ns", 1).with_resources(150_000, 8 << 30);
+        let a = s.reserve("ns/a", &req, "n").unwrap();
+        assert_eq!(free(&s), 1_850_000);
+        // A retried bind on the same node keeps the reservation.
+        assert_eq!(s.reserve("ns/a", &req, "n").unwrap(), a);
+        assert_eq!(free(&s), 1_850_000);
+        // A second state adopting the same Pod (a restarted operator) charges it once.
+        let mut t = State::new();
+        t.sync_inventory(&p, &n, &g);
+        assert!(t.adopt("ns/a", "ns", &a).unwrap());
+        assert!(!t.adopt("ns/a", "ns", &a).unwrap());
+        assert_eq!(free(&t), 1_850_000);
+        t.reserve("ns/b", &req, "n").unwrap();
+        assert_eq!(free(&t), 1_700_000);
+        assert!(t.release("ns/a"));
+        assert!(!t.release("ns/a"));
+        assert!(t.release("ns/b"));
+        assert_eq!(free(&t), 2_000_000);
+    }
+}
+
+#[cfg(test)]
+mod scale_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn many_reservations_after_adoptions_are_all_charged() {
+        let pool: GPUPool = serde_json::from_value(
+            json!({"apiVersion": "tensor-fusion.ai/v1", "kind": "GPUPool",
+            "metadata": {"name": "p"}, "spec": {}}),
+        )
+        .unwrap();
+        let mut nodes = Vec::new();
+        let mut gpus = Vec::new();
+        for n in 0..100 {
+            nodes.push(serde_json::from_value::<GPUNode>(json!({"apiVersion": "tensor-fusion.ai/v1", "kind": "GPUNode",
+                "metadata": {"name": format!("n{n}")}, "spec": {"pool": "p", "cpuMilli": 64000, "memoryBytes": 1u64 << 38},
+                "status": {"gpus": [format!("n{n}-0"), format!("n{n}-1")]}})).unwrap());
+            for i in 0..2 {
+                gpus.push(serde_json::from_value::<GPU>(json!({"apiVersion": "tensor-fusion.ai/v1", "kind": "GPU",
+                    "metadata": {"name": format!("n{n}-{i}")},
+                    "spec": {"node": format!("n{n}"), "index": i, "uuid": format!("GPU-{n}-{i}"), "model": "H100", "vendor": "nvidia"},
+                    "status": {"capacity": {"tflops": "989.4", "vram": "81559Mi"}}})).unwrap());
+            }
+        }
+        let names: Vec<String> = (0..100).map(|n| format!("n{n}")).collect();
+        let req = Request::new("p", "ns", 1).with_resources(150_000, 8 << 30);
+        let mut a = State::new();
+        a.sync_inventory(std::slice::from_ref(&pool), &nodes, &gpus);
+        let mut placed = Vec::new();
+        for i in 0..450 {
+            let scores = a.score(&req, &names).unwrap();
+            let best = scores
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.map(|s| (i, s)))
+                .max_by(|x, y| x.1.total_cmp(&y.1))
+                .unwrap()
+                .0;
+            placed.push((
+                format!("ns/w{i}"),
+                a.reserve(&format!("ns/w{i}"), &req, &names[best]).unwrap(),
+            ));
+        }
+        let mut b = State::new();
+        b.sync_inventory(&[pool], &nodes, &gpus);
+        for (k, pa) in &placed {
+            b.adopt(k, "ns", pa).unwrap();
+        }
+        for i in 450..1000 {
+            let scores = b.score(&req, &names).unwrap();
+            let best = scores
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.map(|s| (i, s)))
+                .max_by(|x, y| x.1.total_cmp(&y.1))
+                .unwrap()
+                .0;
+            b.reserve(&format!("ns/w{i}"), &req, &names[best]).unwrap();
+        }
+        let free: u64 = names
+            .iter()
+            .map(|n| {
+                b.engine()
+                    .node_status(n)
+                    .unwrap()
+                    .gpus
+                    .iter()
+                    .map(|g| g.tflops_free)
+                    .sum::<u64>()
+            })
+            .sum();
+        assert_eq!(200 * 989_400 - free, 1000 * 150_000);
+    }
+}

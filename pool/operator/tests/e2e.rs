@@ -56,33 +56,6 @@ fn shared() -> &'static Shared {
     })
 }
 
-/// Waits until the webhook answers (the operator is up and its CA is in the configuration).
-async fn wait_webhook(client: &kube::Client, ns: &str) {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    wait(Duration::from_secs(60), "the webhook to answer", || {
-        let pods = pods.clone();
-        async move {
-            let mut p = gpu_pod("probe", json!({ann::GPU_POOL: "no-such-pool"}));
-            p.metadata.name = Some(format!("probe-{}", std::process::id()));
-            match pods
-                .create(
-                    &PostParams {
-                        dry_run: true,
-                        ..Default::default()
-                    },
-                    &p,
-                )
-                .await
-            {
-                Err(kube::Error::Api(e)) if e.message.contains("no GPUPool") => Some(()),
-                _ => None,
-            }
-        }
-    })
-    .await
-    .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn every_annotation_is_checked_through_the_real_api_server() {
     let s = shared();

@@ -141,6 +141,13 @@ pub fn start_operator(
     serving: &certs::Serving,
     ns: &str,
 ) -> Operator {
+    // The operator's log, with RUST_LOG (e.g. tf_operator=info).
+    let _ = tracing::subscriber::set_global_default(
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .finish(),
+    );
     let mut cfg = OperatorConfig::new(ns, identity, ([127, 0, 0, 1], port).into());
     cfg.serving = Some(serving.clone());
     cfg.lease_duration = Duration::from_secs(10);
@@ -339,4 +346,64 @@ pub fn start_scheduler(
 /// Picks a port for the operator.
 pub fn operator_port() -> u16 {
     free_port()
+}
+
+/// Waits until the webhook answers (the operator is up and its CA is in the configuration).
+pub async fn wait_webhook(client: &kube::Client, ns: &str) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    wait(Duration::from_secs(60), "the webhook to answer", || {
+        let pods = pods.clone();
+        async move {
+            let mut p = gpu_pod("probe", json!({ann::GPU_POOL: "no-such-pool"}));
+            p.metadata.name = Some(format!("probe-{}", std::process::id()));
+            match pods
+                .create(
+                    &PostParams {
+                        dry_run: true,
+                        ..Default::default()
+                    },
+                    &p,
+                )
+                .await
+            {
+                Err(kube::Error::Api(e)) if e.message.contains("no GPUPool") => Some(()),
+                _ => None,
+            }
+        }
+    })
+    .await
+    .unwrap();
+}
+
+/// GET `path` over HTTPS from 127.0.0.1:`port`, trusting `ca_pem`; the status code.
+pub async fn https_status(port: u16, ca_pem: &str, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(c.ok()?).ok()?;
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .ok()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").ok()?;
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .ok()?;
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .ok()?;
+    let mut buf = Vec::new();
+    tls.read_to_end(&mut buf).await.ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace().nth(1)?.parse().ok()
 }
