@@ -14,6 +14,7 @@ mod demo_node;
 mod devices;
 mod fakegpu;
 mod install;
+mod k8s;
 mod node;
 mod remote;
 mod run;
@@ -59,6 +60,15 @@ enum Command {
     Sim(sim::SimArgs),
     /// Benchmarks that print their figures as JSON lines.
     Bench(bench::BenchArgs),
+    /// The Kubernetes operator: controllers, the admission webhook and the scheduler extender
+    /// (HTTPS), one leader by a Lease.
+    Operator(k8s::OperatorArgs),
+    /// Register this node's GPUNode and GPUs (HAL discovery) with Kubernetes and keep their
+    /// status true.
+    NodeAgent(k8s::NodeAgentArgs),
+    /// Render everything a Kubernetes install needs (CRDs, RBAC, operator, node agent, webhook,
+    /// scheduler configuration).
+    Manifests(k8s::ManifestsArgs),
     /// Install tensor-fusion (the binary and the libraries it ships) under a prefix, so that it
     /// runs from any folder without the build folder.
     Install(install::InstallArgs),
@@ -95,6 +105,9 @@ fn main() -> std::process::ExitCode {
         Command::Worker(args) => remote::worker(args),
         Command::Bench(args) => bench::run(args),
         Command::Install(args) => install::run(args),
+        Command::Operator(args) => k8s::operator(args),
+        Command::NodeAgent(args) => k8s::node_agent(args),
+        Command::Manifests(args) => k8s::manifests(args),
         Command::Node(args) => node::node(args),
         Command::Vgpu(args) => node::vgpu(args),
         Command::Top(args) => top::run(args),

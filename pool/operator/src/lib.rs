@@ -19,6 +19,7 @@ pub mod certs;
 pub mod controller;
 pub mod extender;
 pub mod leader;
+pub mod manifests;
 pub mod server;
 pub mod state;
 pub mod webhook;
@@ -44,6 +45,9 @@ pub struct OperatorConfig {
     pub cert_names: Vec<String>,
     /// Webhook configurations whose `caBundle` the operator fills in (mutating, validating).
     pub webhook_configs: Option<(String, String)>,
+    /// A ConfigMap (in `namespace`) the operator publishes its CA in (key `ca.crt`), for the
+    /// kube-scheduler's extender configuration.
+    pub ca_configmap: Option<String>,
     /// What the webhook injects.
     pub inject: webhook::InjectConfig,
     /// The serving certificate; generated at start when `None`.
@@ -69,6 +73,7 @@ impl OperatorConfig {
                 format!("tensor-fusion-operator.{namespace}.svc.cluster.local"),
             ],
             webhook_configs: Some(("tensor-fusion".into(), "tensor-fusion".into())),
+            ca_configmap: Some(manifests::CA_CONFIGMAP.into()),
             inject: Default::default(),
             serving: None,
             status_period: Duration::from_secs(1),
@@ -90,6 +95,21 @@ pub async fn run(client: kube::Client, cfg: OperatorConfig) -> anyhow::Result<()
         certs::patch_ca_bundle(&client, m, v, &serving.ca_pem)
             .await
             .context("writing the CA into the webhook configurations")?;
+    }
+    if let Some(name) = &cfg.ca_configmap {
+        let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": cfg.namespace}, "data": {"ca.crt": serving.ca_pem}});
+        kube::Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(
+            client.clone(),
+            &cfg.namespace,
+        )
+        .patch(
+            name,
+            &kube::api::PatchParams::apply("tensor-fusion-operator").force(),
+            &kube::api::Patch::Apply(&cm),
+        )
+        .await
+        .context("publishing the CA")?;
     }
     let cache = cache::Cache::start(client.clone()).await?;
     let state = Arc::new(Mutex::new(state::State::new()));
