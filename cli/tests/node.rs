@@ -1099,7 +1099,8 @@ fn the_demo_shows_the_whole_stack_and_leaves_nothing_behind() {
 /// A program in another pid namespace (a container's): its front end is attached with its
 /// pid in the daemon's namespace, the memory it holds is never taken for a dead process's
 /// (its pid means nothing here), and when its front end goes the daemon sees it (the
-/// connection closes) and gives the memory back.
+/// connection closes) and gives the memory back; across a kill -9 of the daemon, a front end
+/// that comes back keeps its memory, and one that died meanwhile has it given back.
 #[test]
 fn a_program_in_another_pid_namespace_is_tracked_by_its_connection() {
     let _cpu = timing();
@@ -1110,7 +1111,7 @@ fn a_program_in_another_pid_namespace_is_tracked_by_its_connection() {
         eprintln!("skipped: `unshare --pid --fork --mount-proc` is not permitted here");
         return;
     }
-    let node = Node::new("pidns");
+    let mut node = Node::new("pidns");
     node.ok(&[
         "vgpu",
         "create",
@@ -1120,43 +1121,78 @@ fn a_program_in_another_pid_namespace_is_tracked_by_its_connection() {
         "--vram",
         "1GiB",
     ]);
-    // The front end and its program in a new pid namespace (the front end is pid 1 there).
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child", BIN]);
-    node.env(&mut cmd)
-        .args(["run", "--vgpu", "c", "--"])
-        .arg(probe())
-        .args(["hold", "256", "60"])
-        .stdout(Stdio::null());
-    let mut child = cmd.spawn().unwrap();
-    let guard = Kill(vec![child.id()]);
     let c = |n: &Node| n.ls().into_iter().find(|v| v["name"] == "c").unwrap();
-    let t = Instant::now();
-    while c(&node)["vram_used"] != 256u64 << 20 {
-        assert!(t.elapsed() < Duration::from_secs(10), "{}", c(&node));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    // Its front end's pid, as the daemon's namespace knows it (not 1).
-    let pids = c(&node)["attached_pids"].clone();
-    let front = pids[0].as_u64().unwrap() as u32;
-    assert!(front > 1, "{pids}");
+    let wait = |n: &Node, what: &str, ok: &dyn Fn(&serde_json::Value) -> bool| -> f64 {
+        let t = Instant::now();
+        loop {
+            let v = c(n);
+            if ok(&v) {
+                return t.elapsed().as_secs_f64();
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "{what}: {v}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    const HELD: u64 = 256 << 20;
+    // The front end and its program in a new pid namespace (the front end is pid 1 there).
+    let start = |n: &Node| -> (Child, u32) {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child", BIN]);
+        n.env(&mut cmd)
+            .args(["run", "--vgpu", "c", "--"])
+            .arg(probe())
+            .args(["hold", "256", "120"])
+            .stdout(Stdio::null());
+        let child = cmd.spawn().unwrap();
+        n.spawned.lock().unwrap().push(child.id());
+        wait(n, "held", &|v| {
+            v["vram_used"] == HELD && !v["attached_pids"].as_array().unwrap().is_empty()
+        });
+        // Its front end's pid, as the daemon's namespace knows it (not 1).
+        let front = c(n)["attached_pids"][0].as_u64().unwrap() as u32;
+        assert!(front > 1);
+        (child, front)
+    };
+
+    let (mut a, front) = start(&node);
     // Several control ticks later (each would reclaim dead processes by pid) it still holds.
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(c(&node)["vram_used"], 256u64 << 20, "{}", c(&node));
+    assert_eq!(c(&node)["vram_used"], HELD, "{}", c(&node));
     // The front end is killed: the connection closes, the daemon detaches it and gives the
     // memory back.
     signal(front, libc::SIGKILL);
-    let t = Instant::now();
-    while c(&node)["vram_used"] != 0 || !c(&node)["attached_pids"].as_array().unwrap().is_empty() {
-        assert!(t.elapsed() < Duration::from_secs(5), "{}", c(&node));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    eprintln!(
-        "detached and reclaimed {:.2} s after the kill",
-        t.elapsed().as_secs_f64()
+    let t = wait(&node, "given back", &|v| {
+        v["vram_used"] == 0 && v["attached_pids"].as_array().unwrap().is_empty()
+    });
+    eprintln!("detached and given back {t:.2} s after the kill");
+    let _ = a.wait();
+
+    // Across a kill -9 of the daemon: the front end comes back and keeps its memory, past the
+    // restarted daemon's grace period.
+    let (mut b, _) = start(&node);
+    node.kill9();
+    node.start();
+    wait(&node, "attached again", &|v| {
+        !v["attached_pids"].as_array().unwrap().is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(3000));
+    assert_eq!(c(&node)["vram_used"], HELD, "{}", c(&node));
+    // A front end that dies while the daemon is down: its memory is given back after the
+    // restart, once the grace period shows it is not coming back.
+    let front = c(&node)["attached_pids"][0].as_u64().unwrap() as u32;
+    node.kill9();
+    signal(front, libc::SIGKILL);
+    let _ = b.wait();
+    node.start();
+    assert_eq!(
+        c(&node)["vram_used"],
+        HELD,
+        "recovered as the programs left it"
     );
-    let _ = child.wait();
-    drop(guard);
+    let t = wait(&node, "given back after the restart", &|v| {
+        v["vram_used"] == 0
+    });
+    eprintln!("a front end that died with the daemon down: given back {t:.2} s after the restart");
 }
 
 /// Kills its processes (SIGKILL) when dropped, so that a failed assertion leaves nothing

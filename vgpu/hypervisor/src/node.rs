@@ -15,7 +15,7 @@ use tonic::{Code, Status};
 
 use crate::api;
 use crate::share::{Demand, divide};
-use crate::store::{Store, VgpuRecord};
+use crate::store::{AttachmentRecord, Store, VgpuRecord};
 
 const POOL: &str = "node";
 const NODE: &str = "local";
@@ -293,7 +293,9 @@ impl Node {
     /// usage its processes left in it, its placement reserved again.
     fn recover(&self) -> Result<(), String> {
         let records = self.store.list().map_err(|e| e.to_string())?;
+        let before = self.store.attachments().map_err(|e| e.to_string())?;
         let mut st = self.lock();
+        st.next_attachment = before.iter().map(|a| a.id + 1).max().unwrap_or(1);
         for rec in records {
             let Some(device) = self.devices.get(rec.device_index as usize) else {
                 tracing::error!(vgpu = %rec.name, device = rec.device_index, "the vGPU's device is gone; it stays stored but is not served");
@@ -322,9 +324,23 @@ impl Node {
                 .map_err(|e| format!("vGPU {}: {e}", rec.name))?
                 .id;
             tracing::info!(vgpu = %rec.name, device = rec.device_index, "recovered");
-            let e = self.new_entry(rec, qos, vgpu, alloc, true);
+            let mut e = self.new_entry(rec, qos, vgpu, alloc, true);
+            // Front ends attached when the daemon stopped attach again as new attachments.
+            // Until then nothing is reclaimed by pid; if one of them lived in another pid
+            // namespace, the region's pids mean nothing here, and the region is emptied once
+            // none is attached after the grace period (the front ends that died while the
+            // daemon was down took their programs with them).
+            let was: Vec<&AttachmentRecord> =
+                before.iter().filter(|a| a.vgpu == e.rec.name).collect();
+            e.foreign_left = was.iter().any(|a| a.foreign);
+            if !was.is_empty() {
+                tracing::info!(vgpu = %e.rec.name, front_ends = was.len(), "front ends were attached when the daemon stopped");
+            }
             st.vgpus.insert(e.rec.name.clone(), e);
         }
+        // The old attachments are superseded by the new ones front ends make.
+        let ids: Vec<u64> = before.iter().map(|a| a.id).collect();
+        self.store.detach(&ids).map_err(|e| e.to_string())?;
         // Folders nobody stored: a create cut short between the folder and the commit.
         if let Ok(dir) = std::fs::read_dir(self.vgpus_dir()) {
             for f in dir.flatten() {
@@ -655,6 +671,15 @@ impl Node {
             ));
         };
         let foreign = pid == 0 || pid_namespace(pid) != pid_namespace(std::process::id());
+        self.store
+            .attach(&AttachmentRecord {
+                id,
+                vgpu: name.to_string(),
+                pid,
+                foreign,
+                since_unix_ms: now_unix_ms(),
+            })
+            .map_err(|e| Refusal::new(Code::Internal, e.to_string()))?;
         e.attached.insert(id, (pid, foreign));
         let kind = self.kinds[e.rec.device_index as usize];
         let info = e.vgpu.device();
@@ -680,6 +705,9 @@ impl Node {
 
     fn detach(&self, name: &str, id: u64) {
         let mut st = self.lock();
+        if let Err(e) = self.store.detach(&[id]) {
+            tracing::error!(error = %e, attachment = id, "cannot forget the attachment");
+        }
         if let Some(e) = st.vgpus.get_mut(name)
             && let Some((pid, foreign)) = e.attached.remove(&id)
         {
@@ -769,6 +797,11 @@ impl Node {
             // By pid only where pids mean something here: not while front ends from another
             // pid namespace are (or were) attached, nor before a recovered vGPU's front ends
             // are back.
+            if e.foreign_left && e.attached.is_empty() && e.ticks >= e.reclaim_from_tick {
+                let bytes = e.vgpu.region().reclaim_all();
+                e.foreign_left = false;
+                tracing::info!(vgpu = %name, bytes, "front ends from another pid namespace did not come back: their processes' memory is given back");
+            }
             e.control.set_reclaim_dead(
                 !e.foreign_left
                     && e.ticks >= e.reclaim_from_tick

@@ -11,6 +11,20 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 const VGPUS: TableDefinition<&str, &[u8]> = TableDefinition::new("vgpus");
+const ATTACHMENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("attachments");
+
+/// A front end attached to a vGPU, as the database keeps it (so that a restarted daemon knows
+/// who was attached when it died, and cleans up after those that did not come back).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttachmentRecord {
+    pub id: u64,
+    pub vgpu: String,
+    /// The front end's pid in the daemon's namespace (0: unknown).
+    pub pid: u32,
+    /// Whether it lives in another pid namespace.
+    pub foreign: bool,
+    pub since_unix_ms: i64,
+}
 
 /// A vGPU as the database keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,6 +67,7 @@ impl Store {
         // The table exists from the start, so that readers never see it missing.
         let tx = db.begin_write().map_err(|e| err(&e))?;
         tx.open_table(VGPUS).map_err(|e| err(&e))?;
+        tx.open_table(ATTACHMENTS).map_err(|e| err(&e))?;
         tx.commit().map_err(|e| err(&e))?;
         Ok(Store { db, path: p })
     }
@@ -105,6 +120,49 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Every stored attachment.
+    pub fn attachments(&self) -> Result<Vec<AttachmentRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(ATTACHMENTS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(|e| self.err(e))? {
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            let r: AttachmentRecord = serde_json::from_slice(v.value())
+                .map_err(|e| self.err(format!("attachment {}: {e}", k.value())))?;
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    /// Record an attachment; committed when this returns.
+    pub fn attach(&self, r: &AttachmentRecord) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(r).map_err(|e| self.err(e))?;
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut t = tx.open_table(ATTACHMENTS).map_err(|e| self.err(e))?;
+            t.insert(r.id, bytes.as_slice()).map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Forget attachments (detached, or superseded after a restart); committed when this
+    /// returns.
+    pub fn detach(&self, ids: &[u64]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut t = tx.open_table(ATTACHMENTS).map_err(|e| self.err(e))?;
+            for id in ids {
+                t.remove(*id).map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +196,18 @@ mod tests {
         }
         let s = Store::open(&path).unwrap();
         assert_eq!(s.list().unwrap(), vec![rec("a")]);
+        let at = |id| AttachmentRecord {
+            id,
+            vgpu: "a".into(),
+            pid: 42,
+            foreign: id == 2,
+            since_unix_ms: 7,
+        };
+        s.attach(&at(1)).unwrap();
+        s.attach(&at(2)).unwrap();
+        s.detach(&[1]).unwrap();
+        drop(s);
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.attachments().unwrap(), vec![at(2)]);
     }
 }
