@@ -291,6 +291,7 @@ pub fn vgpu_json(v: &api::Vgpu) -> serde_json::Value {
         "target_share": v.target_share,
         "achieved_share": v.achieved_share,
         "busy_ns": v.busy_ns,
+        "busy_at_ns": v.busy_at_ns,
         "active": v.active,
         "vram_request": v.vram_request_bytes,
         "vram_limit": v.vram_limit_bytes,

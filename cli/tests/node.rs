@@ -80,7 +80,11 @@ struct Node {
     metrics: Option<String>,
     /// Front ends started by [`Node::run`], killed on drop (a failed assertion leaves none).
     spawned: std::sync::Mutex<Vec<u32>>,
+    /// A connection to the daemon for frequent readings.
+    api: std::sync::Mutex<Option<(tokio::runtime::Runtime, Client)>>,
 }
+
+type Client = tf_hypervisor::api::HypervisorClient<tonic::transport::Channel>;
 
 impl Node {
     fn new(tag: &str) -> Node {
@@ -100,6 +104,7 @@ impl Node {
             daemon: None,
             metrics: None,
             spawned: Default::default(),
+            api: Default::default(),
         };
         n.start();
         n
@@ -168,6 +173,7 @@ impl Node {
     }
 
     fn kill9(&mut self) {
+        *self.api.lock().unwrap_or_else(|p| p.into_inner()) = None;
         if let Some(mut c) = self.daemon.take() {
             c.kill().unwrap(); // SIGKILL
             c.wait().unwrap();
@@ -175,6 +181,7 @@ impl Node {
     }
 
     fn stop(&mut self) {
+        *self.api.lock().unwrap_or_else(|p| p.into_inner()) = None;
         if let Some(mut c) = self.daemon.take() {
             // SAFETY: kill(2) on our own child.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
@@ -193,6 +200,15 @@ impl Node {
         let o = self.tf().args(args).output().unwrap();
         assert!(!o.status.success(), "{args:?} was accepted: {}", show(&o));
         String::from_utf8(o.stderr).unwrap()
+    }
+
+    /// `vgpu ls --json` without what moves on its own (the tick time of the busy reading).
+    fn ls_stable(&self) -> Vec<serde_json::Value> {
+        let mut v = self.ls();
+        for x in &mut v {
+            x.as_object_mut().unwrap().remove("busy_at_ns");
+        }
+        v
     }
 
     fn ls(&self) -> Vec<serde_json::Value> {
@@ -230,19 +246,38 @@ impl Node {
     }
 
     /// Cumulative busy ns per vGPU, from the daemon.
-    fn busy(&self) -> (Instant, std::collections::HashMap<String, u64>) {
-        let at = Instant::now();
-        let m = self
-            .ls()
-            .iter()
-            .map(|v| {
-                (
-                    v["name"].as_str().unwrap().to_string(),
-                    v["busy_ns"].as_u64().unwrap(),
-                )
-            })
-            .collect();
-        (at, m)
+    /// Cumulative busy ns per vGPU with the control tick's time it was read at, from the
+    /// daemon, through one kept connection (fine-grained readings without a process each).
+    fn busy(&self) -> Reading {
+        let mut api = self.api.lock().unwrap_or_else(|p| p.into_inner());
+        for _ in 0..50 {
+            if api.is_none() {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                if let Ok(c) = rt.block_on(tf_hypervisor::api::connect(&self.socket())) {
+                    *api = Some((rt, c));
+                }
+            }
+            if let Some((rt, c)) = api.as_mut() {
+                match rt.block_on(c.list_vgpus(tf_hypervisor::api::ListVgpusRequest {})) {
+                    Ok(r) => {
+                        let at = Instant::now();
+                        let m = r
+                            .into_inner()
+                            .vgpus
+                            .into_iter()
+                            .map(|v| (v.name, (v.busy_at_ns, v.busy_ns)))
+                            .collect();
+                        return (at, m);
+                    }
+                    Err(_) => *api = None, // the daemon was restarted: connect again
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the daemon does not answer");
     }
 }
 
@@ -256,16 +291,16 @@ impl Drop for Node {
     }
 }
 
-/// Shares (percent) between two readings of [`Node::busy`].
-fn shares(
-    a: &(Instant, std::collections::HashMap<String, u64>),
-    b: &(Instant, std::collections::HashMap<String, u64>),
-) -> std::collections::HashMap<String, f64> {
-    let wall = (b.0 - a.0).as_nanos() as f64;
+/// A reading of [`Node::busy`]: when it was taken, and per vGPU (tick time, busy ns).
+type Reading = (Instant, std::collections::HashMap<String, (u64, u64)>);
+
+/// Shares (percent) between two readings of [`Node::busy`], over the daemon's tick times.
+fn shares(a: &Reading, b: &Reading) -> std::collections::HashMap<String, f64> {
     b.1.iter()
-        .map(|(k, v)| {
-            let before = a.1.get(k).copied().unwrap_or(*v);
-            (k.clone(), v.saturating_sub(before) as f64 / wall * 100.0)
+        .map(|(k, &(t1, v1))| {
+            let (t0, v0) = a.1.get(k).copied().unwrap_or((t1, v1));
+            let wall = t1.saturating_sub(t0).max(1) as f64;
+            (k.clone(), v1.saturating_sub(v0) as f64 / wall * 100.0)
         })
         .collect()
 }
@@ -416,7 +451,7 @@ fn shares_hold_and_idle_capacity_is_lent_and_taken_back() {
     let mut lend = Vec::new();
     let mut back = Vec::new();
     let program = child_of(a.id());
-    for _ in 0..2 {
+    for _ in 0..3 {
         signal(program, libc::SIGSTOP);
         lend.push(within(
             &|s| s["b"] >= 57.0 && s["c"] >= 37.0,
@@ -434,10 +469,16 @@ fn shares_hold_and_idle_capacity_is_lent_and_taken_back() {
     kill(&mut b);
     kill(&mut c);
     // The time includes the 300 ms the measurement window needs to fill at the new rates.
-    let best = |v: &[f64]| v.iter().cloned().fold(f64::MAX, f64::min);
+    // The median of three switches, so that one load spike on the shared machine does not
+    // decide it (each time is printed).
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
     eprintln!("lend {lend:?} s, take back {back:?} s");
-    assert!(best(&lend) <= 1.0, "lending took {lend:?} s");
-    assert!(best(&back) <= 1.0, "taking back took {back:?} s");
+    assert!(median(&lend) <= 1.0, "lending took {lend:?} s");
+    assert!(median(&back) <= 1.0, "taking back took {back:?} s");
 }
 
 /// kill -9 of the daemon: the running program keeps its share (measured by the program
@@ -596,7 +637,7 @@ fn bad_input_is_refused_and_changes_nothing() {
         "8GiB",
     ]);
     let (ls, dev, folders, db) = (
-        node.ls(),
+        node.ls_stable(),
         node.devices(),
         node.vgpu_folders(),
         digest(&node.db()),
@@ -771,7 +812,7 @@ fn bad_input_is_refused_and_changes_nothing() {
         eprintln!("{args:?}: {}", e.trim());
         assert!(e.contains(fix), "{args:?}: {e:?} does not say {fix:?}");
     }
-    assert_eq!(node.ls(), ls);
+    assert_eq!(node.ls_stable(), ls);
     assert_eq!(node.devices(), dev);
     assert_eq!(node.vgpu_folders(), folders);
     assert!(digest(&node.db()) == db, "the database file changed");

@@ -930,6 +930,7 @@ fn view(e: &Entry) -> api::Vgpu {
         target_share: e.target,
         achieved_share: e.achieved,
         busy_ns: e.busy_total,
+        busy_at_ns: e.window.back().map(|w| w.now).unwrap_or(0),
         vram_used_bytes: s.vram_used,
         launches: s.launches,
         throttled_launches: s.throttled_launches,
