@@ -160,7 +160,7 @@ fn measure(machine: &Machine, socket: &Path, window: f64) -> Result<Vec<Reading>
 }
 
 /// [`measure`], taken again (up to twice) while the device was not kept busy: the busy vGPUs
-/// (all but `idle`) used less than 90 % of their targets together, which on a loaded machine
+/// (all but `idle`) used less than 95 % of their targets together, which on a loaded machine
 /// means the programs did not get the CPU to launch, not that the daemon held them back.
 fn measure_busy(
     machine: &Machine,
@@ -175,7 +175,7 @@ fn measure_busy(
         m = measure(machine, socket, window)?;
         let busy = m.iter().filter(|r| Some(r.0.as_str()) != idle);
         let (target, achieved) = busy.fold((0.0, 0.0), |(t, a), r| (t + r.1, a + r.2));
-        if achieved >= 0.9 * target {
+        if achieved >= 0.95 * target {
             break;
         }
         tracing::warn!(
@@ -313,12 +313,12 @@ pub fn run(machine: &Machine, seconds: f64, say: &dyn Fn(&str)) -> Result<NodeDe
     let program = child_of(train).ok_or_else(|| anyhow!("train's program is not running"))?;
     // SAFETY: kill(2) on a process this demo started.
     unsafe { libc::kill(program as i32, libc::SIGSTOP) };
-    std::thread::sleep(Duration::from_secs(1));
+    std::thread::sleep(Duration::from_millis(1500));
     let lent = measure_busy(machine, &socket, seconds, Some("train"), &mut windows);
     // SAFETY: as above.
     unsafe { libc::kill(program as i32, libc::SIGCONT) };
     let lent = lent?;
-    std::thread::sleep(Duration::from_secs(1));
+    std::thread::sleep(Duration::from_millis(1500));
     let back = measure_busy(machine, &socket, seconds, None, &mut windows)?;
 
     let find = |m: &[Reading], n: &str| {

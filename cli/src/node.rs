@@ -145,6 +145,13 @@ pub fn node(args: NodeArgs) -> Result<()> {
         } else {
             1 << 30
         },
+        worker: std::env::current_exe()
+            .ok()
+            .map(|exe| tf_hypervisor::WorkerLaunch {
+                exe,
+                socket: socket.clone(),
+                backend: kind.as_str().to_string(),
+            }),
     };
     let node = tf_hypervisor::Node::open(config, devices).map_err(|e| anyhow!(e))?;
     let loops = node.start_control_loops();
@@ -258,6 +265,10 @@ pub struct CreateArgs {
     /// low, medium, high or critical: who borrows idle capacity first.
     #[arg(long, default_value = "medium")]
     pub qos: String,
+    /// A remote vGPU: the daemon runs a worker on it, and `run --vgpu NAME` runs programs
+    /// against the worker (hard isolation: they never touch the device).
+    #[arg(long)]
+    pub remote: bool,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -301,6 +312,8 @@ pub fn vgpu_json(v: &api::Vgpu) -> serde_json::Value {
         "throttled_ns": v.throttled_ns,
         "attached_pids": v.attached_pids,
         "region": v.region_path,
+        "remote_address": v.remote_address,
+        "token_file": v.token_file,
         "created_unix_ms": v.created_unix_ms,
     })
 }
@@ -345,6 +358,7 @@ pub fn vgpu(args: VgpuArgs) -> Result<()> {
                         tflops_request: a.request_tflops,
                         vram_request_bytes: a.request_vram,
                         qos: a.qos,
+                        remote: a.remote,
                     })
                     .await
                     .map_err(refused)?
@@ -532,6 +546,23 @@ pub fn run_attached(
         .session
         .clone()
         .ok_or_else(|| anyhow!("the daemon sent no session for {name}"))?;
+    if !session.remote_address.is_empty() && std::env::var_os(tf_hypervisor::WORKER_ENV).is_none() {
+        // A remote vGPU: the program is a client of the vGPU's worker (the daemon paces the
+        // worker); the attachment is not needed.
+        drop(stream);
+        rt.shutdown_timeout(Duration::from_millis(100));
+        let addr = crate::remote::parse_addr(&session.remote_address).map_err(|e| anyhow!(e))?;
+        // The daemon starts the worker with the vGPU: give it a moment to listen.
+        if let Some(path) = session.remote_address.strip_prefix("unix://") {
+            let t = std::time::Instant::now();
+            while std::os::unix::net::UnixStream::connect(path).is_err()
+                && t.elapsed() < Duration::from_secs(10)
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        return crate::remote::run(&addr, Some(Path::new(&session.token_file)), command);
+    }
     let kind: BackendKind = session
         .backend
         .parse()

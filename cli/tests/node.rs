@@ -288,7 +288,31 @@ impl Drop for Node {
             &mut *self.spawned.lock().unwrap_or_else(|p| p.into_inner()),
         )));
         self.kill9();
+        // Workers the daemon started (their command lines name this machine's folder).
+        for pid in processes_naming(self.dir.path()) {
+            // SAFETY: kill(2) on a process whose command line names this test's own
+            // temporary folder: one this test's daemon started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
     }
+}
+
+/// Processes (other than this one) whose command line names `path`.
+fn processes_naming(path: &Path) -> Vec<u32> {
+    let needle = path.as_os_str().as_encoded_bytes();
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+                .filter(|&p| p != me)
+                .filter(|p| {
+                    std::fs::read(format!("/proc/{p}/cmdline"))
+                        .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A reading of [`Node::busy`]: when it was taken, and per vGPU (tick time, busy ns).
@@ -1326,4 +1350,78 @@ fn vgpus_without_a_device_are_placed_where_they_fit() {
         (requested.iter().sum::<f64>() - 1.5).abs() < 1e-9,
         "{devices}"
     );
+}
+
+/// A remote vGPU: the daemon starts a worker on it; programs run through the client stub
+/// against the worker, which the daemon paces with the vGPU, under its VRAM quota; removing the
+/// vGPU stops the worker.
+#[test]
+fn a_remote_vgpu_runs_programs_through_a_worker_the_daemon_starts() {
+    let _cpu = timing();
+    let node = Node::new("remote");
+    node.ok(&[
+        "vgpu",
+        "create",
+        "r",
+        "--compute-percent",
+        "30",
+        "--vram",
+        "1GiB",
+        "--remote",
+    ]);
+    let r = |n: &Node| n.ls().into_iter().find(|v| v["name"] == "r").unwrap();
+    let t = Instant::now();
+    while r(&node)["attached_pids"].as_array().unwrap().is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no worker: {}",
+            r(&node)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let address = r(&node)["remote_address"].as_str().unwrap().to_string();
+    assert!(address.starts_with("unix://"), "{address}");
+    let run = |pre: &[&str], args: &[String]| -> serde_json::Value {
+        let out = node
+            .tf()
+            .args(pre)
+            .arg("--")
+            .arg(probe())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{pre:?}: {}", show(&out));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", show(&out)))
+    };
+    // The quota, as the program sees it through the stub.
+    let v = run(&["run", "--vgpu", "r"], &["vram".into(), "64".into()]);
+    assert_eq!(v["mem_total"], 1u64 << 30, "{v}");
+    assert_eq!(v["last_error"], 2, "out of memory past the quota: {v}");
+    assert_eq!(v["allocated"], 1u64 << 30, "{v}");
+    // The share: measured by the program against its rate alone on the device.
+    let alone = run(&["run"], &busy(1.5, 0.5))["kernels_per_s"]
+        .as_f64()
+        .unwrap();
+    let mut achieved = 0.0;
+    for _ in 0..2 {
+        let rate = run(&["run", "--vgpu", "r"], &busy(3.0, 1.0))["kernels_per_s"]
+            .as_f64()
+            .unwrap();
+        achieved = rate / alone * 100.0;
+        eprintln!("remote vGPU at 30 %: {rate:.0}/s of {alone:.0}/s alone = {achieved:.1} %");
+        if (achieved - 30.0).abs() <= 3.0 {
+            break;
+        }
+    }
+    assert!((achieved - 30.0).abs() <= 3.0, "{achieved:.1} %");
+    // Removing the vGPU stops its worker.
+    node.ok(&["vgpu", "rm", "r"]);
+    let t = Instant::now();
+    while !processes_naming(&node.dir.path().join("run/vgpus/r")).is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the worker is still running"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

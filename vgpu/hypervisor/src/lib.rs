@@ -41,4 +41,4 @@ pub mod server;
 pub mod share;
 pub mod store;
 
-pub use node::{Node, NodeConfig};
+pub use node::{Node, NodeConfig, WORKER_ENV, WorkerLaunch};

@@ -39,7 +39,27 @@ pub struct NodeConfig {
     /// Device memory a process may hold beyond what its region charged it (the audit's
     /// allowance: what a real driver reserves for contexts).
     pub memory_allowance: u64,
+    /// How to start the worker of a remote vGPU (`None`: remote vGPUs are refused).
+    pub worker: Option<WorkerLaunch>,
 }
+
+/// How the daemon starts a remote vGPU's worker: `EXE run --vgpu NAME --socket SOCKET -- EXE
+/// worker --listen unix://FOLDER/worker.sock --token-file FOLDER/worker.token --device N
+/// --backend BACKEND`, with `TF_VGPU_WORKER=1` (so that its front end runs it on the region
+/// rather than as a client of itself). The front end attaches like any program's, so the
+/// worker is paced with the vGPU and survives a restart of the daemon as programs do.
+#[derive(Debug, Clone)]
+pub struct WorkerLaunch {
+    /// The `tensor-fusion` binary.
+    pub exe: PathBuf,
+    /// The daemon's socket.
+    pub socket: PathBuf,
+    /// The backend's name.
+    pub backend: String,
+}
+
+/// The environment variable that marks a remote vGPU's worker front end.
+pub const WORKER_ENV: &str = "TF_VGPU_WORKER";
 
 /// An error the API reports: a gRPC code and a message that names the fix.
 #[derive(Debug, Clone, PartialEq)]
@@ -336,6 +356,9 @@ impl Node {
             if !was.is_empty() {
                 tracing::info!(vgpu = %e.rec.name, front_ends = was.len(), "front ends were attached when the daemon stopped");
             }
+            if e.rec.remote {
+                self.start_worker(&e.rec);
+            }
             st.vgpus.insert(e.rec.name.clone(), e);
         }
         // The old attachments are superseded by the new ones front ends make.
@@ -371,6 +394,12 @@ impl Node {
             )));
         }
         let qos = parse_qos(&req.qos)?;
+        if req.remote && self.config.worker.is_none() {
+            return Err(Refusal::new(
+                Code::FailedPrecondition,
+                "this daemon cannot start workers, so it has no remote vGPUs: create a local one (without --remote)",
+            ));
+        }
         let n = self.devices.len();
         let device = match req.device {
             Some(d) if d as usize >= n => {
@@ -552,6 +581,7 @@ impl Node {
             vram_limit: req.vram_limit_bytes,
             folder: folder.clone(),
             created_unix_ms: now_unix_ms(),
+            remote: req.remote,
         };
         // A folder of that name without a record is left from a create cut short.
         let _ = std::fs::remove_dir_all(&folder);
@@ -572,6 +602,9 @@ impl Node {
         }
         tracing::info!(vgpu = %name, device = index, qos = %qos, request = compute_request, limit = compute_limit, vram = rec.vram_limit, "vGPU created");
         let e = self.new_entry(rec, qos, vgpu, alloc.id, false);
+        if e.rec.remote {
+            self.start_worker(&e.rec);
+        }
         let out = view(&e);
         st.vgpus.insert(name.to_string(), e);
         Ok(out)
@@ -586,7 +619,8 @@ impl Node {
                 format!("no vGPU named {name:?} (see `tensor-fusion vgpu ls`)"),
             ));
         };
-        if !e.attached.is_empty() && !force {
+        // A remote vGPU's front ends are its worker's (programs reach it through the worker).
+        if !e.attached.is_empty() && !force && !e.rec.remote {
             return Err(Refusal::new(
                 Code::FailedPrecondition,
                 format!(
@@ -601,6 +635,15 @@ impl Node {
             .map_err(|e| Refusal::new(Code::Internal, e.to_string()))?;
         let e = st.vgpus.remove(name).expect("checked above");
         let _ = st.scheduler.release(e.alloc);
+        if e.rec.remote {
+            for &(pid, _) in e.attached.values() {
+                if pid != 0 {
+                    // SAFETY: kill(2) on the worker front end this daemon started (attached
+                    // now, so alive); it stops the worker and ends.
+                    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+                }
+            }
+        }
         // Attached front ends see their stream end.
         drop(e.updates);
         e.vgpu.remove();
@@ -690,6 +733,8 @@ impl Node {
             device_index: info.index,
             vendor: format!("{:?}", info.vendor).to_ascii_lowercase(),
             backend: kind.as_str().to_string(),
+            remote_address: remote_address(&e.rec),
+            token_file: remote_token(&e.rec),
         });
         tracing::info!(vgpu = %name, pid, foreign, attachment = id, "attached");
         Ok((
@@ -876,6 +921,93 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Start the worker of remote vGPU `rec`, unless one serves its socket already (it outlived
+    /// a restart of the daemon). Its front end is reaped by a thread of its own.
+    fn start_worker(&self, rec: &VgpuRecord) {
+        let Some(w) = &self.config.worker else {
+            return;
+        };
+        let sock = rec.folder.join("worker.sock");
+        if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+            return;
+        }
+        let _ = std::fs::remove_file(&sock);
+        let token = PathBuf::from(remote_token(rec));
+        if !token.exists() {
+            let mut bytes = [0u8; 24];
+            let random = std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+            if let Err(e) = random {
+                tracing::error!(vgpu = %rec.name, error = %e, "no randomness for the worker's token");
+                return;
+            }
+            let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&token)
+                .and_then(|mut f| f.write_all(text.as_bytes()));
+            if let Err(e) = written {
+                tracing::error!(vgpu = %rec.name, error = %e, "writing the worker's token");
+                return;
+            }
+        }
+        let log = std::fs::File::create(rec.folder.join("worker.log")).ok();
+        let mut cmd = std::process::Command::new(&w.exe);
+        cmd.args(["run", "--vgpu", &rec.name, "--socket"])
+            .arg(&w.socket)
+            .arg("--")
+            .arg(&w.exe)
+            .args(["worker", "--listen", &remote_address(rec), "--token-file"])
+            .arg(&token)
+            .args([
+                "--device",
+                &rec.device_index.to_string(),
+                "--backend",
+                &w.backend,
+            ])
+            .env(WORKER_ENV, "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null());
+        if let Some(log) = log {
+            cmd.stderr(log);
+        }
+        match cmd.spawn() {
+            Ok(mut child) => {
+                tracing::info!(vgpu = %rec.name, pid = child.id(), address = %remote_address(rec), "worker started");
+                let _ = std::thread::Builder::new()
+                    .name("worker-reaper".into())
+                    .spawn(move || {
+                        let _ = child.wait();
+                    });
+            }
+            Err(e) => tracing::error!(vgpu = %rec.name, error = %e, "cannot start the worker"),
+        }
+    }
+}
+
+/// A remote vGPU's worker address (`unix://FOLDER/worker.sock`), empty for a local one.
+fn remote_address(rec: &VgpuRecord) -> String {
+    if rec.remote {
+        format!("unix://{}", rec.folder.join("worker.sock").display())
+    } else {
+        String::new()
+    }
+}
+
+/// A remote vGPU's worker token file, empty for a local one.
+fn remote_token(rec: &VgpuRecord) -> String {
+    if rec.remote {
+        rec.folder.join("worker.token").display().to_string()
+    } else {
+        String::new()
+    }
+}
+
 /// Detaches an attachment when dropped (its stream ended: the front end is gone).
 pub struct Detach {
     node: Arc<Node>,
@@ -931,6 +1063,8 @@ fn view(e: &Entry) -> api::Vgpu {
         achieved_share: e.achieved,
         busy_ns: e.busy_total,
         busy_at_ns: e.window.back().map(|w| w.now).unwrap_or(0),
+        remote_address: remote_address(&e.rec),
+        token_file: remote_token(&e.rec),
         vram_used_bytes: s.vram_used,
         launches: s.launches,
         throttled_launches: s.throttled_launches,

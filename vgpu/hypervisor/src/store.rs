@@ -41,6 +41,9 @@ pub struct VgpuRecord {
     /// The vGPU's folder (its region), under the state directory.
     pub folder: std::path::PathBuf,
     pub created_unix_ms: i64,
+    /// A remote vGPU (the daemon runs a worker on it).
+    #[serde(default)]
+    pub remote: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +182,7 @@ mod tests {
             vram_limit: 2 << 30,
             folder: "/tmp/x".into(),
             created_unix_ms: 1,
+            remote: false,
         }
     }
 
