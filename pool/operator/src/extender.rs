@@ -122,7 +122,8 @@ fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 }
 
 impl Extender {
-    fn request(pod: &Pod) -> Result<tf_scheduler::Request, String> {
+    /// The engine's request for a Pod; `None` for a remote client (its worker holds the GPUs).
+    fn request(pod: &Pod) -> Result<Option<tf_scheduler::Request>, String> {
         let pool = pod
             .metadata
             .annotations
@@ -130,14 +131,26 @@ impl Extender {
             .and_then(|a| a.get(ann::GPU_POOL).cloned());
         let r = workload::parse(pod, None, pool.as_deref())
             .map_err(|r| workload::refusals_message(&r))?;
-        Ok(r.to_engine(pod.metadata.namespace.as_deref().unwrap_or("default")))
+        if r.isolation == tf_pool_api::Isolation::Hard || !r.is_local {
+            return Ok(None);
+        }
+        Ok(Some(r.to_engine(
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+        )))
     }
 
     /// Filter.
     pub fn filter(&self, args: ExtenderArgs) -> FilterResult {
         let names = args.names();
         let req = match Self::request(&args.pod) {
-            Ok(r) => r,
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                return FilterResult {
+                    node_names: args.node_names.clone().or(Some(names)),
+                    nodes: args.nodes,
+                    ..Default::default()
+                };
+            }
             Err(e) => {
                 return FilterResult {
                     error: e,
@@ -192,7 +205,7 @@ impl Extender {
     /// Prioritize: the engine's scores scaled to 0..=10 (best 10).
     pub fn prioritize(&self, args: ExtenderArgs) -> Vec<HostPriority> {
         let names = args.names();
-        let Ok(req) = Self::request(&args.pod) else {
+        let Ok(Some(req)) = Self::request(&args.pod) else {
             return names
                 .into_iter()
                 .map(|host| HostPriority { host, score: 0 })
@@ -237,7 +250,10 @@ impl Extender {
             return Err("the Pod was replaced".into());
         }
         let key = pod_key(&pod);
-        let req = Self::request(&pod)?;
+        let Some(req) = Self::request(&pod)? else {
+            // A remote client: bound where kube-scheduler chose, no GPUs.
+            return self.create_binding(&pods, args).await;
+        };
         // The reservation: atomic with respect to every other bind (one lock, no await).
         let pa = lock(&self.state)
             .reserve(&key, &req, &args.node)
@@ -261,26 +277,30 @@ impl Extender {
             release();
             return Err(format!("recording the GPUs on the Pod: {e}"));
         }
+        if let Err(e) = self.create_binding(&pods, args).await {
+            release();
+            // The annotation stays until the next bind overwrites it; the controller ignores
+            // it on an unbound Pod.
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn create_binding(&self, pods: &Api<Pod>, args: &BindingArgs) -> Result<(), String> {
         let binding: Binding = serde_json::from_value(serde_json::json!({
             "apiVersion": "v1", "kind": "Binding",
             "metadata": {"name": args.pod_name, "namespace": args.pod_namespace},
             "target": {"apiVersion": "v1", "kind": "Node", "name": args.node},
         }))
         .map_err(|e| e.to_string())?;
-        if let Err(e) = pods
-            .create_subresource::<_, serde_json::Value>(
-                "binding",
-                &args.pod_name,
-                &PostParams::default(),
-                &binding,
-            )
-            .await
-        {
-            release();
-            // The annotation stays until the next bind overwrites it; the controller ignores
-            // it on an unbound Pod.
-            return Err(format!("binding: {e}"));
-        }
-        Ok(())
+        pods.create_subresource::<_, serde_json::Value>(
+            "binding",
+            &args.pod_name,
+            &PostParams::default(),
+            &binding,
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("binding: {e}"))
     }
 }

@@ -24,6 +24,7 @@ pub mod server;
 pub mod state;
 pub mod webhook;
 pub mod workload;
+pub mod workloads;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -148,6 +149,11 @@ pub async fn run(client: kube::Client, cfg: OperatorConfig) -> anyhow::Result<()
         state.clone(),
         cache.clone(),
         cfg.status_period,
+    )));
+    let _workloads = AbortOnDrop(tokio::spawn(workloads::run(
+        client.clone(),
+        cfg.inject.clone(),
+        Duration::from_secs(2),
     )));
     lead.wait_for(|l| !*l).await?;
     leading.store(false, Ordering::Release);

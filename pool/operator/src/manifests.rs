@@ -73,6 +73,8 @@ fn rbac(v: &Values) -> Vec<Value> {
             // Pods: read all, write the reservation annotations and the finalizer, bind.
             {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch"]},
             {"apiGroups": [""], "resources": ["pods/binding"], "verbs": ["create"]},
+            // Remote workloads: the worker Pod, its Service and token Secret (create only).
+            {"apiGroups": [""], "resources": ["pods", "services", "secrets"], "verbs": ["create"]},
             {"apiGroups": [tf], "resources": ["gpupools", "gpunodes", "gpus", "schedulingconfigtemplates",
                 "workloadprofiles", "tensorfusionclusters", "gpuresourcequotas"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": [tf], "resources": ["gpupools/status", "gpunodes/status", "gpus/status",

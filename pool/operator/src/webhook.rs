@@ -181,7 +181,9 @@ pub fn mutated(pod: &Pod, req: &GpuRequest, template: Option<&str>, cfg: &Inject
             }
         }
     }
-    if let Some(c) = spec.containers.first_mut() {
+    // A remote client holds no GPUs (its worker does): it is placed like any Pod.
+    let remote = req.isolation == Isolation::Hard || !req.is_local;
+    if let Some(c) = spec.containers.first_mut().filter(|_| !remote) {
         let r = c.resources.get_or_insert_with(Default::default);
         let q = Quantity(req.gpu_count.to_string());
         r.limits

@@ -184,14 +184,15 @@ async fn every_annotation_is_checked_through_the_real_api_server() {
         assert_eq!(anns[ann::WORKLOAD], format!("good-{i}"));
         let limits = created.spec.as_ref().unwrap().containers[0]
             .resources
-            .as_ref()
-            .unwrap()
-            .limits
             .clone()
-            .unwrap();
-        assert!(
+            .unwrap_or_default()
+            .limits
+            .unwrap_or_default();
+        let remote = (*key == ann::ISOLATION && *good == "hard") || *key == ann::IS_LOCAL_GPU;
+        assert_eq!(
             limits.contains_key(ann::GPU_RESOURCE),
-            "{key}: the GPU resource"
+            !remote,
+            "{key}: the GPU resource (none for a remote client: its worker holds the GPUs)"
         );
         let env: Vec<String> = created.spec.as_ref().unwrap().containers[0]
             .env
@@ -379,4 +380,93 @@ async fn pods_are_placed_by_kube_scheduler_and_the_extender() {
     )
     .await
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_remote_workload_gets_a_worker_a_service_and_a_connection() {
+    let s = shared();
+    let client = s.cp.client().await.unwrap();
+    let ns = s.cp.namespace("remote").await.unwrap();
+    let pool = format!("{ns}-pool");
+    create_pool(&client, &pool, json!({})).await;
+    let _agents = start_agents(&client, &format!("{ns}-n"), &pool, 2, 1);
+    wait_pool_ready(&client, &pool, 2).await;
+    wait_webhook(&client, &ns).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let mut p = gpu_pod(
+        "client",
+        json!({ann::GPU_POOL: pool, ann::ISOLATION: "hard", ann::TFLOPS_REQUEST: "100", ann::VRAM_REQUEST: "4Gi"}),
+    );
+    // Keep the client on this test's simulated nodes (other tests' nodes have no agent left).
+    p.spec.as_mut().unwrap().node_selector =
+        Some([("tensor-fusion.ai/pool".to_string(), pool.clone())].into());
+    pods.create(&PostParams::default(), &p).await.unwrap();
+
+    // The worker holds the GPU, placed by the extender; the client holds none.
+    let worker = wait(
+        Duration::from_secs(90),
+        "the worker Running on a GPU",
+        || {
+            let pods = pods.clone();
+            async move {
+                let w = pods.get("client-worker").await.ok()?;
+                let running = w.status.as_ref()?.phase.as_deref() == Some("Running");
+                (running && w.metadata.annotations.as_ref()?.contains_key(ann::GPU_IDS))
+                    .then_some(w)
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let args = worker.spec.unwrap().containers[0].args.clone().unwrap();
+    assert_eq!(args[0], "worker");
+    assert!(args.contains(&"--token-file".to_string()), "{args:?}");
+    let c = wait(Duration::from_secs(60), "the client Running", || {
+        let pods = pods.clone();
+        async move {
+            let c = pods.get("client").await.ok()?;
+            (c.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(c)
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        !c.metadata
+            .annotations
+            .unwrap()
+            .contains_key(ann::ALLOCATION),
+        "a remote client holds no GPUs"
+    );
+    let conns: Api<tf_pool_api::TensorFusionConnection> = Api::namespaced(client.clone(), &ns);
+    let conn = wait(Duration::from_secs(30), "the connection Running", || {
+        let conns = conns.clone();
+        async move {
+            let c = conns.get("client-connection").await.ok()?;
+            (c.status.as_ref()?.phase == tf_pool_api::Phase::Running).then_some(c)
+        }
+    })
+    .await
+    .unwrap();
+    let st = conn.status.unwrap();
+    assert_eq!(st.worker_name, "client-worker");
+    assert_eq!(
+        st.connection_url,
+        format!("tcp://client-worker.{ns}.svc:7070")
+    );
+    assert_eq!(conn.spec.client_pod, "client");
+    let wls: Api<tf_pool_api::TensorFusionWorkload> = Api::namespaced(client.clone(), &ns);
+    let wl = wls.get("client").await.unwrap();
+    assert_eq!(
+        wl.spec.profile.isolation,
+        Some(tf_pool_api::Isolation::Hard)
+    );
+    let wst = wl.status.unwrap();
+    assert_eq!(
+        (wst.pods, wst.workers.clone()),
+        (1, vec!["client-worker".to_string()])
+    );
+    let svc: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), &ns);
+    assert!(svc.get("client-worker").await.is_ok());
+    let sec: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
+    assert!(sec.get("client-worker-token").await.is_ok());
 }
