@@ -161,7 +161,9 @@ pub async fn heartbeat(client: &kube::Client, cfg: &AgentConfig, phase: &str) ->
     let nodes: Api<GPUNode> = Api::all(client.clone());
     let status = json!({
         "apiVersion": "tensor-fusion.ai/v1", "kind": "GPUNode", "metadata": {"name": cfg.node},
-        "status": {"phase": phase, "lastReportTime": now()},
+        "status": {"phase": phase, "lastReportTime": now(),
+            "conditions": [{"type": "Ready", "status": if phase == "Running" { "True" } else { "False" },
+                "reason": "AgentReport", "message": "reported by the node agent", "lastTransitionTime": now()}]},
     });
     nodes
         .patch_status(

@@ -146,15 +146,63 @@ pub async fn run_pods(state: Arc<Mutex<State>>, client: kube::Client) {
 }
 
 /// Keeps the inventory and the status objects true, every `period`.
-pub async fn run_status(state: Arc<Mutex<State>>, cache: Cache, period: Duration) {
+pub async fn run_status(
+    state: Arc<Mutex<State>>,
+    cache: Cache,
+    period: Duration,
+    stale_after: Duration,
+) {
     let mut written: HashMap<String, serde_json::Value> = HashMap::new();
     loop {
         sync_inventory(&state, &cache);
+        if let Err(e) = mark_silent_nodes(&state, &cache, stale_after).await {
+            tracing::warn!(error = %e, "marking silent nodes");
+        }
         if let Err(e) = write_status(&state, &cache, &mut written).await {
             tracing::warn!(error = %e, "writing status");
         }
         tokio::time::sleep(period).await;
     }
+}
+
+/// GPUNodes whose agent has not reported for `stale_after` become `Unknown` (Ready false);
+/// every node that is not `Running` takes nothing new.
+async fn mark_silent_nodes(
+    state: &Mutex<State>,
+    cache: &Cache,
+    stale_after: Duration,
+) -> kube::Result<()> {
+    use k8s_openapi::jiff::Timestamp;
+    let now = Timestamp::now().as_millisecond();
+    let limit = stale_after.as_millis() as i64;
+    let api: Api<GPUNode> = Api::all(cache.client().clone());
+    let mut unavailable = std::collections::HashSet::new();
+    for n in cache.nodes.state() {
+        let Some(name) = n.metadata.name.clone() else {
+            continue;
+        };
+        let st = n.status.clone().unwrap_or_default();
+        let last = st
+            .last_report_time
+            .as_deref()
+            .and_then(|t| t.parse::<Timestamp>().ok())
+            .map(|t| t.as_millisecond());
+        let silent = last.is_none_or(|t| now - t > limit);
+        if st.phase == tf_pool_api::Phase::Running && silent {
+            let t = Timestamp::now().to_string();
+            let patch = json!({"status": {"phase": "Unknown", "conditions": [{"type": "Ready", "status": "False",
+                "reason": "AgentSilent", "lastTransitionTime": t,
+                "message": format!("the node agent has not reported for {}s", stale_after.as_secs())}]}});
+            api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+            tracing::warn!(node = %name, "node agent silent: Unknown");
+            unavailable.insert(name);
+        } else if st.phase != tf_pool_api::Phase::Running || silent {
+            unavailable.insert(name);
+        }
+    }
+    lock(state).set_unavailable(unavailable);
+    Ok(())
 }
 
 async fn write_status(

@@ -249,6 +249,15 @@ impl Extender {
         if !args.pod_uid.is_empty() && pod.metadata.uid.as_deref() != Some(args.pod_uid.as_str()) {
             return Err("the Pod was replaced".into());
         }
+        // Already bound (a bind the scheduler gave up waiting for, then retried): its
+        // reservation stands; never move it.
+        if let Some(n) = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()) {
+            return if *n == args.node {
+                Ok(())
+            } else {
+                Err(format!("the Pod is already bound to {n}"))
+            };
+        }
         let key = pod_key(&pod);
         let Some(req) = Self::request(&pod)? else {
             // A remote client: bound where kube-scheduler chose, no GPUs.

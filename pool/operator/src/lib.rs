@@ -55,6 +55,8 @@ pub struct OperatorConfig {
     pub serving: Option<certs::Serving>,
     /// How often status objects are refreshed.
     pub status_period: Duration,
+    /// A node agent silent this long makes its GPUNode `Unknown` (and takes nothing new).
+    pub node_stale_after: Duration,
     /// Lease timing.
     pub lease_duration: Duration,
     /// Lease renewal period.
@@ -78,6 +80,7 @@ impl OperatorConfig {
             inject: Default::default(),
             serving: None,
             status_period: Duration::from_secs(1),
+            node_stale_after: Duration::from_secs(40),
             lease_duration: Duration::from_secs(10),
             lease_retry: Duration::from_secs(2),
         }
@@ -149,6 +152,7 @@ pub async fn run(client: kube::Client, cfg: OperatorConfig) -> anyhow::Result<()
         state.clone(),
         cache.clone(),
         cfg.status_period,
+        cfg.node_stale_after,
     )));
     let _workloads = AbortOnDrop(tokio::spawn(workloads::run(
         client.clone(),

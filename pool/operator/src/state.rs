@@ -3,7 +3,7 @@
 //! cluster (each Pod's `tensor-fusion.ai/allocation` annotation) on start, so it is a cache of
 //! what the cluster says, never the only record.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use k8s_openapi::api::core::v1::Pod;
 use tf_pool_api::annotations as ann;
@@ -43,6 +43,8 @@ pub struct State {
     pools: BTreeMap<String, PoolConfig>,
     nodes: BTreeMap<String, NodeInfo>,
     pods: HashMap<String, (AllocationId, PodAllocation)>,
+    /// Nodes whose agent is not reporting (GPUNode not `Running`): nothing new goes there.
+    unavailable: HashSet<String>,
 }
 
 impl Default for State {
@@ -59,6 +61,7 @@ impl State {
             pools: BTreeMap::new(),
             nodes: BTreeMap::new(),
             pods: HashMap::new(),
+            unavailable: HashSet::new(),
         }
     }
 
@@ -200,13 +203,26 @@ impl State {
         added
     }
 
-    /// Scores `nodes` for the request (see [`Scheduler::score_nodes`]).
+    /// Marks the nodes whose agent is not reporting; they take nothing new (what they hold
+    /// stays held).
+    pub fn set_unavailable(&mut self, nodes: HashSet<String>) {
+        self.unavailable = nodes;
+    }
+
+    /// Scores `nodes` for the request (see [`Scheduler::score_nodes`]); unavailable nodes
+    /// score `None`.
     pub fn score(
         &mut self,
         req: &Request,
         nodes: &[String],
     ) -> Result<Vec<Option<f64>>, SchedError> {
-        self.sched.score_nodes(req, nodes)
+        let mut scores = self.sched.score_nodes(req, nodes)?;
+        for (s, n) in scores.iter_mut().zip(nodes) {
+            if self.unavailable.contains(n) {
+                *s = None;
+            }
+        }
+        Ok(scores)
     }
 
     /// Reserves for Pod `key` on `node`; a Pod that already holds a reservation on that node
@@ -224,6 +240,12 @@ impl State {
             let id = *id;
             let _ = self.sched.release(id);
             self.pods.remove(key);
+        }
+        if self.unavailable.contains(node) {
+            return Err(SchedError::Unschedulable {
+                pool: req.pool.clone(),
+                reason: format!("node {node:?} is not reporting (its GPUNode is not Running)"),
+            });
         }
         let alloc = self.sched.reserve_on(req, node)?;
         let pa = self.record(key, &alloc);

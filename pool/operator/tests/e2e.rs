@@ -328,12 +328,21 @@ async fn pods_are_placed_by_kube_scheduler_and_the_extender() {
         assert_eq!(&pa.uuids.join(","), ids);
     }
     assert!(assert_no_gpu_over_allocated(&client).await >= 6);
-    // The 13th does not fit anywhere: the scheduler reports the extender's reason.
+    // The 13th (whichever it is) fits nowhere and stays unbound.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let p12 = pods.get("p12").await.unwrap();
-    assert!(
-        p12.spec.as_ref().unwrap().node_name.is_none(),
-        "p12 must not be bound"
+    let unbound: Vec<String> = pods
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| p.spec.as_ref().unwrap().node_name.is_none())
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    assert_eq!(
+        unbound.len(),
+        1,
+        "exactly one Pod must stay unbound: {unbound:?}"
     );
     // The pool's status counts what is held.
     let pools: Api<GPUPool> = Api::all(client.clone());
@@ -469,4 +478,81 @@ async fn a_remote_workload_gets_a_worker_a_service_and_a_connection() {
     assert!(svc.get("client-worker").await.is_ok());
     let sec: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
     assert!(sec.get("client-worker-token").await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_node_agent_makes_its_node_unknown_and_it_takes_nothing_new() {
+    let s = shared();
+    let client = s.cp.client().await.unwrap();
+    let ns = s.cp.namespace("silent").await.unwrap();
+    let pool = format!("{ns}-pool");
+    create_pool(&client, &pool, json!({})).await;
+    let mut agents = start_agents(&client, &format!("{ns}-n"), &pool, 2, 1);
+    wait_pool_ready(&client, &pool, 2).await;
+    wait_webhook(&client, &ns).await;
+    // Node 0's agent stops reporting.
+    drop(agents.remove(0));
+    let nodes: Api<tf_pool_api::GPUNode> = Api::all(client.clone());
+    let silent = format!("{ns}-n-0");
+    let n = wait(Duration::from_secs(60), "the silent node Unknown", || {
+        let nodes = nodes.clone();
+        let silent = silent.clone();
+        async move {
+            let n = nodes.get(&silent).await.ok()?;
+            (n.status.as_ref()?.phase == tf_pool_api::Phase::Unknown).then_some(n)
+        }
+    })
+    .await
+    .unwrap();
+    let cond = &n.status.unwrap().conditions[0];
+    assert_eq!(
+        (cond.type_.as_str(), cond.status.as_str()),
+        ("Ready", "False")
+    );
+    let live = nodes.get(&format!("{ns}-n-1")).await.unwrap();
+    assert_eq!(live.status.unwrap().phase, tf_pool_api::Phase::Running);
+    // Two Pods of 600 TFLOPS: one fits the live node's GPU, none goes to the silent node.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    for i in 0..2 {
+        let p = gpu_pod(
+            &format!("p{i}"),
+            json!({ann::GPU_POOL: pool, ann::TFLOPS_REQUEST: "600", ann::VRAM_REQUEST: "1Gi"}),
+        );
+        pods.create(&PostParams::default(), &p).await.unwrap();
+    }
+    let bound = wait(Duration::from_secs(60), "one Pod bound", || {
+        let pods = pods.clone();
+        async move {
+            let l = pods.list(&ListParams::default()).await.ok()?;
+            let b: Vec<String> = l
+                .items
+                .iter()
+                .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+                .collect();
+            (!b.is_empty()).then_some(b)
+        }
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let l = pods.list(&ListParams::default()).await.unwrap();
+    let bound_now: Vec<String> = l
+        .items
+        .iter()
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect();
+    assert_eq!(bound_now, bound, "only one Pod fits the live node");
+    assert_eq!(bound, vec![format!("{ns}-n-1")]);
+    let pools: Api<GPUPool> = Api::all(client.clone());
+    wait(
+        Duration::from_secs(30),
+        "the pool to count one ready node",
+        || {
+            let pools = pools.clone();
+            let pool = pool.clone();
+            async move { (pools.get(&pool).await.ok()?.status?.ready_nodes == 1).then_some(()) }
+        },
+    )
+    .await
+    .unwrap();
 }

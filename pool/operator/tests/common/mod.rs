@@ -153,6 +153,8 @@ pub fn start_operator(
     cfg.lease_duration = Duration::from_secs(10);
     cfg.lease_retry = Duration::from_secs(2);
     cfg.status_period = Duration::from_millis(500);
+    // Agents beat every 5 s in these tests.
+    cfg.node_stale_after = Duration::from_secs(15);
     let task = AbortOnDrop(tokio::spawn(tf_operator::run(client.clone(), cfg)));
     Operator {
         task,
