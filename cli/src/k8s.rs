@@ -96,6 +96,29 @@ pub fn operator(args: OperatorArgs) -> Result<()> {
     })
 }
 
+/// The node agent's settings for `tensor-fusion node --kube-pool`.
+pub fn agent_config(pool: &str, node: Option<String>) -> Result<AgentConfig> {
+    let node = node
+        .or_else(|| std::env::var("NODE_NAME").ok())
+        .unwrap_or_else(host_name);
+    Ok(AgentConfig::new(&node, pool))
+}
+
+/// Starts the node agent on the current runtime; it stops when the handle is dropped.
+pub async fn start_agent(
+    backend: std::sync::Arc<dyn tf_hal::Backend>,
+    cfg: AgentConfig,
+) -> Result<tf_operator::AbortOnDrop<Result<()>>> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes (in-cluster, or $KUBECONFIG / ~/.kube/config)")?;
+    // Registered before the daemon says it serves; the heartbeat runs in the task.
+    tf_operator::agent::register(&client, backend.as_ref(), &cfg).await?;
+    Ok(tf_operator::AbortOnDrop(tokio::spawn(async move {
+        tf_operator::agent::run(client, backend, cfg).await
+    })))
+}
+
 pub fn node_agent(args: NodeAgentArgs) -> Result<()> {
     let node = args
         .node

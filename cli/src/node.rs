@@ -50,6 +50,13 @@ pub struct NodeArgs {
     /// Backend: fake, cuda, vulkan or ascend (default: $TF_BACKEND, the config file, or fake).
     #[arg(long)]
     pub backend: Option<String>,
+    /// Register this node with Kubernetes in the GPUPool POOL: its GPUNode and GPUs from the
+    /// devices, kept true by a heartbeat (as `tensor-fusion node-agent` does).
+    #[arg(long)]
+    pub kube_pool: Option<String>,
+    /// With --kube-pool: this node's name (default: $NODE_NAME, else the host name).
+    #[arg(long, requires = "kube_pool")]
+    pub kube_node: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -123,6 +130,10 @@ pub fn node(args: NodeArgs) -> Result<()> {
         (Some(_), None) => bail!("--tcp needs --token-file (the token every call must carry)"),
         _ => None,
     };
+    let agent = match &args.kube_pool {
+        Some(pool) => Some(crate::k8s::agent_config(pool, args.kube_node.clone())?),
+        None => None,
+    };
     let backend = args.backend.or(file.backend);
     let kind = crate::config::select_backend(backend.as_deref())?;
     let backend = crate::backends::open_kind(kind)?;
@@ -166,6 +177,15 @@ pub fn node(args: NodeArgs) -> Result<()> {
     };
     let n = infos.len();
     let result = rt.block_on(async {
+        // Registered with Kubernetes for as long as the daemon serves.
+        let _agent = match agent {
+            Some(cfg) => Some(
+                crate::k8s::start_agent(backend.clone(), cfg)
+                    .await
+                    .map_err(|e| format!("{e:#}"))?,
+            ),
+            None => None,
+        };
         // The handlers are in place before the daemon says it serves: a SIGTERM from then on
         // stops it cleanly.
         use tokio::signal::unix::{SignalKind, signal};

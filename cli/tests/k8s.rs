@@ -235,3 +235,56 @@ fn node_agent_and_operator_processes_on_the_real_control_plane() {
     );
     assert!(handover < Duration::from_secs(15), "{handover:?}");
 }
+
+#[test]
+fn the_node_daemon_registers_its_node_with_kube_pool() {
+    let cp = ControlPlane::shared();
+    cp.kubectl_ok(&["apply", "-f", deploy_dir().join("crds").to_str().unwrap()])
+        .unwrap();
+    wait_for(Duration::from_secs(30), "the CRDs", || {
+        kubectl_json(cp, &["get", "gpunodes"]).map(|_| ())
+    });
+    let dir = tf_test_support::scratch_dir("k8s-cli-daemon");
+    let profile = dir.join("machine.toml");
+    std::fs::write(
+        &profile,
+        format!(
+            "shm_dir = {:?}\n[[device]]\nmodel = \"NVIDIA H100 80GB HBM3\"\nmemory = \"81559MiB\"\nsms = 132\nfp16_tflops = 989.4\n[[device]]\nmodel = \"NVIDIA H100 80GB HBM3\"\nmemory = \"81559MiB\"\nsms = 132\nfp16_tflops = 989.4\n",
+            dir.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "node",
+        "--backend",
+        "fake",
+        "--kube-pool",
+        "daemon-pool",
+        "--kube-node",
+        "daemon-node-0",
+    ])
+    .arg("--socket")
+    .arg(dir.join("node.sock"))
+    .arg("--state-dir")
+    .arg(dir.join("state"))
+    .arg("--run-dir")
+    .arg(dir.join("run"))
+    .env("KUBECONFIG", &cp.kubeconfig)
+    .env("TF_FAKE_GPU_CONFIG", &profile);
+    let _daemon = Process::start("node-daemon", cmd, &cp.dir.join("node-daemon.log")).unwrap();
+    let node = wait_for(Duration::from_secs(60), "the daemon's GPUNode", || {
+        let n = kubectl_json(cp, &["get", "gpunode", "daemon-node-0"])?;
+        (n["status"]["phase"] == "Running").then_some(n)
+    });
+    assert_eq!(node["spec"]["pool"], "daemon-pool");
+    assert_eq!(node["status"]["totalGpus"], 2);
+    assert_eq!(
+        node["status"]["gpus"],
+        serde_json::json!(["daemon-node-0-0", "daemon-node-0-1"])
+    );
+    // The daemon serves its own API as well.
+    wait_for(Duration::from_secs(30), "the daemon's socket", || {
+        dir.join("node.sock").exists().then_some(())
+    });
+}
