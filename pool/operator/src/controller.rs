@@ -158,11 +158,50 @@ pub async fn run_status(
         if let Err(e) = mark_silent_nodes(&state, &cache, stale_after).await {
             tracing::warn!(error = %e, "marking silent nodes");
         }
+        if let Err(e) = sync_quotas(&state, &cache).await {
+            tracing::warn!(error = %e, "quotas");
+        }
         if let Err(e) = write_status(&state, &cache, &mut written).await {
             tracing::warn!(error = %e, "writing status");
         }
         tokio::time::sleep(period).await;
     }
+}
+
+/// Every GPUResourceQuota's limits enter the engine; its status says what the namespace uses.
+async fn sync_quotas(state: &Mutex<State>, cache: &Cache) -> kube::Result<()> {
+    use tf_pool_api::GPUResourceQuota;
+    use tf_pool_api::quantity::{parse_bytes, parse_milli};
+    let api: Api<GPUResourceQuota> = Api::all(cache.client().clone());
+    for q in api.list(&ListParams::default()).await?.items {
+        let (Some(ns), Some(name)) = (q.metadata.namespace.clone(), q.metadata.name.clone()) else {
+            continue;
+        };
+        let t = &q.spec.total;
+        let quota = tf_scheduler::Quota {
+            tflops_milli: t.tflops.as_deref().and_then(|s| parse_milli(s).ok()),
+            vram_bytes: t.vram.as_deref().and_then(|s| parse_bytes(s).ok()),
+            gpus: t.gpus,
+        };
+        let used = {
+            let mut st = lock(state);
+            st.set_quota(&ns, quota);
+            st.usage(&ns)
+        };
+        let status = json!({"status": {"used": {"tflops": format_milli(used.tflops_milli),
+            "vram": format_bytes(used.vram_bytes), "gpus": used.gpus}}});
+        let same = q.status.as_ref().is_some_and(|s| {
+            s.used.tflops.as_deref() == Some(&format_milli(used.tflops_milli))
+                && s.used.vram.as_deref() == Some(&format_bytes(used.vram_bytes))
+                && s.used.gpus == Some(used.gpus)
+        });
+        if !same {
+            Api::<GPUResourceQuota>::namespaced(cache.client().clone(), &ns)
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 /// GPUNodes whose agent has not reported for `stale_after` become `Unknown` (Ready false);

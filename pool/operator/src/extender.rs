@@ -158,6 +158,17 @@ impl Extender {
                 };
             }
         };
+        if let Some(why) = lock(&self.state).quota_problem(&req) {
+            return FilterResult {
+                node_names: args.node_names.is_some().then(Vec::new),
+                nodes: args.nodes.map(|_| NodeList::default()),
+                failed_nodes: names
+                    .into_iter()
+                    .map(|n| (n, format!("tensor-fusion: {why}")))
+                    .collect(),
+                error: String::new(),
+            };
+        }
         let scores = match lock(&self.state).score(&req, &names) {
             Ok(s) => s,
             Err(e) => {

@@ -45,6 +45,8 @@ pub struct State {
     pods: HashMap<String, (AllocationId, PodAllocation)>,
     /// Nodes whose agent is not reporting (GPUNode not `Running`): nothing new goes there.
     unavailable: HashSet<String>,
+    /// Quotas set, by namespace.
+    quotas: HashMap<String, tf_scheduler::Quota>,
 }
 
 impl Default for State {
@@ -62,6 +64,7 @@ impl State {
             nodes: BTreeMap::new(),
             pods: HashMap::new(),
             unavailable: HashSet::new(),
+            quotas: HashMap::new(),
         }
     }
 
@@ -201,6 +204,49 @@ impl State {
             }
         }
         added
+    }
+
+    /// Sets a namespace's quota (from its GPUResourceQuota).
+    pub fn set_quota(&mut self, namespace: &str, quota: tf_scheduler::Quota) {
+        self.sched.set_quota(namespace, quota);
+        self.quotas.insert(namespace.to_string(), quota);
+    }
+
+    /// Why the request would exceed its namespace's quota now, if it would.
+    pub fn quota_problem(&self, req: &Request) -> Option<String> {
+        let q = self.quotas.get(&req.namespace)?;
+        let used = self.sched.usage(&req.namespace);
+        let n = req.gpu_count as u64;
+        let abs = |a: tf_scheduler::Amount| match a {
+            tf_scheduler::Amount::Absolute(x) => Some(x * n),
+            _ => None,
+        };
+        let checks = [
+            (
+                "TFLOPS (milli)",
+                used.tflops_milli,
+                abs(req.tflops),
+                q.tflops_milli,
+            ),
+            ("VRAM bytes", used.vram_bytes, abs(req.vram), q.vram_bytes),
+            ("GPUs", used.gpus, Some(n), q.gpus),
+        ];
+        for (what, used, asked, limit) in checks {
+            if let (Some(asked), Some(limit)) = (asked, limit)
+                && used + asked > limit
+            {
+                return Some(format!(
+                    "namespace {:?} would exceed its GPUResourceQuota: {what} {used} used + {asked} asked > {limit}",
+                    req.namespace
+                ));
+            }
+        }
+        None
+    }
+
+    /// What a namespace holds.
+    pub fn usage(&self, namespace: &str) -> tf_scheduler::Usage {
+        self.sched.usage(namespace)
     }
 
     /// Marks the nodes whose agent is not reporting; they take nothing new (what they hold

@@ -556,3 +556,91 @@ async fn a_silent_node_agent_makes_its_node_unknown_and_it_takes_nothing_new() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_namespace_quota_holds_pods_back_and_reports_its_use() {
+    let s = shared();
+    let client = s.cp.client().await.unwrap();
+    let ns = s.cp.namespace("quota").await.unwrap();
+    let pool = format!("{ns}-pool");
+    create_pool(&client, &pool, json!({})).await;
+    let _agents = start_agents(&client, &format!("{ns}-n"), &pool, 1, 2);
+    wait_pool_ready(&client, &pool, 2).await;
+    wait_webhook(&client, &ns).await;
+    let quotas: Api<tf_pool_api::GPUResourceQuota> = Api::namespaced(client.clone(), &ns);
+    let q: tf_pool_api::GPUResourceQuota = serde_json::from_value(json!({
+        "apiVersion": "tensor-fusion.ai/v1", "kind": "GPUResourceQuota", "metadata": {"name": "gpus"},
+        "spec": {"total": {"tflops": "500"}}}))
+    .unwrap();
+    quotas.create(&PostParams::default(), &q).await.unwrap();
+    // The quota is in the engine once its status is written.
+    wait(Duration::from_secs(30), "the quota's status", || {
+        let quotas = quotas.clone();
+        async move { quotas.get("gpus").await.ok()?.status.map(|_| ()) }
+    })
+    .await
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    for i in 0..2 {
+        let p = gpu_pod(
+            &format!("p{i}"),
+            json!({ann::GPU_POOL: pool, ann::TFLOPS_REQUEST: "400", ann::VRAM_REQUEST: "1Gi"}),
+        );
+        pods.create(&PostParams::default(), &p).await.unwrap();
+    }
+    // Both fit the GPUs; the quota lets one run.
+    wait(Duration::from_secs(60), "one Pod bound", || {
+        let pods = pods.clone();
+        async move {
+            let l = pods.list(&ListParams::default()).await.ok()?;
+            l.items
+                .iter()
+                .any(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_some()))
+                .then_some(())
+        }
+    })
+    .await
+    .unwrap();
+    let q = wait(Duration::from_secs(30), "the quota's use", || {
+        let quotas = quotas.clone();
+        async move {
+            let q = quotas.get("gpus").await.ok()?;
+            (q.status.as_ref()?.used.tflops.as_deref() == Some("400")).then_some(q)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(q.status.unwrap().used.gpus, Some(1));
+    // The other is held back by the quota, with the reason in its scheduling condition.
+    let held = wait(Duration::from_secs(60), "the other Pod's reason", || {
+        let pods = pods.clone();
+        async move {
+            let l = pods.list(&ListParams::default()).await.ok()?;
+            l.items.into_iter().find(|p| {
+                p.spec.as_ref().is_some_and(|s| s.node_name.is_none())
+                    && p.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| {
+                            c.iter().any(|c| {
+                                c.type_ == "PodScheduled"
+                                    && c.message
+                                        .as_deref()
+                                        .is_some_and(|m| m.contains("GPUResourceQuota"))
+                            })
+                        })
+            })
+        }
+    })
+    .await
+    .unwrap();
+    let bound = pods
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_some()))
+        .count();
+    assert_eq!(bound, 1, "{:?} must wait", held.metadata.name);
+}
