@@ -352,6 +352,8 @@ pub fn device_json(d: &api::Device) -> serde_json::Value {
         "compute_requested": d.compute_requested,
         "vram_requested": d.vram_requested_bytes,
         "vgpus": d.vgpus,
+        "temperature_c": d.temperature_c,
+        "power_w": d.power_w,
     })
 }
 

@@ -47,6 +47,8 @@ pub fn draw(frame: &mut Frame, devices: &[api::Device], vgpus: &[api::Vgpu], sta
             )),
             Cell::from(pct(d.compute_requested)),
             Cell::from(d.vgpus.to_string()),
+            Cell::from(d.temperature_c.map_or("-".into(), |t| format!("{t:.0} C"))),
+            Cell::from(d.power_w.map_or("-".into(), |p| format!("{p:.0} W"))),
         ])
     });
     let table = Table::new(
@@ -58,9 +60,23 @@ pub fn draw(frame: &mut Frame, devices: &[api::Device], vgpus: &[api::Vgpu], sta
             Constraint::Length(24),
             Constraint::Length(10),
             Constraint::Length(6),
+            Constraint::Length(6),
+            Constraint::Length(7),
         ],
     )
-    .header(Row::new(["DEV", "MODEL", "UTIL", "MEMORY", "REQUESTED", "VGPUS"]).style(bold))
+    .header(
+        Row::new([
+            "DEV",
+            "MODEL",
+            "UTIL",
+            "MEMORY",
+            "REQUESTED",
+            "VGPUS",
+            "TEMP",
+            "POWER",
+        ])
+        .style(bold),
+    )
     .block(Block::bordered().title(" devices "));
     frame.render_widget(table, top);
     let rows = vgpus.iter().map(|v| {
@@ -186,6 +202,8 @@ mod tests {
             utilization: Some(0.97),
             compute_requested: 1.0,
             vgpus: 2,
+            temperature_c: Some(61.0),
+            power_w: Some(612.4),
             ..Default::default()
         }];
         let vgpus = vec![
@@ -226,14 +244,16 @@ mod tests {
         for want in [
             "NVIDIA H100 80GB HBM3",
             "97.0%",
-            "3.00 GiB / 80.00 GiB",
+            "61 C",
+            "612 W",
+            "3 GiB / 80 GiB",
             "train",
             "critical",
             "49.3%",
             "batch",
             "39.8%",
             "40.0%",
-            "1.00 GiB / 8.00 GiB",
+            "1 GiB / 8 GiB",
             "q quits",
         ] {
             assert!(text.contains(want), "{want:?} missing from\n{text}");

@@ -993,6 +993,22 @@ fn metrics_parse_as_prometheus_text() {
         body.contains("tf_device_compute_requested_ratio{"),
         "{body}"
     );
+    // The simulated GPU's sensors: an H100 between its idle and full-load figures.
+    let device_value = |name: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && s.labels.get("device") == Some("0"))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+            .unwrap_or_else(|| panic!("{name} missing from\n{body}"))
+    };
+    let t = device_value("tf_device_temperature_celsius");
+    assert!((32.0..=68.0).contains(&t), "{t} °C");
+    let p = device_value("tf_device_power_watts");
+    assert!((70.0..=700.0).contains(&p), "{p} W");
 }
 
 /// Without a daemon the clients say how to start one; every new command has help.

@@ -337,6 +337,27 @@ pub fn utilization_rises_under_load(backend: &dyn Backend) {
     ctx.stream_destroy(s).unwrap();
 }
 
+/// Sensors read without error, and what a backend reads is physically plausible (a core between
+/// 0 and 150 °C, a board drawing between 0 and 2 kW). The simulated GPU reads both.
+pub fn sensors_read_plausible_values(backend: &dyn Backend) {
+    for info in backend.devices().unwrap() {
+        let dev = backend.device(info.index).unwrap();
+        let s = dev.sensors().expect("sensors");
+        if let Some(t) = s.temperature_c {
+            assert!((0.0..=150.0).contains(&t), "device {}: {t} °C", info.index);
+        }
+        if let Some(p) = s.power_w {
+            assert!((0.0..=2000.0).contains(&p), "device {}: {p} W", info.index);
+        }
+        if backend.kind() == BackendKind::Fake {
+            assert!(
+                s.temperature_c.is_some() && s.power_w.is_some(),
+                "the simulated GPU reads both sensors: {s:?}"
+            );
+        }
+    }
+}
+
 /// Bad handles are errors, never crashes.
 pub fn invalid_handles_are_rejected(backend: &dyn Backend) {
     let (_dev, ctx) = first_context(backend);
@@ -523,6 +544,7 @@ macro_rules! hal_conformance_tests {
             kernels_compute_correct_results,
             streams_and_events_order_work,
             utilization_rises_under_load,
+            sensors_read_plausible_values,
             invalid_handles_are_rejected,
             async_copies_follow_stream_order
         );

@@ -64,6 +64,11 @@ pub trait Device: Send + Sync {
         Ok(second.utilization_since(&first))
     }
 
+    /// Temperature and power draw, each `None` where the backend cannot read it. Never blocks.
+    fn sensors(&self) -> Result<Sensors> {
+        Ok(Sensors::default())
+    }
+
     /// Create an execution context on this device for the calling process.
     fn create_context(&self) -> Result<Arc<dyn Context>>;
 

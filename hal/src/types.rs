@@ -222,6 +222,15 @@ pub struct MemoryInfo {
     pub free_bytes: u64,
 }
 
+/// A device's sensors, each where the backend can read it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sensors {
+    /// Core temperature, °C.
+    pub temperature_c: Option<f64>,
+    /// Board power draw, watts.
+    pub power_w: Option<f64>,
+}
+
 /// One process using a device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProcessUsage {

@@ -389,6 +389,12 @@ impl Device for CudaDevice {
         n.processes(i)
     }
 
+    /// NVML's temperature and power readings.
+    fn sensors(&self) -> Result<tf_hal::Sensors> {
+        let (n, i) = self.nvml("device sensors")?;
+        n.sensors(i)
+    }
+
     /// NVML keeps no cumulative busy counter; see [`Device::utilization`].
     fn busy_sample(&self) -> Result<Option<BusySample>> {
         Ok(None)

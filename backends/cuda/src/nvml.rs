@@ -154,6 +154,24 @@ impl Nvml {
         })
     }
 
+    /// The GPU core temperature and the board's power draw; a sensor NVML cannot read on this
+    /// device is `None` (not an error), as on parts without a power sensor.
+    pub fn sensors(&self, index: u32) -> Result<tf_hal::Sensors> {
+        let d = self.device(index)?;
+        let temperature_c = nv("nvmlDeviceGetTemperature", || {
+            d.temperature(nvml_wrapper::enum_wrappers::device::TemperatureSensor::Gpu)
+        })
+        .ok()
+        .map(f64::from);
+        let power_w = nv("nvmlDeviceGetPowerUsage", || d.power_usage())
+            .ok()
+            .map(|mw| f64::from(mw) / 1000.0);
+        Ok(tf_hal::Sensors {
+            temperature_c,
+            power_w,
+        })
+    }
+
     /// Compute processes holding memory on the device.
     pub fn processes(&self, index: u32) -> Result<Vec<ProcessUsage>> {
         let d = self.device(index)?;

@@ -109,6 +109,11 @@ impl tf_hal::Device for HalDevice {
         Ok(Some(BusySample { at_ns, busy_ns }))
     }
 
+    /// The sensor model over the segment's history ([`crate::model`]).
+    fn sensors(&self) -> Result<tf_hal::Sensors> {
+        Ok(self.0.sensors())
+    }
+
     /// From the segment's history: no waiting.
     fn utilization(&self, window: Duration) -> Result<f64> {
         Ok(self.0.segment().utilization(window.as_nanos() as u64))

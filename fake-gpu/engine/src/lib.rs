@@ -9,6 +9,8 @@
 //! - [`device`], [`exec`]: device memory backed by host memory, PTX modules whose known entries
 //!   compute real results on the CPU ([`kernels`]), streams with worker threads, events.
 //! - [`backend`]: the `tf-hal` backend over the engine.
+//! - [`model`]: what a model has that its profile does not say (power, clocks, PCI ids,
+//!   temperatures), and the sensor model over it ([`FakeDevice::sensors`]).
 //! - [`machine`]: a private simulated machine (its own segments, removed when dropped), and
 //!   [`testing`]: isolated machines for tests.
 //!
@@ -28,6 +30,7 @@ pub mod install;
 pub mod kernels;
 pub mod load;
 pub mod machine;
+pub mod model;
 pub mod profile;
 pub mod ptx;
 pub mod shm;

@@ -247,3 +247,43 @@ fn endless_kernels_are_refused_and_the_device_stays_free() {
     c.synchronize().unwrap();
     assert!(t.elapsed() < std::time::Duration::from_millis(500));
 }
+
+/// The sensor model: an idle device reads its model's idle power and temperature; while kernels
+/// run back to back the power rises toward the board limit and the temperature above idle.
+#[test]
+fn sensors_follow_the_load() {
+    let b = backend("sensors");
+    let dev = b.device(0).unwrap();
+    let idle = dev.sensors().unwrap();
+    let spec = tf_fake_gpu::model::spec(&tf_fake_gpu::DeviceProfile::h100_sxm(0));
+    assert_eq!(idle.power_w, Some(spec.idle_w as f64), "{idle:?}");
+    assert_eq!(
+        idle.temperature_c,
+        Some(spec.idle_temp_c as f64),
+        "{idle:?}"
+    );
+    let c = ctx(&b);
+    let m = c.load_module(ModuleImage::Ptx(TEST_KERNELS_PTX)).unwrap();
+    let busy = c.function(m, "tf_busy").unwrap();
+    for _ in 0..40 {
+        c.launch(
+            busy,
+            &LaunchConfig::for_elements(1, 1),
+            StreamHandle::DEFAULT,
+            &KernelArgs::new().u64(25_000_000),
+        )
+        .unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let loaded = dev.sensors().unwrap();
+    c.synchronize().unwrap();
+    let (p, t) = (loaded.power_w.unwrap(), loaded.temperature_c.unwrap());
+    assert!(
+        p > spec.idle_w as f64 + 0.5 * (spec.tdp_w - spec.idle_w) as f64 && p <= spec.tdp_w as f64,
+        "{loaded:?}"
+    );
+    assert!(
+        t > spec.idle_temp_c as f64 && t <= spec.full_temp_c as f64,
+        "{loaded:?}"
+    );
+}

@@ -48,7 +48,16 @@ pub fn vbios_version(d: *mut c_void, buf: *mut c_char, len: u32) -> NvmlResult {
 
 /// `nvmlDeviceGetBrand`.
 pub fn brand(d: *mut c_void, p: *mut u32) -> NvmlResult {
-    out(p, dev(d)?.spec.brand)
+    use tf_cuda_abi::nvml::{NVML_BRAND_GEFORCE, NVML_BRAND_NVIDIA, NVML_BRAND_TESLA};
+    use tf_fake_gpu::model::Brand;
+    out(
+        p,
+        match dev(d)?.spec.brand {
+            Brand::Nvidia => NVML_BRAND_NVIDIA,
+            Brand::Tesla => NVML_BRAND_TESLA,
+            Brand::GeForce => NVML_BRAND_GEFORCE,
+        },
+    )
 }
 
 /// `nvmlDeviceGetIndex`.

@@ -4,10 +4,8 @@
 //!   definition), read from the device's shared history with no waiting.
 //! - Memory utilization: the simulated GPU does not model memory traffic; it reports a fixed
 //!   share ([`MEMORY_UTIL_SHARE`]) of the GPU utilization, typical of compute-bound work.
-//! - Temperature: rises linearly from the model's idle to its full-load temperature with the
-//!   utilization over the last 10 s (a slower signal, like a heat sink).
-//! - Power: the model's idle power plus (limit − idle) × utilization over the last second; energy
-//!   integrates the same model over the machine's uptime.
+//! - Temperature, power and energy: the engine's sensor model (`tf_fake_gpu::model`), which the
+//!   HAL backend reports too.
 //! - Per-process utilization: the share of the caller's window (NVML's `lastSeenTimeStamp` to
 //!   now) during which each process's kernels held the device, from the device's reservation
 //!   history — the same for every caller, however often it asks.
@@ -33,28 +31,19 @@ pub fn utilization_rates(h: &Handle) -> (u32, u32) {
     (gpu.round() as u32, (gpu * MEMORY_UTIL_SHARE).round() as u32)
 }
 
-/// GPU temperature, °C.
+/// GPU temperature, °C (the engine's sensor model).
 pub fn temperature_c(h: &Handle) -> u32 {
-    let u = utilization(h, 10 * SECOND_NS) / 100.0;
-    let s = &h.spec;
-    s.idle_temp_c + ((s.full_temp_c - s.idle_temp_c) as f64 * u).round() as u32
+    h.dev.temperature_c()
 }
 
-/// Board power draw, milliwatts.
+/// Board power draw, milliwatts (the engine's sensor model).
 pub fn power_mw(h: &Handle) -> u32 {
-    let u = utilization(h, SECOND_NS) / 100.0;
-    let s = &h.spec;
-    ((s.idle_w as f64 + (s.tdp_w - s.idle_w) as f64 * u) * 1000.0).round() as u32
+    h.dev.power_mw()
 }
 
-/// Energy used since boot (the model's idle power over the uptime plus the extra power of every
-/// busy nanosecond), millijoules.
+/// Energy used since boot, millijoules (the engine's sensor model).
 pub fn energy_mj(h: &Handle) -> u64 {
-    let (now_ns, busy_ns) = h.dev.segment().busy_now();
-    let s = &h.spec;
-    let idle = s.idle_w as u128 * now_ns as u128;
-    let extra = (s.tdp_w - s.idle_w) as u128 * busy_ns as u128;
-    ((idle + extra) / 1_000_000) as u64
+    h.dev.energy_mj()
 }
 
 /// Whether a kernel ran on the device during the last second.

@@ -13,7 +13,8 @@ use tf_fake_gpu::{FakeDevice, FakeGpu};
 
 use crate::ffi::NvmlResult;
 use crate::logging;
-use crate::model::{self, ModelSpec, PciAddress};
+use crate::model::PciAddress;
+use tf_fake_gpu::model::{self, ModelSpec};
 
 /// One device as NVML clients see it.
 pub struct Handle {

@@ -50,6 +50,14 @@ pub fn encode(devices: &[api::Device], vgpus: &[api::Vgpu]) -> String {
         "device_vram_requested_bytes",
         "Sum of the VRAM requests of the device's vGPUs",
     );
+    let temperature = dev(
+        "device_temperature_celsius",
+        "GPU core temperature (where the backend reads it)",
+    );
+    let power = dev(
+        "device_power_watts",
+        "Board power draw (where the backend reads it)",
+    );
     for d in devices {
         let l = DeviceLabels {
             device: d.index.to_string(),
@@ -58,6 +66,12 @@ pub fn encode(devices: &[api::Device], vgpus: &[api::Vgpu]) -> String {
         };
         if let Some(u) = d.utilization {
             util.get_or_create(&l).set(u);
+        }
+        if let Some(t) = d.temperature_c {
+            temperature.get_or_create(&l).set(t);
+        }
+        if let Some(p) = d.power_w {
+            power.get_or_create(&l).set(p);
         }
         mem_used.get_or_create(&l).set(d.used_memory_bytes as f64);
         mem_total.get_or_create(&l).set(d.total_memory_bytes as f64);

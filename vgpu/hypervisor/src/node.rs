@@ -665,6 +665,7 @@ impl Node {
             .map(|(i, d)| {
                 let info = d.info();
                 let (c, v) = requested(&st.vgpus, i as u32);
+                let sensors = d.sensors().unwrap_or_default();
                 api::Device {
                     index: info.index,
                     uuid: info.uuid.clone(),
@@ -682,6 +683,8 @@ impl Node {
                         .values()
                         .filter(|e| e.rec.device_index == i as u32)
                         .count() as u32,
+                    temperature_c: sensors.temperature_c,
+                    power_w: sensors.power_w,
                 }
             })
             .collect()
