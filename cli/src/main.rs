@@ -88,14 +88,29 @@ enum Command {
     },
 }
 
-fn main() -> std::process::ExitCode {
+/// Logs on stderr, filtered by `TF_LOG` (default `warn`): tracing's text with fields, or one
+/// JSON object per line with `TF_LOG_FORMAT=json` (for a log collector; what a daemon under
+/// systemd or in a Pod would use).
+fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TF_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match std::env::var("TF_LOG_FORMAT").as_deref() {
+        Ok("json") => builder.json().with_current_span(false).init(),
+        Ok(other) if !other.is_empty() && other != "text" => {
+            builder.with_ansi(false).init();
+            tracing::warn!("TF_LOG_FORMAT={other:?} is not a format (text or json); using text");
+        }
+        _ => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    init_logging();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Devices(args) => devices::run(args),

@@ -504,3 +504,43 @@ fn a_full_shm_folder_is_an_error_not_a_crash() {
         "{err}"
     );
 }
+
+/// `TF_LOG_FORMAT=json`: every line the command logs is one JSON object with its time, level,
+/// target and fields; an unknown format is said so, and text is used.
+#[test]
+fn logs_are_json_lines_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gpu.toml");
+    std::fs::write(&path, isolated()).unwrap();
+    let run = |format: &str| {
+        Command::new(BIN)
+            .args(["run", "--backend", "fake", "--vram", "1GiB", "--", "true"])
+            .env("TF_FAKE_GPU_CONFIG", &path)
+            .env("TF_LOG", "tensor_fusion=info")
+            .env("TF_LOG_FORMAT", format)
+            .output()
+            .unwrap()
+    };
+    let o = run("json");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = stderr(&o)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    let start = lines
+        .iter()
+        .find(|v| v["fields"]["message"] == "starting the command on its vGPU")
+        .unwrap_or_else(|| panic!("no start line in {lines:?}"));
+    assert_eq!(start["level"], "INFO", "{start}");
+    assert_eq!(start["target"], "tensor_fusion::run", "{start}");
+    assert!(start["timestamp"].is_string(), "{start}");
+    assert!(start["fields"]["region"].is_string(), "{start}");
+    let o = run("xml");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("TF_LOG_FORMAT=\"xml\" is not a format"),
+        "{}",
+        stderr(&o)
+    );
+}
