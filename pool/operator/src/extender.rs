@@ -139,6 +139,88 @@ impl Extender {
         )))
     }
 
+    /// Every node refused, for `why`.
+    pub fn refuse_all(args: ExtenderArgs, why: &str) -> FilterResult {
+        let names = args.names();
+        FilterResult {
+            node_names: args.node_names.is_some().then(Vec::new),
+            nodes: args.nodes.map(|_| NodeList::default()),
+            failed_nodes: names
+                .into_iter()
+                .map(|n| (n, format!("tensor-fusion: {why}")))
+                .collect(),
+            error: String::new(),
+        }
+    }
+
+    /// The gang gate: a member of a gang (`gang-enabled: "true"`, `gang-min-members` N > 1; the
+    /// gang is the Pod's workload) is held until N members exist and the members still waiting
+    /// fit together now; `Some(why)` holds it. Past `gang-timeout` the reason says so.
+    pub async fn gang_hold(&self, pod: &Pod) -> Option<String> {
+        let anns = pod.metadata.annotations.as_ref()?;
+        let r = workload::parse(pod, None, anns.get(ann::GPU_POOL).map(String::as_str)).ok()?;
+        let g = r.gang.as_ref()?;
+        if g.min_members <= 1 {
+            return None;
+        }
+        let ns = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let gang = anns.get(ann::WORKLOAD)?.clone();
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        let lp = kube::api::ListParams::default().labels(&format!("{}=true", ann::ENABLED_LABEL));
+        let members: Vec<Pod> = match pods.list(&lp).await {
+            Ok(l) => l
+                .items
+                .into_iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter(|p| {
+                    p.metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(ann::WORKLOAD))
+                        == Some(&gang)
+                })
+                .collect(),
+            Err(e) => return Some(format!("gang {gang}: cannot list its members: {e}")),
+        };
+        let n = members.len() as u32;
+        if n < g.min_members {
+            let first = members
+                .iter()
+                .filter_map(|p| p.metadata.creation_timestamp.as_ref())
+                .map(|t| t.0.as_second())
+                .min()
+                .unwrap_or(0);
+            let waited = k8s_openapi::jiff::Timestamp::now().as_second() - first;
+            return Some(if waited > g.timeout_s as i64 {
+                format!(
+                    "gang {gang}: timed out after {}s with {n} of {} members; create the missing members or lower gang-min-members",
+                    g.timeout_s, g.min_members
+                )
+            } else {
+                format!(
+                    "gang {gang}: {n} of {} members exist; waiting for the rest",
+                    g.min_members
+                )
+            });
+        }
+        let waiting: Vec<tf_scheduler::Request> = members
+            .iter()
+            .filter(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_none()))
+            .filter_map(|p| Self::request(p).ok().flatten())
+            .collect();
+        if let Err(e) = lock(&self.state).fits_together(&waiting) {
+            return Some(format!(
+                "gang {gang}: its {} waiting members do not fit together now ({e})",
+                waiting.len()
+            ));
+        }
+        None
+    }
+
     /// Filter.
     pub fn filter(&self, args: ExtenderArgs) -> FilterResult {
         let names = args.names();

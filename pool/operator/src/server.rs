@@ -69,6 +69,9 @@ async fn filter(AxState(app): AxState<App>, Json(args): Json<ExtenderArgs>) -> J
             ..Default::default()
         });
     }
+    if let Some(why) = app.extender.gang_hold(&args.pod).await {
+        return Json(Extender::refuse_all(args, &why));
+    }
     Json(app.extender.filter(args))
 }
 

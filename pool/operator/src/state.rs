@@ -58,8 +58,12 @@ impl Default for State {
 impl State {
     /// Empty.
     pub fn new() -> State {
+        // Preemption off: the engine must never drop a reservation a running Pod holds (the
+        // operator evicts nobody; QoS orders nothing here yet).
+        let mut sched = Scheduler::new(Default::default());
+        sched.set_preemption(false);
         State {
-            sched: Scheduler::new(Default::default()),
+            sched,
             pools: BTreeMap::new(),
             nodes: BTreeMap::new(),
             pods: HashMap::new(),
@@ -204,6 +208,14 @@ impl State {
             }
         }
         added
+    }
+
+    /// Whether every request could be placed at once now (nothing is kept).
+    pub fn fits_together(&mut self, reqs: &[Request]) -> Result<(), SchedError> {
+        for a in self.sched.reserve_all(reqs)? {
+            let _ = self.sched.release(a.id);
+        }
+        Ok(())
     }
 
     /// Sets a namespace's quota (from its GPUResourceQuota).
@@ -392,6 +404,28 @@ mod tests {
             .iter()
             .map(|g| g.tflops_free)
             .sum()
+    }
+
+    #[test]
+    fn a_higher_qos_never_takes_a_held_reservation() {
+        let (p, n, g) = inventory();
+        let mut s = State::new();
+        s.sync_inventory(&p, &n, &g);
+        let low = Request::new("p", "ns", 1)
+            .with_resources(1_000_000, 8 << 30)
+            .with_qos(tf_scheduler::Qos::Low);
+        s.reserve("ns/a", &low, "n").unwrap();
+        s.reserve("ns/b", &low, "n").unwrap();
+        let high = Request::new("p", "ns", 1)
+            .with_resources(1_000_000, 8 << 30)
+            .with_qos(tf_scheduler::Qos::Critical);
+        assert!(
+            s.reserve("ns/c", &high, "n").is_err(),
+            "full: nothing is preempted"
+        );
+        assert_eq!(s.engine().allocation_count(), 2);
+        assert!(s.fits_together(std::slice::from_ref(&high)).is_err());
+        assert_eq!(s.engine().allocation_count(), 2);
     }
 
     #[test]

@@ -644,3 +644,85 @@ async fn a_namespace_quota_holds_pods_back_and_reports_its_use() {
         .count();
     assert_eq!(bound, 1, "{:?} must wait", held.metadata.name);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gang_waits_for_its_minimum_members() {
+    let s = shared();
+    let client = s.cp.client().await.unwrap();
+    let ns = s.cp.namespace("gang").await.unwrap();
+    let pool = format!("{ns}-pool");
+    create_pool(&client, &pool, json!({})).await;
+    let _agents = start_agents(&client, &format!("{ns}-n"), &pool, 1, 2);
+    wait_pool_ready(&client, &pool, 2).await;
+    wait_webhook(&client, &ns).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    // Members of one Job (the gang is their workload: the controller owner's name).
+    let member = |i: u32| {
+        let mut p = gpu_pod(
+            &format!("train-{i}"),
+            json!({ann::GPU_POOL: pool, ann::TFLOPS_REQUEST: "300", ann::VRAM_REQUEST: "1Gi",
+                   ann::GANG_ENABLED: "true", ann::GANG_MIN_MEMBERS: "3", ann::GANG_TIMEOUT: "10m"}),
+        );
+        p.metadata.owner_references = Some(vec![
+            serde_json::from_value(
+                json!({"apiVersion": "batch/v1", "kind": "Job", "name": "train",
+                "uid": "00000000-0000-0000-0000-000000000001", "controller": true}),
+            )
+            .unwrap(),
+        ]);
+        p
+    };
+    for i in 0..2 {
+        pods.create(&PostParams::default(), &member(i))
+            .await
+            .unwrap();
+    }
+    // Two of three: held, with the reason.
+    wait(
+        Duration::from_secs(60),
+        "the gang's reason on a member",
+        || {
+            let pods = pods.clone();
+            async move {
+                let p = pods.get("train-0").await.ok()?;
+                let c = p.status?.conditions?;
+                c.iter()
+                    .any(|c| {
+                        c.type_ == "PodScheduled"
+                            && c.message
+                                .as_deref()
+                                .is_some_and(|m| m.contains("gang train: 2 of 3"))
+                    })
+                    .then_some(())
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let bound = |l: Vec<Pod>| {
+        l.iter()
+            .filter(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_some()))
+            .count()
+    };
+    assert_eq!(
+        bound(pods.list(&ListParams::default()).await.unwrap().items),
+        0
+    );
+    // The third arrives: all three are placed.
+    pods.create(&PostParams::default(), &member(2))
+        .await
+        .unwrap();
+    wait(Duration::from_secs(120), "the whole gang Running", || {
+        let pods = pods.clone();
+        async move {
+            let l = pods.list(&ListParams::default()).await.ok()?.items;
+            let running = l
+                .iter()
+                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                .count();
+            (running == 3).then_some(())
+        }
+    })
+    .await
+    .unwrap();
+}
