@@ -72,6 +72,15 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
     out
 }
 
+/// Applies the CRDs once for this binary (tests run at once; two creates would race).
+fn install_crds(cp: &ControlPlane) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        cp.kubectl_ok(&["apply", "-f", deploy_dir().join("crds").to_str().unwrap()])
+            .unwrap();
+    });
+}
+
 fn kubectl_json(cp: &ControlPlane, args: &[&str]) -> Option<serde_json::Value> {
     let out = cp.kubectl().args(args).args(["-o", "json"]).output().ok()?;
     if !out.status.success() {
@@ -105,8 +114,7 @@ fn spawn(cp: &ControlPlane, name: &str, args: &[&str]) -> Process {
 #[test]
 fn node_agent_and_operator_processes_on_the_real_control_plane() {
     let cp = ControlPlane::shared();
-    cp.kubectl_ok(&["apply", "-f", deploy_dir().join("crds").to_str().unwrap()])
-        .unwrap();
+    install_crds(cp);
     wait_for(Duration::from_secs(30), "the CRDs", || {
         kubectl_json(cp, &["get", "gpunodes"]).map(|_| ())
     });
@@ -239,8 +247,7 @@ fn node_agent_and_operator_processes_on_the_real_control_plane() {
 #[test]
 fn the_node_daemon_registers_its_node_with_kube_pool() {
     let cp = ControlPlane::shared();
-    cp.kubectl_ok(&["apply", "-f", deploy_dir().join("crds").to_str().unwrap()])
-        .unwrap();
+    install_crds(cp);
     wait_for(Duration::from_secs(30), "the CRDs", || {
         kubectl_json(cp, &["get", "gpunodes"]).map(|_| ())
     });

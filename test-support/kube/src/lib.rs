@@ -266,6 +266,16 @@ impl Pki {
 // ---------------------------------------------------------------------------------------------
 // The control plane
 
+static SHARED: OnceLock<std::result::Result<ControlPlane, String>> = OnceLock::new();
+
+extern "C" fn shared_at_exit() {
+    let _ = std::panic::catch_unwind(|| {
+        if let Some(Ok(cp)) = SHARED.get() {
+            cp.stop();
+        }
+    });
+}
+
 /// etcd and kube-apiserver on loopback, with an admin kubeconfig.
 pub struct ControlPlane {
     /// Working folder (certificates, kubeconfig, logs, etcd data).
@@ -285,10 +295,32 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// The control plane of this test binary, started on first use.
     pub fn shared() -> &'static ControlPlane {
-        static CP: OnceLock<std::result::Result<ControlPlane, String>> = OnceLock::new();
-        match CP.get_or_init(|| ControlPlane::start().map_err(|e| format!("{e:#}"))) {
+        match SHARED.get_or_init(|| {
+            let cp = ControlPlane::start().map_err(|e| format!("{e:#}"));
+            if cp.is_ok() {
+                // A static is never dropped: stop the children and remove the folder at exit.
+                // SAFETY: atexit is given a plain `extern "C" fn()` that never unwinds
+                // (`shared_at_exit` catches every panic).
+                unsafe {
+                    libc::atexit(shared_at_exit);
+                }
+            }
+            cp
+        }) {
             Ok(cp) => cp,
             Err(e) => panic!("the test control plane did not start: {e}"),
+        }
+    }
+
+    /// Kills the processes and removes the folder (unless `TF_TESTENV_KEEP` is set).
+    fn stop(&self) {
+        let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+        // The API server first, then etcd (the order they were started, reversed).
+        while let Some(mut p) = procs.pop() {
+            p.kill();
+        }
+        if std::env::var_os("TF_TESTENV_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 
