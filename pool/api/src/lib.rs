@@ -40,6 +40,32 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         SchedulingConfigTemplate::crd(),
         GPUResourceQuota::crd(),
     ]
+    .into_iter()
+    .map(drop_unknown_formats)
+    .collect()
+}
+
+/// Removes the integer formats the API server does not know (`uint32`, `uint64`, … from
+/// unsigned Rust fields; their `minimum: 0` stays), which it would warn about on every apply.
+fn drop_unknown_formats(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if m.get("format")
+                    .and_then(|f| f.as_str())
+                    .is_some_and(|f| f.starts_with("uint"))
+                {
+                    m.remove("format");
+                }
+                m.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut v = serde_json::to_value(&crd).expect("a CRD serializes");
+    walk(&mut v);
+    serde_json::from_value(v).expect("the same CRD, fewer formats")
 }
 
 /// The CRDs as `(file name, YAML)`, the form committed under `deploy/crds/`.

@@ -80,11 +80,17 @@ fn kubectl_apply_k_deploy_is_accepted_by_the_api_server() {
             "kubectl apply -k said:\n{out}\nwithout {expect}"
         );
     }
-    // Applying again changes nothing.
-    let again = cp
-        .kubectl_ok(&["apply", "-k", dir.to_str().unwrap()])
+    // Applying again changes nothing, and the API server has nothing to warn about.
+    let out = cp
+        .kubectl()
+        .args(["apply", "-k", dir.to_str().unwrap()])
+        .output()
         .unwrap();
+    assert!(out.status.success());
+    let again = String::from_utf8_lossy(&out.stdout);
     assert!(!again.contains("created"), "{again}");
+    let warnings = String::from_utf8_lossy(&out.stderr);
+    assert!(!warnings.contains("Warning"), "{warnings}");
     // Least privilege, as the API server's authorizer sees it.
     // `what` is TYPE or TYPE/NAME; a subresource follows a `#`.
     let can = |who: &str, verb: &str, what: &str| -> bool {
