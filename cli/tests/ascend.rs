@@ -10,17 +10,9 @@ use std::sync::OnceLock;
 
 use tf_fake_gpu::profile::DeviceProfile;
 use tf_fake_gpu::testing::{isolated_ascend_config, to_toml};
+use tf_test_support::show;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tensor-fusion");
-
-fn show(o: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// The simulated driver laid out by `tensor-fusion fake-gpu install`, an isolated machine (a
 /// 910B3 and a 310P3) and the ACL C program, made once per test binary.

@@ -4,11 +4,12 @@
 #![allow(unused_crate_dependencies)] // test targets share the package's dev-dependencies
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tf_fake_gpu::testing::{isolated_config, to_toml};
+use tf_test_support::{show, test_kernels_ptx as ptx};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tensor-fusion");
 
@@ -18,19 +19,6 @@ static CPU: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 fn timing() -> std::sync::RwLockReadGuard<'static, ()> {
     CPU.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn ptx() -> PathBuf {
-    tf_test_support::workspace_root().join("hal/kernels/tf_kernels.ptx")
 }
 
 /// The probe programs, built once per test binary: (linked with -lcuda, via cuGetProcAddress).

@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tf_fake_gpu::testing::{isolated_config, to_toml};
+use tf_test_support::{show, test_kernels_ptx as ptx};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tensor-fusion");
 
@@ -19,19 +20,6 @@ static CPU: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn timing() -> std::sync::MutexGuard<'static, ()> {
     CPU.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn ptx() -> PathBuf {
-    tf_test_support::workspace_root().join("hal/kernels/tf_kernels.ptx")
 }
 
 /// The C probe linked with -lcuda (vgpu/interposer-cuda/tests/c/vgpu_probe.c), built once.

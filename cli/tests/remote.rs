@@ -17,22 +17,10 @@ use tf_hal::Backend;
 use tf_remote::RemoteBackend;
 use tf_remote_protocol::Address;
 use tf_remote_protocol::wire::{Header, Msg};
+use tf_test_support::{show, test_kernels_ptx as ptx};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tensor-fusion");
 const TOKEN: &[u8] = b"remote-test-token";
-
-fn show(o: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn ptx() -> PathBuf {
-    tf_test_support::workspace_root().join("hal/kernels/tf_kernels.ptx")
-}
 
 /// A worker process on its own simulated machine, killed (SIGKILL) when dropped.
 struct Worker {

@@ -10,18 +10,10 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
+use tf_test_support::show;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tensor-fusion");
 const PACKAGES: &str = "libvulkan1 mesa-vulkan-drivers vulkan-tools";
-
-fn show(o: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// `tensor-fusion` with a private region folder, and no backend chosen by the environment.
 fn tf(regions: &std::path::Path) -> Command {

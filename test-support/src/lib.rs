@@ -229,6 +229,21 @@ for w in glob.glob(os.path.join(wheels, "*.whl")):
     Ok(inc)
 }
 
+/// A finished process's exit status, stdout and stderr, for an assertion's message.
+pub fn show(o: &std::process::Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The test kernels' PTX (`hal/kernels/tf_kernels.ptx`), for programs that load it by path.
+pub fn test_kernels_ptx() -> PathBuf {
+    workspace_root().join("hal/kernels/tf_kernels.ptx")
+}
+
 /// A folder for files a test makes on every run (programs it compiles, say):
 /// `target/tf-test-work/<name>`, emptied first. Unlike a temporary folder kept for the life of
 /// a test binary, it is reused by the next run rather than left behind.

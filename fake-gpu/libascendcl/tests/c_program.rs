@@ -5,20 +5,12 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use tf_fake_gpu::profile::DeviceProfile;
 use tf_fake_gpu::testing::{isolated_ascend_config, to_toml};
 use tf_fake_gpu::{FakeGpu, FakeGpuConfig};
-
-fn show(o: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use tf_test_support::show;
 
 /// The built libascendcl.so in a fresh folder, an isolated machine of two NPUs, the C program.
 struct Npu {

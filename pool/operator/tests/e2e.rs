@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::*;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 use tf_pool_api::{GPUPool, annotations as ann};
 use tf_test_kube::ControlPlane;
@@ -359,36 +359,7 @@ async fn pods_are_placed_by_kube_scheduler_and_the_extender() {
     .unwrap();
 
     // Deleting them gives everything back.
-    pods.delete_collection(&DeleteParams::default(), &ListParams::default())
-        .await
-        .unwrap();
-    wait(
-        Duration::from_secs(60),
-        "the Pods gone and the pool back to full",
-        || {
-            let pools = pools.clone();
-            let pods = pods.clone();
-            let pool = pool.clone();
-            async move {
-                if !pods
-                    .list(&ListParams::default())
-                    .await
-                    .ok()?
-                    .items
-                    .is_empty()
-                {
-                    return None;
-                }
-                let st = pools.get(&pool).await.ok()?.status?;
-                (st.allocations == 0
-                    && st.available_tflops == st.total_tflops
-                    && st.available_vram == st.total_vram)
-                    .then_some(())
-            }
-        },
-    )
-    .await
-    .unwrap();
+    delete_pods_and_wait_for_a_full_pool(&pods, &pools, &pool, Duration::from_secs(60)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

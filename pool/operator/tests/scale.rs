@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 use tf_pool_api::{GPUPool, annotations as ann};
 use tf_test_kube::ControlPlane;
@@ -171,37 +171,8 @@ async fn a_thousand_pods_on_a_hundred_nodes_across_an_operator_kill() {
 
     // Deleting them returns the pool to its starting capacity.
     let t1 = Instant::now();
-    pods.delete_collection(&DeleteParams::default(), &ListParams::default())
-        .await
-        .unwrap();
-    wait(
-        Duration::from_secs(600),
-        "the Pods gone and the pool back to full",
-        || {
-            let pools = pools.clone();
-            let pods = pods.clone();
-            let pool = pool.clone();
-            let start = start_status.clone();
-            async move {
-                if !pods
-                    .list(&ListParams::default())
-                    .await
-                    .ok()?
-                    .items
-                    .is_empty()
-                {
-                    return None;
-                }
-                let st = pools.get(&pool).await.ok()?.status?;
-                (st.allocations == 0
-                    && st.available_tflops == start.available_tflops
-                    && st.available_vram == start.available_vram)
-                    .then_some(())
-            }
-        },
-    )
-    .await
-    .unwrap();
+    // The pool started full (checked above), so back to full is back to the start.
+    delete_pods_and_wait_for_a_full_pool(&pods, &pools, &pool, Duration::from_secs(600)).await;
     println!(
         "{}",
         json!({"figure": "thousand_pods_deleted", "seconds": t1.elapsed().as_secs_f64()})

@@ -409,3 +409,39 @@ pub async fn https_status(port: u16, ca_pem: &str, path: &str) -> Option<u16> {
     let text = String::from_utf8_lossy(&buf);
     text.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// Delete every Pod `pods` sees and wait (up to `timeout`) until they are gone and `pool` is back
+/// to full: no allocation, and all of its TFLOPS and VRAM available.
+pub async fn delete_pods_and_wait_for_a_full_pool(
+    pods: &Api<Pod>,
+    pools: &Api<GPUPool>,
+    pool: &str,
+    timeout: Duration,
+) {
+    pods.delete_collection(&kube::api::DeleteParams::default(), &ListParams::default())
+        .await
+        .unwrap();
+    wait(timeout, "the Pods gone and the pool back to full", || {
+        let pools = pools.clone();
+        let pods = pods.clone();
+        let pool = pool.to_string();
+        async move {
+            if !pods
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .is_empty()
+            {
+                return None;
+            }
+            let st = pools.get(&pool).await.ok()?.status?;
+            (st.allocations == 0
+                && st.available_tflops == st.total_tflops
+                && st.available_vram == st.total_vram)
+                .then_some(())
+        }
+    })
+    .await
+    .unwrap();
+}
