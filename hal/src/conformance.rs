@@ -532,12 +532,14 @@ pub fn async_copies_follow_stream_order(backend: &dyn Backend) {
     ctx.unload_module(k.module).unwrap();
 }
 
-/// Generate one `#[test]` per conformance check for a backend constructor expression
-/// (evaluated once per test; it must yield something that derefs to `dyn Backend`).
+/// The suite's one list of checks: invokes the macro named first (by path) with any tokens after
+/// the comma, a `;`, then every check's name. [`hal_conformance_tests!`] and [`CHECKS`] are both
+/// made from it, so a check added here runs on every backend.
+#[doc(hidden)]
 #[macro_export]
-macro_rules! hal_conformance_tests {
-    ($make:expr) => {
-        $crate::hal_conformance_tests!(@each $make;
+macro_rules! __hal_conformance_checks {
+    ($($m:ident)::+ $(, $($extra:tt)*)?) => {
+        $($m)::+!($($($extra)*)? ;
             enumeration_is_stable,
             memory_round_trips,
             out_of_memory_is_an_error,
@@ -549,7 +551,26 @@ macro_rules! hal_conformance_tests {
             async_copies_follow_stream_order
         );
     };
-    (@each $make:expr; $($check:ident),*) => {
+}
+
+macro_rules! checks_table {
+    (; $($check:ident),*) => {
+        /// Every check of the suite by name, for test harnesses that run them their own way
+        /// (in child processes, or with a filter of their own).
+        pub const CHECKS: &[(&str, fn(&dyn Backend))] = &[$((stringify!($check), $check)),*];
+    };
+}
+
+crate::__hal_conformance_checks!(checks_table);
+
+/// Generate one `#[test]` per conformance check for a backend constructor expression
+/// (evaluated once per test; it must yield something that derefs to `dyn Backend`).
+#[macro_export]
+macro_rules! hal_conformance_tests {
+    ($make:expr) => {
+        $crate::__hal_conformance_checks!($crate::hal_conformance_tests, @each $make);
+    };
+    (@each $make:expr ; $($check:ident),*) => {
         $(
             #[test]
             fn $check() {

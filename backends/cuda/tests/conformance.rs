@@ -39,29 +39,6 @@ const NEEDS_NVML: &[&str] = &[
 
 type Check = fn(&dyn Backend);
 
-/// Every check of `tf_hal::conformance` (the list `hal_conformance_tests!` expands).
-const CHECKS: &[(&str, Check)] = &[
-    ("enumeration_is_stable", c::enumeration_is_stable),
-    ("memory_round_trips", c::memory_round_trips),
-    ("out_of_memory_is_an_error", c::out_of_memory_is_an_error),
-    (
-        "kernels_compute_correct_results",
-        c::kernels_compute_correct_results,
-    ),
-    (
-        "streams_and_events_order_work",
-        c::streams_and_events_order_work,
-    ),
-    (
-        "utilization_rises_under_load",
-        c::utilization_rises_under_load,
-    ),
-    (
-        "invalid_handles_are_rejected",
-        c::invalid_handles_are_rejected,
-    ),
-];
-
 /// Checks of this backend beyond the HAL suite: NVML metrics, topology, partitions, vendor
 /// codes. Safe on a real GPU; a few assertions apply only to the simulated one.
 const CUDA_CHECKS: &[(&str, Check)] = &[
@@ -279,7 +256,7 @@ fn selected(args: &Args, name: &str) -> bool {
 }
 
 fn all_checks() -> Vec<(&'static str, Check)> {
-    CHECKS.iter().chain(CUDA_CHECKS).copied().collect()
+    c::CHECKS.iter().chain(CUDA_CHECKS).copied().collect()
 }
 
 fn main() -> ExitCode {

@@ -1130,16 +1130,17 @@ impl tf_hal::Context for VulkanContext {
     }
 
     fn stream_synchronize(&self, stream: StreamHandle) -> Result<()> {
-        let w = {
-            let st = lock(&self.inner.state);
-            let s = st
-                .streams
-                .get(&stream.0)
-                .ok_or_else(|| bad_handle("stream", stream.0))?;
-            (s.sem, s.value)
-        };
+        let w = self.stream_point(stream)?;
         self.inner.wait(&[w])?;
         self.inner.reap()
+    }
+
+    /// Whether the stream's last submission has finished: its timeline semaphore has reached
+    /// the stream's value (no submission, no wait; the HAL's default records an event, whose
+    /// timestamp submission is itself still pending when it is queried).
+    fn stream_query(&self, stream: StreamHandle) -> Result<bool> {
+        let (sem, value) = self.stream_point(stream)?;
+        self.inner.reached(sem, value)
     }
 
     fn stream_wait_event(&self, stream: StreamHandle, event: EventHandle) -> Result<()> {
@@ -1300,6 +1301,16 @@ impl tf_hal::Context for VulkanContext {
 }
 
 impl VulkanContext {
+    /// The point a stream's last submission reaches: its timeline semaphore and value.
+    fn stream_point(&self, stream: StreamHandle) -> Result<(vk::Semaphore, u64)> {
+        let st = lock(&self.inner.state);
+        let s = st
+            .streams
+            .get(&stream.0)
+            .ok_or_else(|| bad_handle("stream", stream.0))?;
+        Ok((s.sem, s.value))
+    }
+
     fn recorded(&self, event: EventHandle) -> Result<Option<(vk::Semaphore, u64)>> {
         let st = lock(&self.inner.state);
         Ok(st

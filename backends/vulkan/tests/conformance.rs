@@ -19,32 +19,16 @@ use tf_hal::{Backend, ErrorKind};
 
 type Check = fn(&dyn Backend);
 
-/// Every check of `tf_hal::conformance` (the list `hal_conformance_tests!` expands), then this
-/// backend's own.
-const CHECKS: &[(&str, Check)] = &[
-    ("enumeration_is_stable", c::enumeration_is_stable),
-    ("memory_round_trips", c::memory_round_trips),
-    ("out_of_memory_is_an_error", c::out_of_memory_is_an_error),
-    (
-        "kernels_compute_correct_results",
-        c::kernels_compute_correct_results,
-    ),
-    (
-        "streams_and_events_order_work",
-        c::streams_and_events_order_work,
-    ),
-    (
-        "utilization_rises_under_load",
-        c::utilization_rises_under_load,
-    ),
-    (
-        "invalid_handles_are_rejected",
-        c::invalid_handles_are_rejected,
-    ),
+/// This backend's own checks, run after every check of `tf_hal::conformance` ([`c::CHECKS`]).
+const VULKAN_CHECKS: &[(&str, Check)] = &[
     ("vulkan_enumeration_details", enumeration_details),
     ("vulkan_rejects_other_images", rejects_other_images),
     ("vulkan_unaligned_copies_and_bounds", unaligned_and_bounds),
 ];
+
+fn all_checks() -> Vec<(&'static str, Check)> {
+    c::CHECKS.iter().chain(VULKAN_CHECKS).copied().collect()
+}
 
 fn enumeration_details(backend: &dyn Backend) {
     for d in backend.devices().unwrap() {
@@ -112,18 +96,19 @@ fn main() -> ExitCode {
             })
     };
     if args.iter().any(|a| a == "--list") {
-        for (name, _) in CHECKS.iter().filter(|(n, _)| selected(n)) {
+        for (name, _) in all_checks().iter().filter(|(n, _)| selected(n)) {
             println!("{name}: test");
         }
         return ExitCode::SUCCESS;
     }
-    let checks: Vec<&(&str, Check)> = CHECKS.iter().filter(|(n, _)| selected(n)).collect();
-    let filtered = CHECKS.len() - checks.len();
+    let all = all_checks();
+    let checks: Vec<&(&str, Check)> = all.iter().filter(|(n, _)| selected(n)).collect();
+    let filtered = all.len() - checks.len();
     let started = Instant::now();
     if args.iter().any(|a| a == "--ignored") {
         println!(
             "\nrunning 0 tests\n\ntest result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; {} filtered out; finished in 0.00s\n",
-            CHECKS.len()
+            all.len()
         );
         return ExitCode::SUCCESS;
     }
